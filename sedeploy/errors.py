@@ -1,0 +1,28 @@
+"""The package's error types.
+
+The library raises these; only the CLI turns them into one line and an exit
+code. Each error carries the exit code the CLI uses: 2 when the user's own
+arguments are wrong (a usage error), 1 when a valid request failed.
+"""
+
+from __future__ import annotations
+
+
+class SedeployError(Exception):
+    """Base of every error sedeploy raises on purpose; its text is one line naming the problem and the fix."""
+
+    exit_code = 1
+
+
+class ConfigError(SedeployError, ValueError):
+    """An unknown model name or an invalid model option: the request itself is wrong."""
+
+    exit_code = 2
+
+
+class BadInputError(SedeployError, ValueError):
+    """A file or value given to sedeploy cannot be used (missing, truncated, wrong kind)."""
+
+
+class MissingDependencyError(SedeployError, ImportError):
+    """An optional package is needed for this operation; the message names the extra to install."""

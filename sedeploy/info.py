@@ -1,0 +1,106 @@
+"""``sedeploy info``: a model's size and compute, per stage, and what its SE blocks cost over the plain twin."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from sedeploy.complexity import Complexity, estimate_complexity
+from sedeploy.registry import create_model, get_entry
+
+_PLAIN_OPTIONS = ("num_classes", "in_chans", "stride_placement", "stem")
+"""Options that a plain twin shares with its SE model (the rest are SE options)."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What ``sedeploy info`` reports: the model's complexity and, for SE models, its plain twin's."""
+
+    arch: str
+    options: dict[str, Any]
+    num_classes: int
+    complexity: Complexity
+    plain_twin: str | None = None
+    plain_complexity: Complexity | None = None
+
+    @property
+    def se_overhead(self) -> dict[str, float] | None:
+        """Relative extra compute and parameters over the plain twin, in percent."""
+        if self.plain_complexity is None:
+            return None
+        plain = self.plain_complexity
+        return {
+            "macs_pct": 100.0 * (self.complexity.macs / plain.macs - 1.0),
+            "params_pct": 100.0 * (self.complexity.params / plain.params - 1.0),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready report; MACs are multiply-accumulates, FLOPs = 2 x MACs."""
+        data: dict[str, Any] = {
+            "arch": self.arch,
+            "options": self.options,
+            "num_classes": self.num_classes,
+            **self.complexity.to_dict(),
+            "units": "macs = multiply-accumulates per image; gflops = 2 x gmacs "
+            "(the SENet paper's 'GFLOPs' column is gmacs)",
+        }
+        if self.plain_complexity is not None:
+            data["plain_twin"] = {"arch": self.plain_twin, **self.plain_complexity.to_dict()}
+            data["se_overhead"] = self.se_overhead
+        return data
+
+    def to_text(self) -> str:
+        """Human-readable report."""
+        cx = self.complexity
+        c, h, w = cx.input_size
+        lines = [
+            f"{self.arch}  input {c}x{h}x{w}, {self.num_classes} classes",
+            f"  parameters   {cx.params:,} ({cx.params / 1e6:.2f} M), "
+            f"plus {cx.buffer_values:,} BatchNorm running statistics",
+            f"  compute      {cx.gmacs:.4f} GMACs = {cx.gflops:.4f} GFLOPs per image "
+            "(the SENet paper's 'GFLOPs' are GMACs)",
+            "",
+            f"  {'stage':<8} {'output':>14} {'GMACs':>9} {'params':>12}",
+        ]
+        for stage in cx.stages:
+            shape = "x".join(str(v) for v in stage.output_shape)
+            lines.append(f"  {stage.name:<8} {shape:>14} {stage.gmacs:>9.4f} {stage.params:>12,}")
+        if cx.se_params or cx.se_macs:
+            lines.append(
+                f"\n  SE blocks    {cx.se_macs / 1e9:.4f} GMACs ({100 * cx.se_macs / cx.macs:.2f}% of compute), "
+                f"{cx.se_params:,} params"
+            )
+        overhead = self.se_overhead
+        if overhead is not None and self.plain_complexity is not None:
+            lines.append(
+                f"  vs {self.plain_twin}: {self.plain_complexity.gmacs:.4f} GMACs, "
+                f"{self.plain_complexity.params / 1e6:.2f} M params -> SE adds "
+                f"{overhead['macs_pct']:+.2f}% compute, {overhead['params_pct']:+.2f}% params"
+            )
+        return "\n".join(lines)
+
+
+def model_info(arch: str, img_size: tuple[int, int] | None = None, **options: Any) -> ModelInfo:
+    """Complexity report for a zoo model built with ``options``, at ``img_size`` (H, W) or its default size.
+
+    Models are built on PyTorch's meta device: no weights are allocated.
+    """
+    entry = get_entry(arch)
+    with torch.device("meta"):
+        model = create_model(arch, img_size=img_size, **options)
+        complexity = estimate_complexity(model)
+        plain_complexity = None
+        twin = entry.defaults.plain_twin
+        if twin is not None:
+            twin_options = {k: v for k, v in options.items() if k in _PLAIN_OPTIONS}
+            plain_complexity = estimate_complexity(create_model(twin, img_size=img_size, **twin_options))
+    return ModelInfo(
+        arch=arch,
+        options=dict(options),
+        num_classes=model.default_config.num_classes,
+        complexity=complexity,
+        plain_twin=twin,
+        plain_complexity=plain_complexity,
+    )
