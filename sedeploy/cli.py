@@ -47,7 +47,9 @@ class _Group(click.Group):
 def cli(ctx: click.Context, verbose: bool) -> None:
     """Take an SE-ResNet from checkpoint to fast, verified inference."""
     ctx.meta["sedeploy.verbose"] = verbose
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 def _parse_img_size(value: str | None) -> tuple[int, int] | None:
@@ -83,7 +85,11 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--in-chans", type=click.IntRange(min=1), help="Input channels (1 for grayscale).")
 @click.option("--num-classes", type=click.IntRange(min=1), help="Number of output classes.")
 @click.option(
-    "-O", "--option", "options", multiple=True, metavar="KEY=VALUE",
+    "-O",
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="Any other model option, e.g. -O reduction=8 -O se_variant=pre (repeatable).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
@@ -111,4 +117,3 @@ def info(
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="sedeploy")
-

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sedeploy.registry import model_defaults
 from sedeploy.senet import SqueezeExcite
 
 
@@ -113,7 +114,7 @@ def estimate_complexity(model: nn.Module, input_size: tuple[int, int, int] | Non
     :func:`sedeploy.create_model`) is used. The model itself is not run or changed.
     """
     if input_size is None:
-        config = getattr(model, "default_config", None)
+        config = model_defaults(model)
         if config is None:
             raise ValueError("input_size is required for models not built by sedeploy.create_model")
         input_size = config.input_size

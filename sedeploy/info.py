@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from sedeploy.complexity import Complexity, estimate_complexity
-from sedeploy.registry import create_model, get_entry
+from sedeploy.registry import create_model, get_entry, model_defaults
 
 _PLAIN_OPTIONS = ("num_classes", "in_chans", "stride_placement", "stem")
 """Options that a plain twin shares with its SE model (the rest are SE options)."""
@@ -96,10 +96,12 @@ def model_info(arch: str, img_size: tuple[int, int] | None = None, **options: An
         if twin is not None:
             twin_options = {k: v for k, v in options.items() if k in _PLAIN_OPTIONS}
             plain_complexity = estimate_complexity(create_model(twin, img_size=img_size, **twin_options))
+    defaults = model_defaults(model)
+    assert defaults is not None  # create_model always attaches them
     return ModelInfo(
         arch=arch,
         options=dict(options),
-        num_classes=model.default_config.num_classes,
+        num_classes=defaults.num_classes,
         complexity=complexity,
         plain_twin=twin,
         plain_complexity=plain_complexity,

@@ -120,10 +120,19 @@ def create_model(name: str, **options: Any) -> nn.Module:
     model = entry.constructor(**options)
     in_chans = int(options.get("in_chans", entry.defaults.input_size[0]))
     num_classes = int(options.get("num_classes", entry.defaults.num_classes))
-    model.default_config = entry.defaults.for_options(in_chans, num_classes, _as_hw(img_size))
-    model.model_name = name
-    model.model_options = dict(options)
+    # Plain attributes (not parameters or submodules): nn.Module keeps them in its __dict__.
+    vars(model).update(
+        default_config=entry.defaults.for_options(in_chans, num_classes, _as_hw(img_size)),
+        model_name=name,
+        model_options=dict(options),
+    )
     return model
+
+
+def model_defaults(model: nn.Module) -> ModelDefaults | None:
+    """The :class:`ModelDefaults` that :func:`create_model` attached to ``model``, or None for other modules."""
+    defaults = vars(model).get("default_config")
+    return defaults if isinstance(defaults, ModelDefaults) else None
 
 
 def _as_hw(img_size: int | tuple[int, int] | None) -> tuple[int, int] | None:

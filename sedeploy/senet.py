@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -92,10 +92,7 @@ class SqueezeExcite(nn.Module):
         ]()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.squeeze_op == "avg":
-            squeezed = x.mean((2, 3), keepdim=True)
-        else:
-            squeezed = x.amax((2, 3), keepdim=True)
+        squeezed = x.mean((2, 3), keepdim=True) if self.squeeze_op == "avg" else x.amax((2, 3), keepdim=True)
         return x * self.gate(self.fc2(self.act(self.fc1(squeezed))))
 
 
@@ -106,6 +103,7 @@ class _ResidualBlock(nn.Module):
     downsample: nn.Module | None
     se: nn.Module | None
     se_variant: str
+    act_out: nn.Module
 
     def _attach_se(self, se: SEOptions | None, in_channels: int, out_channels: int) -> None:
         self.se_variant = se.variant if se is not None else "none"
@@ -205,7 +203,7 @@ class Bottleneck(_ResidualBlock):
 class ResNet(nn.Module):
     """A ResNet / ResNeXt, with SE blocks in every residual unit when ``se`` is given."""
 
-    complexity_groups = {
+    complexity_groups: ClassVar[dict[str, str]] = {
         "conv1": "stem",
         "bn1": "stem",
         "act1": "stem",

@@ -1,0 +1,5 @@
+"""``python -m sedeploy`` runs the command line."""
+
+from sedeploy.cli import main
+
+main()

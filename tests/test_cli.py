@@ -1,0 +1,93 @@
+"""The command line: real subprocess runs of the installed entry point and in-process click runs."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+import sedeploy
+from sedeploy.cli import cli
+
+
+def _run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sedeploy", *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_version() -> None:
+    result = _run("--version")
+    assert result.returncode == 0
+    assert sedeploy.__version__ in result.stdout
+
+
+def test_info_json_parses_and_carries_the_paper_figures() -> None:
+    result = _run("info", "se_resnet50", "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["arch"] == "se_resnet50"
+    assert report["gmacs"] == pytest.approx(3.87, abs=0.01)
+    assert report["gflops"] == pytest.approx(2 * report["gmacs"])
+    assert report["params"] / 1e6 == pytest.approx(28.1, abs=0.1)
+    assert report["plain_twin"]["arch"] == "resnet50"
+    assert report["plain_twin"]["gmacs"] == pytest.approx(3.86, abs=0.01)
+    assert 0.15 < report["se_overhead"]["macs_pct"] < 0.40
+    assert [s["name"] for s in report["stages"]] == ["stem", "layer1", "layer2", "layer3", "layer4", "head"]
+
+
+def test_info_text_and_options() -> None:
+    result = CliRunner().invoke(
+        cli,
+        [
+            "info",
+            "se_resnet18",
+            "--in-chans",
+            "1",
+            "--num-classes",
+            "4",
+            "--img-size",
+            "473",
+            "-O",
+            "reduction=8",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "input 1x473x473, 4 classes" in result.output
+    assert "vs resnet18" in result.output
+
+
+def test_info_non_square_size() -> None:
+    result = CliRunner().invoke(cli, ["info", "resnet18", "--img-size", "96x128", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["input_size"] == [3, 96, 128]
+
+
+@pytest.mark.parametrize(
+    "args,fragment",
+    [
+        (["info", "se_resnet5"], "unknown architecture 'se_resnet5'"),
+        (["info", "se_resnet50", "-O", "reduction=4096"], "C/r < 1"),
+        (["info", "se_resnet50", "-O", "se_variant=middle"], "unknown se_variant"),
+    ],
+)
+def test_bad_model_options_are_one_line_and_exit_2(args: list[str], fragment: str) -> None:
+    result = _run(*args)
+    assert result.returncode == 2
+    assert fragment in result.stderr
+    assert result.stderr.count("\n") == 1
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("args", [["info", "se_resnet50", "--img-size", "big"], ["info"], ["nonsense"]])
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    assert CliRunner().invoke(cli, args).exit_code == 2
+
+
+def test_verbose_shows_the_traceback() -> None:
+    result = _run("-v", "info", "se_resnet5")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr
