@@ -9,9 +9,10 @@ import torch
 
 from sedeploy.complexity import Complexity, estimate_complexity
 from sedeploy.registry import create_model, get_entry, model_defaults
+from sedeploy.senet import SE_OPTION_NAMES
 
-_PLAIN_OPTIONS = ("num_classes", "in_chans", "stride_placement", "stem")
-"""Options that a plain twin shares with its SE model (the rest are SE options)."""
+_SE_ONLY_OPTIONS = (*SE_OPTION_NAMES, "se_stages")
+"""Options a plain twin does not take; it shares all others with its SE model."""
 
 
 @dataclass(frozen=True)
@@ -94,7 +95,7 @@ def model_info(arch: str, img_size: tuple[int, int] | None = None, **options: An
         plain_complexity = None
         twin = entry.defaults.plain_twin
         if twin is not None:
-            twin_options = {k: v for k, v in options.items() if k in _PLAIN_OPTIONS}
+            twin_options = {k: v for k, v in options.items() if k not in _SE_ONLY_OPTIONS}
             plain_complexity = estimate_complexity(create_model(twin, img_size=img_size, **twin_options))
     defaults = model_defaults(model)
     assert defaults is not None  # create_model always attaches them

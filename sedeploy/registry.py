@@ -9,6 +9,7 @@ it from there instead of asking the user again.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class ModelDefaults:
     std: tuple[float, ...] = IMAGENET_STD
     crop_pct: float = 0.875
     interpolation: str = "bilinear"
+    labels: tuple[str, ...] | None = None
     plain_twin: str | None = None
 
     def for_options(self, in_chans: int, num_classes: int, img_size: tuple[int, int] | None) -> ModelDefaults:
@@ -47,8 +49,14 @@ class ModelDefaults:
             mean = (round(sum(mean) / len(mean), 4),) * in_chans
             std = (round(sum(std) / len(std), 4),) * in_chans
         height, width = img_size if img_size is not None else self.input_size[1:]
+        labels = self.labels if self.labels is not None and len(self.labels) == num_classes else None
         return dataclasses.replace(
-            self, input_size=(in_chans, height, width), num_classes=num_classes, mean=mean, std=std
+            self,
+            input_size=(in_chans, height, width),
+            num_classes=num_classes,
+            mean=mean,
+            std=std,
+            labels=labels,
         )
 
 
@@ -62,6 +70,8 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
+ZOO_MODULES = ("sedeploy.senet", "sedeploy.preact_resnet", "sedeploy.mobilenet")
+"""Modules whose import registers the zoo's models."""
 
 
 def register_model(
@@ -146,4 +156,5 @@ def _as_hw(img_size: int | tuple[int, int] | None) -> tuple[int, int] | None:
 
 def _load_zoo() -> None:
     # Importing the zoo modules runs their @register_model decorators.
-    import sedeploy.senet  # noqa: F401
+    for module in ZOO_MODULES:
+        importlib.import_module(module)

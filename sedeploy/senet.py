@@ -22,8 +22,14 @@ from torch import nn
 from sedeploy.errors import ConfigError
 from sedeploy.registry import ModelDefaults, register_model
 
-SE_VARIANTS = ("standard", "pre", "post", "identity")
-"""Where the SE block sits in a residual unit (the paper's integration ablation, its Fig. 5 and Table 14)."""
+SE_VARIANTS = ("standard", "pre", "post", "identity", "3x3")
+"""Where the SE block sits in a residual unit. ``standard``: on the residual branch's output, before the
+addition; ``pre``: on the unit's input; ``post``: after the addition (and its ReLU); ``identity``: on the
+identity branch (the paper's integration ablation, Fig. 5 and Table 14). ``3x3``: after the bottleneck's
+3x3 conv, on its narrower width (the paper's SE_3x3, Table 15; bottleneck blocks only)."""
+SE_STAGES = (2, 3, 4, 5)
+"""Stages that can hold SE blocks, numbered as the paper numbers them after ResNet's conv2_x..conv5_x
+(``layer1``..``layer4`` here): ``se_stages=(2,)`` is the paper's SE_Stage_2 (Table 13)."""
 SQUEEZE_OPS = ("avg", "max")
 """Squeeze operator (the paper's Table 11)."""
 GATES = ("sigmoid", "tanh", "relu")
@@ -59,6 +65,37 @@ class SEOptions:
         _check_choice("se_variant", self.variant, SE_VARIANTS)
         _check_choice("squeeze", self.squeeze, SQUEEZE_OPS)
         _check_choice("gate", self.gate, GATES)
+
+
+SE_OPTION_NAMES = ("reduction", "se_variant", "squeeze", "gate", "se_bias")
+"""Options every SE model takes; a plain twin takes none of them."""
+
+
+def split_options(
+    options: dict[str, Any], valid: Sequence[str], with_se: bool, se_names: Sequence[str] = SE_OPTION_NAMES
+) -> tuple[dict[str, Any], SEOptions | None]:
+    """Check option names, then split ``options`` into the network's own and the SE block's.
+
+    ``se_names`` are the SE options this family accepts; for a plain model they are all refused.
+    """
+    allowed = tuple(valid) + (tuple(se_names) if with_se else ())
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        extra = " (SE options apply only to SE models)" if set(unknown) & set(se_names) else ""
+        raise ConfigError(
+            f"unknown option(s) {', '.join(unknown)}{extra}; valid options: {', '.join(allowed)}"
+        )
+    own = {k: v for k, v in options.items() if k in valid}
+    if not with_se:
+        return own, None
+    se = SEOptions(
+        reduction=options.get("reduction", 16),
+        variant=options.get("se_variant", "standard"),
+        squeeze=options.get("squeeze", "avg"),
+        gate=options.get("gate", "sigmoid"),
+        bias=options.get("se_bias", True),
+    )
+    return own, se
 
 
 class SqueezeExcite(nn.Module):
@@ -105,12 +142,18 @@ class _ResidualBlock(nn.Module):
     se_variant: str
     act_out: nn.Module
 
-    def _attach_se(self, se: SEOptions | None, in_channels: int, out_channels: int) -> None:
+    def _attach_se(
+        self, se: SEOptions | None, in_channels: int, out_channels: int, mid_channels: int | None = None
+    ) -> None:
         self.se_variant = se.variant if se is not None else "none"
         if se is None:
             self.se = None
             return
-        channels = in_channels if se.variant == "pre" else out_channels
+        channels = {"pre": in_channels, "3x3": mid_channels}.get(se.variant, out_channels)
+        if channels is None:
+            raise ConfigError(
+                "se_variant '3x3' applies to bottleneck blocks only; use standard, pre, post or identity"
+            )
         self.se = SqueezeExcite(channels, se.reduction, se.squeeze, se.gate, se.bias)
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
@@ -190,13 +233,15 @@ class Bottleneck(_ResidualBlock):
         self.act2 = nn.ReLU(inplace=True)
         self.conv3 = nn.Conv2d(width, out_planes, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
-        self._attach_se(se, inplanes, out_planes)
+        self._attach_se(se, inplanes, out_planes, mid_channels=width)
         self.act_out = nn.ReLU(inplace=True)
         self.downsample = downsample
 
     def residual(self, x: torch.Tensor) -> torch.Tensor:
         out = self.act1(self.bn1(self.conv1(x)))
         out = self.act2(self.bn2(self.conv2(out)))
+        if self.se is not None and self.se_variant == "3x3":
+            out = self.se(out)
         return self.bn3(self.conv3(out))
 
 
@@ -224,8 +269,16 @@ class ResNet(nn.Module):
         se: SEOptions | None = None,
         stride_placement: str = "v1",
         stem: str = "imagenet",
+        se_stages: Sequence[int] = SE_STAGES,
     ) -> None:
         super().__init__()
+        se_stages = tuple(se_stages)
+        unknown_stages = sorted(set(se_stages) - set(SE_STAGES))
+        if unknown_stages or not se_stages:
+            raise ConfigError(
+                f"se_stages {se_stages!r} is not a non-empty subset of {SE_STAGES} "
+                "(the paper's conv2_x..conv5_x, i.e. layer1..layer4)"
+            )
         if isinstance(in_chans, bool) or not isinstance(in_chans, int) or in_chans < 1:
             raise ConfigError(f"in_chans must be an integer >= 1 (1 for grayscale), got {in_chans!r}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
@@ -265,7 +318,7 @@ class ResNet(nn.Module):
                         planes,
                         stride=block_stride,
                         downsample=downsample,
-                        se=se,
+                        se=se if index + 2 in se_stages else None,
                         groups=groups,
                         base_width=base_width,
                         stride_on_1x1=stride_placement == "v1",
@@ -298,8 +351,7 @@ class ResNet(nn.Module):
         return self.fc(torch.flatten(self.global_pool(self.forward_features(x)), 1))
 
 
-_COMMON_OPTIONS = ("num_classes", "in_chans", "stride_placement", "stem")
-_SE_OPTIONS = ("reduction", "se_variant", "squeeze", "gate", "se_bias")
+_RESNET_OPTIONS = ("num_classes", "in_chans", "stride_placement", "stem")
 
 
 def _build_resnet(
@@ -312,22 +364,11 @@ def _build_resnet(
     base_width: int = 64,
     **options: Any,
 ) -> ResNet:
-    valid = _COMMON_OPTIONS + (_SE_OPTIONS if with_se else ())
-    unknown = sorted(set(options) - set(valid))
-    if unknown:
-        extra = " (SE options apply only to SE models)" if set(unknown) & set(_SE_OPTIONS) else ""
-        raise ConfigError(f"unknown option(s) {', '.join(unknown)}{extra}; valid options: {', '.join(valid)}")
-    se = None
-    if with_se:
-        se = SEOptions(
-            reduction=options.pop("reduction", 16),
-            variant=options.pop("se_variant", "standard"),
-            squeeze=options.pop("squeeze", "avg"),
-            gate=options.pop("gate", "sigmoid"),
-            bias=options.pop("se_bias", True),
-        )
-    options.setdefault("stride_placement", default_stride)
-    return ResNet(block, layers, groups=groups, base_width=base_width, se=se, **options)
+    own, se = split_options(options, _RESNET_OPTIONS, with_se, (*SE_OPTION_NAMES, "se_stages"))
+    own.setdefault("stride_placement", default_stride)
+    if se is not None and "se_stages" in options:
+        own["se_stages"] = options["se_stages"]
+    return ResNet(block, layers, groups=groups, base_width=base_width, se=se, **own)
 
 
 def _defaults(plain_twin: str | None = None) -> ModelDefaults:
