@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+from sedeploy.checkpoint import save_checkpoint
 from sedeploy.complexity import Complexity, estimate_complexity
-from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError, SedeployError
+from sedeploy.errors import (
+    BadInputError,
+    ConfigError,
+    ExportError,
+    MissingDependencyError,
+    ParityError,
+    SedeployError,
+    UnsafeCheckpointError,
+    WeightsMismatchError,
+)
+from sedeploy.export import ExportResult, export_onnx
+from sedeploy.metadata import ModelMetadata, read_metadata
 from sedeploy.registry import ModelDefaults, create_model, list_models
 
 __version__ = "0.1.0"
@@ -12,11 +24,20 @@ __all__ = [
     "BadInputError",
     "Complexity",
     "ConfigError",
+    "ExportError",
+    "ExportResult",
     "MissingDependencyError",
     "ModelDefaults",
+    "ModelMetadata",
+    "ParityError",
     "SedeployError",
+    "UnsafeCheckpointError",
+    "WeightsMismatchError",
     "__version__",
     "create_model",
     "estimate_complexity",
+    "export_onnx",
     "list_models",
+    "read_metadata",
+    "save_checkpoint",
 ]

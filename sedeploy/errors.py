@@ -26,3 +26,19 @@ class BadInputError(SedeployError, ValueError):
 
 class MissingDependencyError(SedeployError, ImportError):
     """An optional package is needed for this operation; the message names the extra to install."""
+
+
+class UnsafeCheckpointError(BadInputError):
+    """A PyTorch checkpoint needs arbitrary unpickling (code execution) to load; sedeploy refuses it."""
+
+
+class WeightsMismatchError(BadInputError):
+    """A checkpoint's tensors do not fit the model: missing or unexpected keys, or different shapes."""
+
+
+class ExportError(SedeployError):
+    """The ONNX export itself failed or produced a graph that does not pass validation."""
+
+
+class ParityError(ExportError):
+    """The exported model's outputs differ from PyTorch's beyond the allowed tolerance."""

@@ -18,3 +18,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A tiny SE-ResNet trained on scikit-learn's digits and exported to ONNX (shared by the precision tests)."""
+    from digits import train_digits
+
+    return train_digits(tmp_path_factory.mktemp("digits"))

@@ -1,0 +1,1 @@
+"""One module per inference backend, each implementing the :class:`~sedeploy.backends.base.Runner` contract."""

@@ -1,0 +1,386 @@
+"""``sedeploy build-engine``: from an exported ONNX to a precision artifact for a backend, with its manifest.
+
+One function reads the exported model (and its metadata), writes the precision
+ONNX (FP16-typed, or INT8 Q/DQ calibrated on an image set), checks it on ONNX
+Runtime against the FP32 model, and hands it to the backend: ONNX Runtime saves
+its optimized graph; TensorRT builds an engine. Every artifact gets the shared
+build manifest beside it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from sedeploy import __version__
+from sedeploy.backends import onnxruntime as ort_backend
+from sedeploy.compare import Comparison, compare_logits
+from sedeploy.data import CalibrationSet, load_image_set, preprocessing_for
+from sedeploy.errors import BadInputError, ConfigError
+from sedeploy.files import check_writable, sha256_of_file
+from sedeploy.manifest import BuildManifest, describe_host, manifest_path, write_manifest
+from sedeploy.metadata import ModelMetadata, read_metadata
+from sedeploy.quantize import (
+    DEFAULT_FP16_BLOCK_LIST,
+    DEFAULT_PERCENTILE,
+    Int8Recipe,
+    PrecisionError,
+    calibrate_cached,
+    convert_fp16,
+    default_output,
+    quantize_int8,
+)
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "onnxruntime", "tensorrt")
+PRECISIONS = ("fp32", "fp16", "int8")
+DEFAULT_CALIBRATION_DIR = Path("calibration")
+DEFAULT_CALIBRATION_SIZE = 512
+FP16_MIN_COSINE = 0.999
+"""Below this, an FP16 graph is refused: FP16 rounding alone stays far above it on a sane model."""
+_CHECK_IMAGES = 64
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """Everything ``build-engine`` takes besides the model path; recorded in the manifest."""
+
+    precision: str = "fp32"
+    backend: str = "auto"
+    target: str | None = None
+    calib_dir: Path | None = None
+    calib_size: int = DEFAULT_CALIBRATION_SIZE
+    calib_method: str = "entropy"
+    percentile: float = DEFAULT_PERCENTILE
+    quantize_se: bool = False
+    recalibrate: bool = False
+    fp16_block_list: Sequence[str] = DEFAULT_FP16_BLOCK_LIST
+    seed: int = 0
+    preprocessing_overrides: dict[str, Any] = field(default_factory=dict)
+    tensorrt: dict[str, Any] = field(default_factory=dict)
+    """TensorRT builder options (``profile``, ``workspace``, ``opt_level``, ``timing_cache``,
+    ``hardware_compat``, ``version_compat``), passed to :func:`sedeploy.backends.tensorrt.build_engine`."""
+    implicit_int8: bool = False
+    """TensorRT 10.x only: calibrate with TensorRT's legacy INT8 calibrator on the FP32 graph instead of Q/DQ."""
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {self.precision!r}; valid values: {', '.join(PRECISIONS)}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"unknown backend {self.backend!r}; valid values: {', '.join(BACKENDS)}")
+        if self.calib_size < 1:
+            raise ConfigError(f"--calib-size must be at least 1, got {self.calib_size}")
+        if self.implicit_int8 and (self.precision != "int8" or self.backend != "tensorrt"):
+            raise ConfigError("--implicit-int8 goes with --int8 --backend tensorrt")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision,
+            "backend": self.backend,
+            "target": self.target,
+            "calib_dir": str(self.calib_dir) if self.calib_dir else None,
+            "calib_size": self.calib_size,
+            "calib_method": self.calib_method,
+            "percentile": self.percentile,
+            "quantize_se": self.quantize_se,
+            "recalibrate": self.recalibrate,
+            "fp16_block_list": list(self.fp16_block_list),
+            "seed": self.seed,
+            "implicit_int8": self.implicit_int8,
+            **{f"tensorrt_{key}": str(value) for key, value in self.tensorrt.items()},
+        }
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    """What a build wrote: the artifacts (each with a manifest beside it) and the checks it ran."""
+
+    backend: str
+    backend_reason: str
+    precision: str
+    artifacts: tuple[Path, ...]
+    manifests: tuple[BuildManifest, ...]
+    fidelity: Comparison | None
+    calibration: dict[str, Any] | None
+    seconds: float
+
+    @property
+    def artifact(self) -> Path:
+        """The main artifact: the precision ONNX (ONNX Runtime) or the engine (TensorRT)."""
+        return self.artifacts[0]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "backend_reason": self.backend_reason,
+            "precision": self.precision,
+            "artifacts": [str(path) for path in self.artifacts],
+            "manifests": [str(manifest_path(path)) for path in self.artifacts],
+            "fidelity": self.fidelity.to_dict() if self.fidelity else None,
+            "calibration": self.calibration,
+            "seconds": round(self.seconds, 3),
+        }
+
+    def to_text(self) -> str:
+        lines = [f"backend: {self.backend} ({self.backend_reason})"]
+        for path in self.artifacts:
+            lines.append(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) + {manifest_path(path).name}")
+        if self.calibration:
+            cal = self.calibration
+            reuse = "reused cache" if cal["reused"] else "calibrated"
+            lines.append(
+                f"calibration: {cal['method']} on {cal['images']} images ({reuse}), "
+                f"{len(cal['skipped'])} file(s) skipped"
+            )
+        if self.fidelity:
+            lines.append(f"{self.precision} vs fp32 on ONNX Runtime: {self.fidelity.to_text()}")
+        lines.append(f"done in {self.seconds:.1f} s")
+        return "\n".join(lines)
+
+
+def choose_backend(requested: str) -> tuple[str, str]:
+    """The backend to use and why: ``auto`` takes TensorRT when TensorRT and an NVIDIA GPU are present."""
+    from sedeploy.backends import tensorrt as trt_backend
+
+    if requested == "tensorrt":
+        return requested, trt_backend.require_available()  # fails now, before any precision work
+    if requested != "auto":
+        return requested, "asked for"
+
+    available, reason = trt_backend.availability()
+    if available:
+        return "tensorrt", reason
+    return "onnxruntime", f"TensorRT not used: {reason}"
+
+
+def _read_source(model_path: Path) -> tuple[onnx.ModelProto, ModelMetadata | None]:
+    if not model_path.exists():
+        raise BadInputError(f"model {model_path} does not exist; export one with `sedeploy export`")
+    if model_path.is_dir():
+        raise BadInputError(f"model {model_path} is a folder; give the .onnx file inside it")
+    try:
+        proto = onnx.load(str(model_path), load_external_data=False)
+    except Exception as error:
+        raise BadInputError(
+            f"{model_path} is not an ONNX file ({type(error).__name__}); export one with `sedeploy export`"
+        ) from None
+    if not proto.graph.node:
+        raise BadInputError(f"{model_path} holds no ONNX graph; export one with `sedeploy export`")
+    try:
+        metadata: ModelMetadata | None = read_metadata(proto)
+    except BadInputError:
+        metadata = None
+    return proto, metadata
+
+
+def _input_name(proto: onnx.ModelProto) -> str:
+    initializers = {init.name for init in proto.graph.initializer}
+    return next(i.name for i in proto.graph.input if i.name not in initializers)
+
+
+def _calibration_set(model_path: Path, options: BuildOptions, progress: bool) -> CalibrationSet:
+    preprocessing, channels = preprocessing_for(model_path, **options.preprocessing_overrides)
+    folder = options.calib_dir or DEFAULT_CALIBRATION_DIR
+    return load_image_set(
+        folder,
+        preprocessing,
+        channels,
+        limit=options.calib_size,
+        seed=options.seed,
+        cache_dir=model_path.parent / ".sedeploy-cache",
+        progress=progress,
+    )
+
+
+def _check_on_onnxruntime(
+    reference_path: Path, candidate_path: Path, images: np.ndarray, input_name: str
+) -> Comparison:
+    reference = ort_backend.create_session(reference_path, ["CPUExecutionProvider"])
+    candidate = ort_backend.create_session(candidate_path, ["CPUExecutionProvider"])
+    batch = np.ascontiguousarray(images[:_CHECK_IMAGES], dtype=np.float32)
+    return compare_logits(
+        reference.run(None, {input_name: batch})[0], candidate.run(None, {input_name: batch})[0]
+    )
+
+
+def build_engine(
+    model_path: str | Path,
+    options: BuildOptions | None = None,
+    output: str | Path | None = None,
+    progress: bool = False,
+) -> BuildResult:
+    """Build ``options.precision`` for ``options.backend`` from the exported FP32 ONNX at ``model_path``.
+
+    Writes the precision ONNX (``model.fp16.onnx``, ``model.int8-cpu.onnx``, ...)
+    beside the source unless ``output`` names it, then the backend's artifact, and
+    a manifest beside each. FP32 on ONNX Runtime writes only the optimized graph.
+    """
+    started = time.perf_counter()
+    options = options or BuildOptions()
+    model_path = Path(model_path)
+    proto, metadata = _read_source(model_path)
+    if output is not None:
+        check_writable(output)
+    backend, backend_reason = choose_backend(options.backend)
+    logger.info("backend %s (%s)", backend, backend_reason)
+    input_name = metadata.input_name if metadata else _input_name(proto)
+    target = options.target or ("tensorrt" if backend == "tensorrt" or ort_backend.has_cuda() else "cpu")
+
+    calibration_set: CalibrationSet | None = None
+    if options.precision == "int8" or options.calib_dir is not None:
+        calibration_set = _calibration_set(model_path, options, progress)
+    precision_path = model_path
+    recipe: dict[str, Any] = {}
+    calibration: dict[str, Any] | None = None
+    flavour = target if options.precision == "int8" else None
+    if options.precision != "fp32":
+        precision_path = (
+            Path(output)
+            if output and backend == "onnxruntime"
+            else default_output(model_path, options.precision, flavour)
+        )
+    if options.precision == "fp16":
+        recipe = convert_fp16(model_path, precision_path, options.fp16_block_list)
+    elif options.precision == "int8" and options.implicit_int8:
+        precision_path = model_path  # TensorRT calibrates the FP32 graph itself
+    elif options.precision == "int8":
+        assert calibration_set is not None
+        int8 = Int8Recipe(
+            flavour=target,
+            method=options.calib_method,
+            percentile=options.percentile,
+            quantize_se=options.quantize_se,
+        )
+        ranges, reused = calibrate_cached(
+            model_path,
+            calibration_set.images,
+            input_name,
+            int8,
+            calibration_set.report.dataset_sha256,
+            recalibrate=options.recalibrate,
+            progress=progress,
+        )
+        recipe = quantize_int8(model_path, precision_path, ranges, int8, calibration_set.images)
+        calibration = {
+            "method": int8.method,
+            "percentile": int8.percentile if int8.method == "percentile" else None,
+            "images": calibration_set.report.used,
+            "found": calibration_set.report.found,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in calibration_set.report.skipped],
+            "dataset_sha256": calibration_set.report.dataset_sha256,
+            "folder": calibration_set.report.folder,
+            "reused": reused,
+            "tensors": len(ranges.ranges),
+        }
+
+    fidelity = None
+    if precision_path != model_path:
+        check_images = (
+            calibration_set.images if calibration_set is not None else _random_images(proto, metadata)
+        )
+        fidelity = _check_on_onnxruntime(model_path, precision_path, check_images, input_name)
+        if not fidelity.finite:
+            raise PrecisionError(
+                f"the {options.precision} graph gives non-finite logits; nothing usable was built"
+            )
+        if options.precision == "fp16" and fidelity.mean_cosine < FP16_MIN_COSINE:
+            precision_path.unlink(missing_ok=True)
+            raise PrecisionError(
+                f"FP16 logits drift from FP32 (mean cosine {fidelity.mean_cosine:.5f} < {FP16_MIN_COSINE}); "
+                "keep more ops in FP32 with --fp16-block-list"
+            )
+
+    common = dict(
+        source_onnx_sha256=sha256_of_file(model_path),
+        source_metadata=metadata.to_dict() if metadata else {},
+        precision=options.precision,
+        recipe=recipe,
+        calibration=calibration,
+        build_options={**options.to_dict(), "target": flavour or options.target},
+        sedeploy_version=__version__,
+    )
+    artifacts: list[Path] = []
+    manifests: list[BuildManifest] = []
+    if backend == "onnxruntime":
+        providers = ort_backend.default_providers()
+        device = {"description": describe_host(), "providers": providers}
+        if precision_path != model_path:
+            manifests.append(_manifest(precision_path, "onnxruntime", device, started, **common))
+            artifacts.append(precision_path)
+        optimized_path = precision_path.with_name(precision_path.stem + ".ort.onnx")
+        ort_backend.write_optimized_model(precision_path, optimized_path, providers)
+        manifests.append(
+            _manifest(
+                optimized_path, "onnxruntime", {**device, "optimization_level": "all"}, started, **common
+            )
+        )
+        artifacts.append(optimized_path)
+    else:
+        from sedeploy.backends import tensorrt as trt_backend
+
+        engine_path = Path(output) if output else precision_path.with_suffix(".engine")
+        legacy: dict[str, Any] = {}
+        if options.implicit_int8:
+            assert calibration_set is not None
+            batches = calibration_set.images
+            legacy = {
+                "implicit_int8": [batches[i : i + 8] for i in range(0, len(batches), 8)],
+                "calibration_cache": engine_path.with_suffix(".calibration.trt.cache"),
+            }
+            common = {key: value for key, value in common.items() if key not in ("precision", "recipe")}
+        engine_manifest = trt_backend.build_engine_from_onnx(
+            precision_path,
+            engine_path,
+            common=common,
+            started=started,
+            progress=progress,
+            **options.tensorrt,
+            **legacy,
+        )
+        artifacts.append(engine_path)
+        manifests.append(engine_manifest)
+    for path, manifest in zip(artifacts, manifests, strict=True):
+        if backend == "onnxruntime":
+            write_manifest(manifest, path)
+    return BuildResult(
+        backend=backend,
+        backend_reason=backend_reason,
+        precision=options.precision,
+        artifacts=tuple(artifacts),
+        manifests=tuple(manifests),
+        fidelity=fidelity,
+        calibration=calibration,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _manifest(
+    path: Path, backend: str, device: dict[str, Any], started: float, **common: Any
+) -> BuildManifest:
+    return BuildManifest(
+        artifact=path.name,
+        artifact_sha256=sha256_of_file(path),
+        artifact_format="onnx",
+        backend=backend,
+        backend_version=ort_backend.version(),
+        device=device,
+        build_seconds=round(time.perf_counter() - started, 3),
+        **common,
+    )
+
+
+def _random_images(proto: onnx.ModelProto, metadata: ModelMetadata | None) -> np.ndarray:
+    if metadata is not None:
+        shape: tuple[int, ...] = metadata.input_size
+    else:
+        dims = proto.graph.input[0].type.tensor_type.shape.dim[1:]
+        shape = tuple(int(d.dim_value) or 1 for d in dims)
+    return np.random.default_rng(0).standard_normal((8, *shape)).astype(np.float32)

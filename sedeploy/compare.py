@@ -1,0 +1,77 @@
+"""Comparison of two models' logits on the same inputs: the one place sedeploy measures numerical parity.
+
+Export's parity gate, the precision build's fidelity check and ``sedeploy verify``
+all report these figures, so they mean the same thing everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """How closely candidate logits follow reference logits over ``samples`` inputs.
+
+    ``max_rel_error`` is the max absolute error divided by the spread (max - min)
+    of the reference logits; cosines are per sample; ``top1_agreement`` is the
+    fraction of samples with the same argmax. ``finite`` is False when the
+    candidate produced NaN or infinity anywhere.
+    """
+
+    samples: int
+    max_abs_error: float
+    max_rel_error: float
+    mean_cosine: float
+    min_cosine: float
+    top1_agreement: float
+    finite: bool
+
+    def passed(self, min_cosine: float, min_top1: float = 1.0) -> bool:
+        """True when every sample's cosine and the top-1 agreement reach the given floors."""
+        return self.finite and self.min_cosine >= min_cosine and self.top1_agreement >= min_top1
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_text(self) -> str:
+        return (
+            f"{self.samples} samples: max abs error {self.max_abs_error:.2e} "
+            f"({self.max_rel_error:.2e} of the logit spread), cosine mean {self.mean_cosine:.6f} "
+            f"min {self.min_cosine:.6f}, top-1 agreement {100 * self.top1_agreement:.2f}%"
+        )
+
+
+def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> Comparison:
+    """Compare two (samples, classes) logit arrays; shapes must match."""
+    ref = np.asarray(reference, dtype=np.float64).reshape(len(reference), -1)
+    got = np.asarray(candidate, dtype=np.float64).reshape(len(candidate), -1)
+    if ref.shape != got.shape:
+        raise ValueError(f"logit shapes differ: reference {list(ref.shape)} vs candidate {list(got.shape)}")
+    finite = bool(np.all(np.isfinite(got)))
+    if not ref.size:
+        return Comparison(0, 0.0, 0.0, 1.0, 1.0, 1.0, finite)
+    safe = np.nan_to_num(got, nan=0.0, posinf=0.0, neginf=0.0)
+    max_abs = float(np.max(np.abs(ref - safe))) if finite else float("inf")
+    spread = float(np.ptp(ref))
+    norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(safe, axis=1)
+    dots = np.sum(ref * safe, axis=1)
+    identical = np.all(ref == safe, axis=1)
+    cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(identical, 1.0, 0.0))
+    return Comparison(
+        samples=len(ref),
+        max_abs_error=max_abs,
+        max_rel_error=max_abs / spread if spread > 0 else (0.0 if max_abs == 0 else float("inf")),
+        mean_cosine=float(np.mean(cosines)),
+        min_cosine=float(np.min(cosines)),
+        top1_agreement=float(np.mean(np.argmax(ref, axis=1) == np.argmax(safe, axis=1))),
+        finite=finite,
+    )
+
+
+def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    """Fraction of samples whose argmax is the label."""
+    return float(np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))

@@ -1,0 +1,136 @@
+"""The build manifest: one JSON format, written beside every artifact a build produces, for every backend.
+
+A manifest says what an artifact is and how it was made (precision and recipe,
+calibration, source model, backend and device), so a runner can refuse an engine
+built for another TensorRT version or GPU, and a serving side can see what it
+runs. It lives at ``<artifact file name>.manifest.json`` (``model.engine`` ->
+``model.engine.manifest.json``) and is written atomically after the artifact.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sedeploy import __version__
+from sedeploy.errors import BadInputError
+from sedeploy.files import sha256_of_file, write_json_atomic
+
+MANIFEST_VERSION = 1
+MANIFEST_SUFFIX = ".manifest.json"
+PRECISIONS = ("fp32", "fp16", "int8")
+ARTIFACT_FORMATS = ("onnx", "tensorrt_plan")
+
+
+class ManifestError(BadInputError):
+    """A manifest is missing, unreadable, or does not match its artifact."""
+
+
+def manifest_path(artifact: str | os.PathLike[str]) -> Path:
+    """Where the manifest of ``artifact`` lives."""
+    artifact = Path(artifact)
+    return artifact.with_name(artifact.name + MANIFEST_SUFFIX)
+
+
+def describe_host() -> str:
+    """One line naming this machine's CPU architecture, OS and core count."""
+    return (
+        f"{platform.machine()} {platform.system()} {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+
+
+@dataclass(frozen=True)
+class BuildManifest:
+    """What an artifact is and how it was built.
+
+    ``recipe``: precision details (``flavour`` tensorrt|cpu for INT8, ops left in
+    float, FP16 block-list). ``calibration``: method, percentile, image count,
+    skipped files, dataset sha256, whether a cached calibration was reused; None
+    without INT8. ``device``: at least ``description``; TensorRT builds add
+    ``gpu_name`` and ``compute_capability``. ``engine``: TensorRT only
+    (``tensorrt_version``, ``profile`` {min, opt, max}, ``hardware_compat``,
+    ``version_compat``).
+    """
+
+    artifact: str
+    artifact_sha256: str
+    artifact_format: str
+    backend: str
+    backend_version: str
+    precision: str
+    source_onnx_sha256: str
+    source_metadata: dict[str, Any]
+    device: dict[str, Any]
+    recipe: dict[str, Any] = field(default_factory=dict)
+    calibration: dict[str, Any] | None = None
+    engine: dict[str, Any] | None = None
+    build_options: dict[str, Any] = field(default_factory=dict)
+    build_seconds: float = 0.0
+    sedeploy_version: str = __version__
+    created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    manifest_version: int = MANIFEST_VERSION
+
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.artifact_format not in ARTIFACT_FORMATS:
+            raise ValueError(
+                f"artifact_format must be one of {ARTIFACT_FORMATS}, got {self.artifact_format!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "manifest") -> BuildManifest:
+        """Parse a manifest dict; unknown keys from newer minor versions are ignored."""
+        version = data.get("manifest_version")
+        if not isinstance(version, int) or version > MANIFEST_VERSION:
+            raise ManifestError(
+                f"{source} has manifest version {version!r}; this sedeploy reads up to {MANIFEST_VERSION}: "
+                "upgrade sedeploy or rebuild the artifact"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        try:
+            return cls(**{key: value for key, value in data.items() if key in names})
+        except (TypeError, ValueError) as error:
+            raise ManifestError(
+                f"{source} is not a valid sedeploy manifest ({error}); rebuild the artifact"
+            ) from None
+
+    def check_artifact(self, artifact: str | os.PathLike[str]) -> None:
+        """Fail unless ``artifact``'s bytes are the ones this manifest describes."""
+        actual = sha256_of_file(artifact)
+        if actual != self.artifact_sha256:
+            raise ManifestError(
+                f"{artifact} does not match its manifest (sha256 {actual[:12]}... != {self.artifact_sha256[:12]}...): "
+                "the file was changed or truncated after the build; rebuild it"
+            )
+
+
+def write_manifest(manifest: BuildManifest, artifact: str | os.PathLike[str]) -> Path:
+    """Write ``manifest`` beside ``artifact`` atomically; returns the manifest's path."""
+    return write_json_atomic(manifest_path(artifact), manifest.to_dict())
+
+
+def read_manifest(artifact: str | os.PathLike[str]) -> BuildManifest:
+    """Read the manifest beside ``artifact``; a missing or broken one is a :class:`ManifestError`."""
+    path = manifest_path(artifact)
+    if not path.is_file():
+        raise ManifestError(
+            f"{artifact} has no manifest ({path.name} is missing); rebuild it with sedeploy build-engine"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ManifestError(f"cannot read manifest {path} ({error}); rebuild the artifact") from None
+    if not isinstance(data, dict):
+        raise ManifestError(f"manifest {path} is not a JSON object; rebuild the artifact")
+    return BuildManifest.from_dict(data, source=str(path))

@@ -1,0 +1,250 @@
+"""What an exported model is, carried inside the ONNX file as ``metadata_props``.
+
+Every later stage (precision conversion, calibration, engine build, predict)
+reads this instead of asking the user again. Each field is one ``sedeploy.*``
+key with a string value (JSON where the value is structured), so tools such as
+Netron show it as is:
+
+==============================  ==============================================
+key                             value
+==============================  ==============================================
+``sedeploy.metadata_version``   format version of these keys, ``"1"``
+``sedeploy.version``            sedeploy version that wrote the file
+``sedeploy.arch``               zoo name, or ``package.module:factory``
+``sedeploy.options``            JSON object: model options used to build it
+``sedeploy.input_name``         ``input``
+``sedeploy.output_name``        ``logits``
+``sedeploy.input_layout``       ``NCHW``
+``sedeploy.input_size``         JSON ``[C, H, W]`` of one image
+``sedeploy.channel_order``      ``RGB``, ``GRAY`` or ``unknown``
+``sedeploy.num_classes``        integer
+``sedeploy.preprocessing``      JSON: resize, crop, crop_pct, mean, std, interpolation
+``sedeploy.labels``             JSON list of class names (only when given)
+``sedeploy.params``             parameter count (complexity estimator)
+``sedeploy.macs``               multiply-accumulates per image at ``input_size``
+``sedeploy.weights_sha256``     SHA-256 of the source weights file (absent: random init)
+``sedeploy.weights_layout``     checkpoint layout the weights were converted from
+``sedeploy.opset``              ONNX opset of the default domain
+``sedeploy.max_batch``          largest batch later stages should plan for
+==============================  ==============================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from sedeploy.errors import BadInputError
+from sedeploy.registry import ModelDefaults
+
+PREFIX = "sedeploy."
+METADATA_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How to turn an image into the model's input.
+
+    ``resize`` follows ``torchvision.transforms.Resize``: one value resizes the
+    short side to it, two values resize to exactly (H, W). Then a center crop to
+    ``crop`` (H, W); pixels are scaled to [0, 1] and normalised per channel with
+    ``mean`` and ``std``.
+    """
+
+    resize: tuple[int, ...]
+    crop: tuple[int, int]
+    crop_pct: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str
+
+    @classmethod
+    def from_defaults(cls, defaults: ModelDefaults) -> Preprocessing:
+        """Derive the preprocessing from a model's :class:`ModelDefaults` (timm's eval transform)."""
+        _, height, width = defaults.input_size
+        if height == width:
+            resize: tuple[int, ...] = (math.floor(height / defaults.crop_pct),)
+        else:
+            resize = (math.floor(height / defaults.crop_pct), math.floor(width / defaults.crop_pct))
+        return cls(
+            resize=resize,
+            crop=(height, width),
+            crop_pct=defaults.crop_pct,
+            mean=tuple(defaults.mean),
+            std=tuple(defaults.std),
+            interpolation=defaults.interpolation,
+        )
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """Everything sedeploy records about an exported model; see the module docstring for the keys."""
+
+    arch: str
+    options: Mapping[str, Any]
+    input_size: tuple[int, int, int]
+    num_classes: int
+    preprocessing: Preprocessing
+    params: int
+    macs: int
+    opset: int
+    max_batch: int
+    sedeploy_version: str
+    channel_order: str = "RGB"
+    input_name: str = "input"
+    output_name: str = "logits"
+    input_layout: str = "NCHW"
+    labels: tuple[str, ...] | None = None
+    weights_sha256: str | None = None
+    weights_layout: str | None = None
+
+    @property
+    def in_chans(self) -> int:
+        return self.input_size[0]
+
+    @property
+    def grayscale(self) -> bool:
+        return self.channel_order == "GRAY"
+
+    @property
+    def gmacs(self) -> float:
+        return self.macs / 1e9
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form (tuples become lists), with ``gmacs`` added."""
+        data = dataclasses.asdict(self)
+        data["options"] = dict(self.options)
+        data["gmacs"] = self.gmacs
+        return json.loads(json.dumps(data))
+
+    def to_props(self) -> dict[str, str]:
+        """The ``sedeploy.*`` key/value strings written into the ONNX file."""
+        values: dict[str, Any] = {
+            "metadata_version": METADATA_VERSION,
+            "version": self.sedeploy_version,
+            "arch": self.arch,
+            "options": dict(self.options),
+            "input_name": self.input_name,
+            "output_name": self.output_name,
+            "input_layout": self.input_layout,
+            "input_size": list(self.input_size),
+            "channel_order": self.channel_order,
+            "num_classes": self.num_classes,
+            "preprocessing": dataclasses.asdict(self.preprocessing),
+            "labels": list(self.labels) if self.labels is not None else None,
+            "params": self.params,
+            "macs": self.macs,
+            "weights_sha256": self.weights_sha256,
+            "weights_layout": self.weights_layout,
+            "opset": self.opset,
+            "max_batch": self.max_batch,
+        }
+        return {
+            PREFIX + key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            for key, value in values.items()
+            if value is not None
+        }
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], source: str = "the model") -> ModelMetadata:
+        """Parse the ``sedeploy.*`` strings written by :meth:`to_props`."""
+        values = {key[len(PREFIX) :]: value for key, value in props.items() if key.startswith(PREFIX)}
+        if not values:
+            raise BadInputError(f"{source} has no sedeploy metadata; export it with `sedeploy export`")
+        try:
+            version = int(values["metadata_version"])
+            if version > METADATA_VERSION:
+                raise BadInputError(
+                    f"{source} has sedeploy metadata version {version}, newer than this sedeploy reads "
+                    f"({METADATA_VERSION}); upgrade sedeploy"
+                )
+            preprocessing = json.loads(values["preprocessing"])
+            labels = json.loads(values["labels"]) if "labels" in values else None
+            channels, height, width = (int(v) for v in json.loads(values["input_size"]))
+            crop_height, crop_width = (int(v) for v in preprocessing["crop"])
+            return cls(
+                arch=values["arch"],
+                options=json.loads(values["options"]),
+                input_size=(channels, height, width),
+                num_classes=int(values["num_classes"]),
+                preprocessing=Preprocessing(
+                    resize=tuple(int(v) for v in preprocessing["resize"]),
+                    crop=(crop_height, crop_width),
+                    crop_pct=float(preprocessing["crop_pct"]),
+                    mean=tuple(float(v) for v in preprocessing["mean"]),
+                    std=tuple(float(v) for v in preprocessing["std"]),
+                    interpolation=str(preprocessing["interpolation"]),
+                ),
+                params=int(values["params"]),
+                macs=int(values["macs"]),
+                opset=int(values["opset"]),
+                max_batch=int(values["max_batch"]),
+                sedeploy_version=values["version"],
+                channel_order=values["channel_order"],
+                input_name=values["input_name"],
+                output_name=values["output_name"],
+                input_layout=values["input_layout"],
+                labels=tuple(str(label) for label in labels) if labels is not None else None,
+                weights_sha256=values.get("weights_sha256"),
+                weights_layout=values.get("weights_layout"),
+            )
+        except (KeyError, ValueError, TypeError) as error:
+            raise BadInputError(
+                f"{source} has incomplete or corrupt sedeploy metadata ({type(error).__name__}: {error}); "
+                "export it again"
+            ) from None
+
+
+def channel_order_for(in_chans: int) -> str:
+    """``GRAY`` for one channel, ``RGB`` for three (the zoo's ImageNet mean/std are RGB), else ``unknown``."""
+    return {1: "GRAY", 3: "RGB"}.get(in_chans, "unknown")
+
+
+def write_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
+    """Replace the ``sedeploy.*`` entries of ``model.metadata_props`` with ``metadata``; other entries stay."""
+    kept = [(entry.key, entry.value) for entry in model.metadata_props if not entry.key.startswith(PREFIX)]
+    del model.metadata_props[:]
+    for key, value in [*kept, *sorted(metadata.to_props().items())]:
+        model.metadata_props.add(key=key, value=value)
+
+
+def read_metadata(model: str | os.PathLike[str] | onnx.ModelProto) -> ModelMetadata:
+    """The :class:`ModelMetadata` of an ONNX file or loaded model written by ``sedeploy export``."""
+    if isinstance(model, onnx.ModelProto):
+        proto, source = model, "the model"
+    else:
+        path = Path(model)
+        if not path.is_file():
+            raise BadInputError(f"ONNX file {path} does not exist; check the path")
+        try:
+            proto = onnx.load(str(path), load_external_data=False)
+        except Exception as error:
+            raise BadInputError(f"{path} is not a readable ONNX file ({error}); export it again") from None
+        source = str(path)
+    return ModelMetadata.from_props({entry.key: entry.value for entry in proto.metadata_props}, source)
+
+
+def read_labels(path: str | os.PathLike[str]) -> tuple[str, ...]:
+    """Class names from a file: a JSON list, or one name per line (blank lines ignored)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise BadInputError(f"cannot read labels file {path} ({error}); give a UTF-8 text file") from None
+    if text.lstrip().startswith("["):
+        try:
+            labels = json.loads(text)
+        except ValueError as error:
+            raise BadInputError(f"labels file {path} is not valid JSON ({error})") from None
+        if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+            raise BadInputError(f"labels file {path} must be a JSON list of strings")
+        return tuple(labels)
+    return tuple(line.strip() for line in text.splitlines() if line.strip())

@@ -1,0 +1,298 @@
+"""GPU tests of the pinned-memory layer and the TensorRT backend; they skip, with the reason, where
+CUDA, pycuda or TensorRT is missing (conftest skips every ``gpu`` test when torch sees no CUDA)."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from sedeploy import create_model, cuda_memory
+from sedeploy.compare import compare_logits
+from sedeploy.manifest import read_manifest, write_manifest
+
+pytestmark = pytest.mark.gpu
+
+IMAGE = (3, 64, 64)
+CLASSES = 10
+MAX_BATCH = 16
+FP32_MIN_COSINE = 0.9995
+"""TensorRT may run FP32 convolutions in TF32 on Ampere and newer, so FP32 parity is slightly looser than export's."""
+
+
+@pytest.fixture(scope="module")
+def pycuda_driver() -> Any:
+    return pytest.importorskip(
+        "pycuda.driver", reason="pycuda is not installed: pip install 'sedeploy[tensorrt]'"
+    )
+
+
+@pytest.fixture(scope="module")
+def tensorrt(pycuda_driver: Any) -> Any:
+    return pytest.importorskip(
+        "tensorrt", reason="TensorRT is not installed: pip install 'sedeploy[tensorrt]'"
+    )
+
+
+class _DeviceArray:
+    """Exposes a device pointer to PyTorch through ``__cuda_array_interface__`` (no copy)."""
+
+    def __init__(self, pointer: int, shape: tuple[int, ...], typestr: str = "<f4") -> None:
+        self.__cuda_array_interface__ = {
+            "shape": shape,
+            "typestr": typestr,
+            "data": (pointer, False),
+            "version": 2,
+        }
+
+
+def test_cuda_memory_round_trip_through_torch(pycuda_driver: Any) -> None:
+    rng = np.random.default_rng(0)
+    host_input = rng.standard_normal((4, 8)).astype(np.float32)
+    layouts = [
+        cuda_memory.TensorLayout("x", "float32", (4, 8), is_input=True),
+        cuda_memory.TensorLayout("y", "float32", (4, 8), is_input=False),
+    ]
+    with cuda_memory.CudaContext(0) as context, cuda_memory.BufferSet(layouts) as buffers:
+        buffers.host["x"].array[...] = host_input
+        buffers.upload("x", 3)
+        buffers.stream.synchronize()
+        source = torch.as_tensor(_DeviceArray(buffers.device["x"].ptr, (4, 8)), device="cuda")
+        target = torch.as_tensor(_DeviceArray(buffers.device["y"].ptr, (4, 8)), device="cuda")
+        target.copy_(torch.relu(source * 2 + 1))
+        torch.cuda.synchronize()
+        buffers.download("y", 3)
+        buffers.stream.synchronize()
+        result = buffers.host["y"].rows(3).copy()
+    context.free()
+    np.testing.assert_allclose(result, np.maximum(host_input[:3] * 2 + 1, 0), rtol=1e-6)
+    assert buffers.freed and context.freed
+
+
+def test_double_buffer_pipeline_through_torch(pycuda_driver: Any) -> None:
+    layouts = [
+        cuda_memory.TensorLayout("x", "float32", (2, 5), is_input=True),
+        cuda_memory.TensorLayout("y", "float32", (2, 5), is_input=False),
+    ]
+    batches = [np.full((2, 5), index, dtype=np.float32) for index in range(6)]
+
+    def submit(buffers: cuda_memory.BufferSet, batch: np.ndarray) -> None:
+        buffers.host["x"].array[...] = batch
+        buffers.upload("x", 2)
+        buffers.stream.synchronize()
+        stream = torch.cuda.ExternalStream(buffers.stream.handle)
+        with torch.cuda.stream(stream):
+            source = torch.as_tensor(_DeviceArray(buffers.device["x"].ptr, (2, 5)), device="cuda")
+            target = torch.as_tensor(_DeviceArray(buffers.device["y"].ptr, (2, 5)), device="cuda")
+            target.copy_(source * 3)
+        buffers.download("y", 2)
+
+    def collect(buffers: cuda_memory.BufferSet, _: None) -> np.ndarray:
+        buffers.stream.synchronize()
+        return buffers.host["y"].array.copy()
+
+    context = cuda_memory.CudaContext(0)
+    with context, cuda_memory.DoubleBuffer(layouts) as double:
+        outputs = list(double.run(batches, submit, collect))
+    context.free()
+    for index, output in enumerate(outputs):
+        np.testing.assert_array_equal(output, np.full((2, 5), 3 * index, dtype=np.float32))
+
+
+def test_cuda_graph_replays_captured_copies(pycuda_driver: Any) -> None:
+    context = cuda_memory.CudaContext(0)
+    with context, cuda_memory.BufferSet([cuda_memory.TensorLayout("x", "float32", (8,), True)]) as buffers:
+        graph = cuda_memory.CudaGraph.capture(buffers.stream, lambda: buffers.upload("x", 8))
+        if graph is None:
+            pytest.skip("CUDA graph capture is not available with this pycuda/driver")
+        for value in (1.0, 2.5):
+            buffers.host["x"].array[...] = value
+            graph.launch(buffers.stream)
+            buffers.stream.synchronize()
+            device = torch.as_tensor(_DeviceArray(buffers.device["x"].ptr, (8,)), device="cuda")
+            assert torch.all(device == value)
+        graph.free()
+    context.free()
+
+
+# TensorRT.
+
+
+@pytest.fixture(scope="module")
+def model_and_onnx(tensorrt: Any, tmp_path_factory: pytest.TempPathFactory) -> tuple[torch.nn.Module, Path]:
+    from sedeploy.export import export_onnx
+
+    torch.manual_seed(0)
+    model = create_model("se_resnet18", num_classes=CLASSES, img_size=IMAGE[1]).eval()
+    path = tmp_path_factory.mktemp("trt") / "model.onnx"
+    export_onnx(model, img_size=IMAGE[1], max_batch=MAX_BATCH, output=path, check=False)
+    return model, path
+
+
+@pytest.fixture(scope="module")
+def fp32_engine(model_and_onnx: tuple[torch.nn.Module, Path]) -> Path:
+    from sedeploy.backends.tensorrt import build_engine
+
+    _, onnx_path = model_and_onnx
+    engine_path = onnx_path.with_name("model.engine")
+    phases: list[str] = []
+    result = build_engine(
+        onnx_path,
+        engine_path,
+        profile=f"1:4:{MAX_BATCH}",
+        timing_cache=onnx_path.with_name("timing.cache"),
+        progress=lambda phase, done, total: phases.append(phase),
+    )
+    assert result.engine_path == engine_path and engine_path.is_file()
+    assert onnx_path.with_name("timing.cache").is_file()
+    return engine_path
+
+
+def _reference(model: torch.nn.Module, batch: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(batch)).numpy()
+
+
+def _images(count: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((count, *IMAGE)).astype(np.float32)
+
+
+def test_manifest_describes_engine(fp32_engine: Path, tensorrt: Any) -> None:
+    manifest = read_manifest(fp32_engine)
+    assert manifest.artifact_format == "tensorrt_plan" and manifest.precision == "fp32"
+    assert manifest.engine is not None
+    assert manifest.engine["tensorrt_version"] == tensorrt.__version__
+    assert manifest.engine["profile"] == {"min": 1, "opt": 4, "max": MAX_BATCH}
+    assert manifest.device["compute_capability"] and manifest.device["gpu_name"]
+    manifest.check_artifact(fp32_engine)
+
+
+@pytest.mark.parametrize("batch_size", [1, 5, MAX_BATCH])
+def test_fp32_parity_with_pytorch(
+    fp32_engine: Path, model_and_onnx: tuple[torch.nn.Module, Path], batch_size: int
+) -> None:
+    from sedeploy.backends.tensorrt import TensorRTRunner
+
+    model, _ = model_and_onnx
+    batch = _images(batch_size, seed=batch_size)
+    with TensorRTRunner(fp32_engine) as runner:
+        assert runner.max_batch == MAX_BATCH
+        output = runner(batch)
+    assert output.shape == (batch_size, CLASSES)
+    check = compare_logits(_reference(model, batch), output)
+    assert check.passed(min_cosine=FP32_MIN_COSINE), check.to_text()
+
+
+def test_batch_bigger_than_max_is_split_and_joined(fp32_engine: Path) -> None:
+    from sedeploy.backends.tensorrt import TensorRTRunner
+
+    batch = _images(2 * MAX_BATCH + 3)
+    with TensorRTRunner(fp32_engine) as runner:
+        whole = runner(batch)
+        pieces = np.concatenate([runner(batch[start : start + 7]) for start in range(0, len(batch), 7)])
+    np.testing.assert_allclose(whole, pieces, rtol=1e-4, atol=1e-4)
+
+
+def test_streaming_equals_per_batch(fp32_engine: Path) -> None:
+    from sedeploy.backends.tensorrt import TensorRTRunner
+
+    batches = [_images(size, seed=size) for size in (3, MAX_BATCH, 1, MAX_BATCH + 5, 0, 8)]
+    with TensorRTRunner(fp32_engine) as runner:
+        one_by_one = [runner(batch) for batch in batches]
+        streamed = list(runner.stream(batches))
+    assert len(streamed) == len(batches)
+    for single, piped in zip(one_by_one, streamed, strict=True):
+        assert single.shape == piped.shape
+        np.testing.assert_allclose(single, piped, rtol=1e-4, atol=1e-4)
+
+
+def test_two_threads_through_the_pool_match_one(fp32_engine: Path) -> None:
+    from sedeploy.backends.tensorrt import TensorRTRunner
+
+    batches = [_images(size, seed=size) for size in (1, 4, 7, MAX_BATCH, 9, 2)]
+    with TensorRTRunner(fp32_engine, contexts=2) as runner:
+        expected = [runner(batch) for batch in batches]
+        results: dict[tuple[int, int], np.ndarray] = {}
+        errors: list[BaseException] = []
+
+        def work(worker: int) -> None:
+            try:
+                for index, batch in enumerate(batches):
+                    results[(worker, index)] = runner(batch)
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=work, args=(worker,)) for worker in range(2)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors
+    for (_, index), output in results.items():
+        np.testing.assert_allclose(output, expected[index], rtol=1e-4, atol=1e-4)
+
+
+def test_cuda_graph_matches_direct_launch(fp32_engine: Path) -> None:
+    from sedeploy.backends.tensorrt import TensorRTRunner
+
+    batch = _images(5)
+    with TensorRTRunner(fp32_engine) as direct:
+        expected = direct(batch)
+    with TensorRTRunner(fp32_engine, contexts=1, cuda_graph=True) as graphed:
+        for _ in range(3):
+            np.testing.assert_allclose(graphed(batch), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_close_is_safe_twice_and_a_closed_runner_fails_clearly(fp32_engine: Path) -> None:
+    from sedeploy.backends.base import RunnerClosedError
+    from sedeploy.backends.tensorrt import TensorRTRunner
+
+    runner = TensorRTRunner(fp32_engine)
+    runner.close()
+    runner.close()
+    with pytest.raises(RunnerClosedError):
+        runner(_images(1))
+
+
+def test_engine_for_another_tensorrt_is_refused_with_rebuild(fp32_engine: Path, tmp_path: Path) -> None:
+    from sedeploy.backends.tensorrt import EngineMismatchError, TensorRTRunner
+
+    copy = tmp_path / "other.engine"
+    shutil.copyfile(fp32_engine, copy)
+    manifest = read_manifest(fp32_engine)
+    engine = {**(manifest.engine or {}), "tensorrt_version": "9.0.0"}
+    write_manifest(dataclasses.replace(manifest, artifact=copy.name, engine=engine), copy)
+    with pytest.raises(EngineMismatchError, match="rebuild"):
+        TensorRTRunner(copy)
+
+
+def test_implicit_int8_builds_on_10x_and_is_refused_on_11x(
+    tensorrt: Any, model_and_onnx: tuple[torch.nn.Module, Path], tmp_path: Path
+) -> None:
+    from sedeploy.backends.tensorrt import TensorRTRunner, build_engine
+    from sedeploy.errors import BadInputError
+
+    _, onnx_path = model_and_onnx
+    calibration = [_images(4, seed=seed) for seed in range(4)]
+    engine_path = tmp_path / "int8.engine"
+    kwargs: dict[str, Any] = {
+        "profile": "1:4:8",
+        "implicit_int8": calibration,
+        "calibration_cache": tmp_path / "calibration.cache",
+    }
+    if not (hasattr(tensorrt, "IInt8EntropyCalibrator2") and hasattr(tensorrt.BuilderFlag, "INT8")):
+        with pytest.raises(BadInputError, match=r"10\.x"):
+            build_engine(onnx_path, engine_path, **kwargs)
+        return
+    build_engine(onnx_path, engine_path, **kwargs)
+    assert read_manifest(engine_path).precision == "int8"
+    assert (tmp_path / "calibration.cache").is_file()
+    with TensorRTRunner(engine_path) as runner:
+        output = runner(_images(3))
+    assert output.shape == (3, CLASSES) and np.all(np.isfinite(output))
