@@ -17,6 +17,7 @@ from sedeploy.errors import (
 from sedeploy.export import ExportResult, export_onnx
 from sedeploy.metadata import ModelMetadata, read_metadata
 from sedeploy.registry import ModelDefaults, create_model, list_models
+from sedeploy.runtime import load
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "estimate_complexity",
     "export_onnx",
     "list_models",
+    "load",
     "read_metadata",
     "save_checkpoint",
 ]

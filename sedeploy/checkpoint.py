@@ -310,8 +310,12 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
 
 def merge_options(implied: Mapping[str, Any], requested: Mapping[str, Any], source: str) -> dict[str, Any]:
     """The checkpoint's implied options plus the user's; a contradiction fails instead of overriding."""
+
+    def comparable(value: Any) -> Any:
+        return list(value) if isinstance(value, (tuple, list)) else value
+
     for key, value in requested.items():
-        if key in implied and implied[key] != value:
+        if key in implied and comparable(implied[key]) != comparable(value):
             raise ConfigError(
                 f"{key}={value!r} contradicts {source}, which implies {key}={implied[key]!r}; "
                 "drop the option, or pass --layout if the layout was misdetected"

@@ -16,12 +16,26 @@ from typing import Any
 import click
 
 from sedeploy import __version__
+from sedeploy.bench import bench, write_reports
 from sedeploy.build import BACKENDS, DEFAULT_CALIBRATION_SIZE, BuildOptions, build_engine
 from sedeploy.checkpoint import LAYOUTS
 from sedeploy.errors import SedeployError
 from sedeploy.export import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_onnx
+from sedeploy.files import check_writable, write_json_atomic
 from sedeploy.info import model_info
+from sedeploy.predict import predict
 from sedeploy.quantize import CALIBRATION_METHODS, DEFAULT_PERCENTILE, FLAVOURS
+from sedeploy.train import (
+    DEVICES,
+    SCHEDULES,
+    EpochMetrics,
+    TrainConfig,
+    plain_comparison_text,
+    train,
+    train_with_plain_twin,
+)
+from sedeploy.triton import DEFAULT_QUEUE_DELAY_US, KINDS, ServingOptions, check_repository, write_repository
+from sedeploy.verify import DEFAULT_IMAGES, DEFAULT_SYNTHETIC, DEFAULT_THRESHOLDS, verify
 
 
 class _Group(click.Group):
@@ -344,6 +358,341 @@ def build_engine_command(
         click.echo(json.dumps(result.to_dict(), indent=2))
     else:
         click.echo(result.to_text())
+
+
+def _epoch_line(metrics: EpochMetrics) -> None:
+    click.echo(
+        f"epoch {metrics.epoch}: loss {metrics.train_loss:.4f}, train accuracy {100 * metrics.train_accuracy:.2f}%, "
+        f"val loss {metrics.val_loss:.4f}, val accuracy {100 * metrics.val_accuracy:.2f}%, "
+        f"{metrics.images_per_second:.0f} img/s, {metrics.seconds:.1f} s",
+        err=True,
+    )
+
+
+@cli.command("train")
+@click.argument("data_dir", type=click.Path())
+@click.option("--arch", required=True, help="Zoo model to train, e.g. se_resnet50 or se_preact_resnet.")
+@click.option("--img-size", help="Input size, N or HxW (default: the model's, 224).")
+@click.option("--in-chans", type=click.IntRange(1, 3), help="Input channels, 1 (grayscale) or 3.")
+@click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--batch", "batch_size", type=click.IntRange(min=2), default=64, show_default=True)
+@click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--weight-decay", type=float, default=0.05, show_default=True)
+@click.option("--schedule", type=click.Choice(SCHEDULES), default="cosine", show_default=True)
+@click.option("--val-split", type=float, default=0.2, show_default=True, help="Share kept to validate on.")
+@click.option("--val-dir", type=click.Path(), help="Validation ImageFolder (instead of --val-split).")
+@click.option("--weights", type=click.Path(dir_okay=False), help="Initial weights to fine-tune (any layout).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--hflip", is_flag=True, help="Also flip images horizontally (not for digits or text).")
+@click.option("--no-augment", is_flag=True, help="Train on the images as they are.")
+@click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
+@click.option("--resume", is_flag=True, help="Continue the run saved in the output folder.")
+@click.option("--compare-plain", is_flag=True, help="Also train the plain twin (no SE), same settings.")
+@click.option(
+    "-O",
+    "--option",
+    "options",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Any other model option, e.g. -O reduction=8 -O 'widths=(32,64,128)' (repeatable).",
+)
+@click.option("-o", "--output", type=click.Path(file_okay=False), default="runs/train", show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def train_command(
+    data_dir: str,
+    arch: str,
+    img_size: str | None,
+    in_chans: int | None,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    schedule: str,
+    val_split: float,
+    val_dir: str | None,
+    weights: str | None,
+    seed: int,
+    hflip: bool,
+    no_augment: bool,
+    device: str,
+    resume: bool,
+    compare_plain: bool,
+    options: tuple[str, ...],
+    output: str,
+    as_json: bool,
+) -> None:
+    """Train ARCH on DATA_DIR (one sub-folder per class); keep the best checkpoint, its record and curves."""
+    if resume and compare_plain:
+        raise click.UsageError("--resume continues one run; give it without --compare-plain")
+    config = TrainConfig(
+        arch=arch,
+        img_size=_parse_img_size(img_size),
+        in_chans=in_chans,
+        options=_parse_options(options),
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        schedule=schedule,
+        val_split=val_split,
+        val_dir=Path(val_dir) if val_dir else None,
+        weights=Path(weights) if weights else None,
+        seed=seed,
+        hflip=hflip,
+        augment=not no_augment,
+        device=device,
+    )
+    progress = not as_json and sys.stderr.isatty()
+    on_epoch = None if as_json else _epoch_line
+    if compare_plain:
+        results = train_with_plain_twin(data_dir, config, output, progress=progress, on_epoch=on_epoch)
+        if as_json:
+            click.echo(json.dumps({"se": results[0].to_dict(), "plain": results[1].to_dict()}, indent=2))
+        else:
+            click.echo("\n\n".join(result.to_text() for result in results))
+            click.echo("\n" + plain_comparison_text(*results))
+        return
+    result = train(data_dir, config, output, resume=resume, progress=progress, on_epoch=on_epoch)
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
+
+
+def _parse_batch_sizes(value: str | None) -> tuple[int, ...]:
+    if not value:
+        return ()
+    try:
+        sizes = tuple(int(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(
+            f"{value!r} is not a list of batch sizes; use e.g. 4,8", param_hint="--preferred-batch"
+        )
+    return sizes
+
+
+@cli.command("triton")
+@click.argument("artifacts", nargs=-1, type=click.Path())
+@click.option("-o", "--output", type=click.Path(file_okay=False), help="Model repository folder to write.")
+@click.option("--name", help="Model name (default: the model's architecture).")
+@click.option("--version", "first_version", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--per-precision", is_flag=True, help="One model per artifact, named NAME_<precision>.")
+@click.option("--max-batch", type=click.IntRange(min=1), help="Largest batch (default: the artifact's).")
+@click.option("--preferred-batch", help="Preferred batch sizes of the dynamic batcher, e.g. 4,8.")
+@click.option(
+    "--max-queue-delay-us", type=click.IntRange(min=0), default=DEFAULT_QUEUE_DELAY_US, show_default=True
+)
+@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True)
+@click.option("--kind", type=click.Choice(KINDS), help="Instance kind (default: gpu; cpu for INT8 cpu ONNX).")
+@click.option("--ort-trt-accelerator", is_flag=True, help="ONNX on GPU: ONNX Runtime hands it to TensorRT.")
+@click.option("--force", is_flag=True, help="Replace a different model of the same name.")
+@click.option(
+    "--check", "check_path", type=click.Path(file_okay=False), help="Validate a repository instead."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def triton_command(
+    artifacts: tuple[str, ...],
+    output: str | None,
+    name: str | None,
+    first_version: int,
+    per_precision: bool,
+    max_batch: int | None,
+    preferred_batch: str | None,
+    max_queue_delay_us: int,
+    instances: int,
+    kind: str | None,
+    ort_trt_accelerator: bool,
+    force: bool,
+    check_path: str | None,
+    as_json: bool,
+) -> None:
+    """Write a Triton Inference Server model repository for ARTIFACTS (ONNX or TensorRT engines), or --check one."""
+    ctx = click.get_current_context()
+    if check_path is not None:
+        if artifacts or output:
+            raise click.UsageError("--check REPO takes no artifacts and no -o")
+        report = check_repository(check_path)
+        click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
+        ctx.exit(0 if report.ok else 1)
+    if not artifacts or not output:
+        raise click.UsageError("give one or more artifacts and -o MODEL_REPOSITORY (or --check REPO)")
+    options = ServingOptions(
+        max_batch=max_batch,
+        preferred_batch=_parse_batch_sizes(preferred_batch),
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        kind=kind,
+        ort_trt_accelerator=ort_trt_accelerator,
+    )
+    result = write_repository(
+        artifacts,
+        output,
+        name=name,
+        version=first_version,
+        per_precision=per_precision,
+        options=options,
+        force=force,
+    )
+    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
+
+
+@cli.command("bench")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option("--batch", "batches", default="1,8", show_default=True, help="Batch sizes, comma-separated.")
+@click.option(
+    "--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed calls per sample."
+)
+@click.option("--iterations", type=click.IntRange(min=1), help="Timed calls per artifact, batch and round.")
+@click.option(
+    "--duration", type=float, default=6.0, show_default=True, help="Timed seconds per artifact and batch."
+)
+@click.option(
+    "--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved rounds."
+)
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (default: all cores).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON here.")
+@click.option(
+    "--markdown", "markdown_path", type=click.Path(dir_okay=False), help="Write a Markdown table here."
+)
+@click.option(
+    "--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of images/s vs batch."
+)
+def bench_command(
+    artifacts: tuple[str, ...],
+    batches: str,
+    warmup: int,
+    iterations: int | None,
+    duration: float,
+    rounds: int,
+    threads: int | None,
+    json_path: str | None,
+    markdown_path: str | None,
+    plot_path: str | None,
+) -> None:
+    """Throughput and latency of ARTIFACTS side by side, against their GFLOPs and this machine's roof."""
+    report = bench(
+        artifacts,
+        _parse_batch_sizes(batches),
+        warmup=warmup,
+        iterations=iterations,
+        duration=None if iterations else duration,
+        rounds=rounds,
+        threads=threads,
+        progress=sys.stderr.isatty(),
+    )
+    write_reports(
+        report,
+        Path(json_path) if json_path else None,
+        Path(markdown_path) if markdown_path else None,
+        Path(plot_path) if plot_path else None,
+    )
+    click.echo(report.to_text())
+
+
+def _thresholds_help(field: str, unit: str) -> str:
+    return ", ".join(
+        f"{precision} {getattr(limits, field)}{unit}" for precision, limits in DEFAULT_THRESHOLDS.items()
+    )
+
+
+@cli.command("verify")
+@click.argument("artifact", type=click.Path(exists=True, dir_okay=False))
+@click.option(
+    "--reference",
+    metavar="ONNX|WEIGHTS|ARCH",
+    help="What to compare with (default: the FP32 ONNX the artifact was built from, found via its manifest).",
+)
+@click.option(
+    "--data",
+    type=click.Path(exists=True),
+    help="Image folder (class sub-folders give labels) or .npy of preprocessed inputs (default: synthetic).",
+)
+@click.option(
+    "--num",
+    type=click.IntRange(min=1),
+    help=f"How many inputs (default: {DEFAULT_IMAGES} images, or {DEFAULT_SYNTHETIC} synthetic).",
+)
+@click.option(
+    "--batch", type=click.IntRange(min=1), help="Batch size (default: 32, or the model's max batch)."
+)
+@click.option(
+    "--min-cos",
+    type=click.FloatRange(-1, 1),
+    help=f"Lowest per-sample cosine similarity (default: {_thresholds_help('min_cosine', '')}).",
+)
+@click.option(
+    "--max-top1-drop",
+    type=click.FloatRange(0, 100),
+    help="Largest top-1 accuracy drop (or share of changed top-1 without labels), percentage points "
+    f"(default: {_thresholds_help('max_top1_drop', ' pp')}).",
+)
+@click.option(
+    "--device", help="Artifact's device: cpu, cuda[:N], tensorrt[:N] (ONNX Runtime) or a GPU index."
+)
+@click.option(
+    "--json", "json_path", metavar="FILE", help="Also write the report as JSON to FILE (- for stdout)."
+)
+@click.pass_context
+def verify_command(
+    ctx: click.Context,
+    artifact: str,
+    reference: str | None,
+    data: str | None,
+    num: int | None,
+    batch: int | None,
+    min_cos: float | None,
+    max_top1_drop: float | None,
+    device: str | None,
+    json_path: str | None,
+) -> None:
+    """Compare ARTIFACT with its reference on the same inputs; exit 0 on pass, 1 on fail, 2 on usage errors."""
+    if json_path and json_path != "-":
+        check_writable(json_path)
+    report = verify(
+        artifact,
+        reference,
+        data=data,
+        num=num,
+        batch=batch,
+        min_cosine=min_cos,
+        max_top1_drop=max_top1_drop,
+        device=device,
+        progress=sys.stderr.isatty(),
+    )
+    if json_path == "-":
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        if json_path:
+            write_json_atomic(json_path, report.to_dict())
+        click.echo(report.to_text())
+    if not report.passed:
+        ctx.exit(1)
+
+
+@cli.command("predict")
+@click.argument("artifact", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes per image.")
+@click.option(
+    "--batch", type=click.IntRange(min=1), help="Batch size (default: 32, or the model's max batch)."
+)
+@click.option("--device", help="cpu, cuda[:N], tensorrt[:N] (ONNX Runtime) or a GPU index (TensorRT).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def predict_command(
+    artifact: str, images: tuple[str, ...], top_k: int, batch: int | None, device: str | None, as_json: bool
+) -> None:
+    """Labels and probabilities of each image in IMAGE_OR_DIR... (folders are read recursively)."""
+    report = predict(
+        artifact,
+        images,
+        top_k=top_k,
+        batch=batch,
+        device=device,
+        progress=not as_json and sys.stderr.isatty(),
+    )
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(report.to_text())
 
 
 def main() -> None:

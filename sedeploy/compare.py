@@ -18,7 +18,8 @@ class Comparison:
 
     ``max_rel_error`` is the max absolute error divided by the spread (max - min)
     of the reference logits; cosines are per sample; ``top1_agreement`` is the
-    fraction of samples with the same argmax. ``finite`` is False when the
+    fraction of samples with the same argmax; ``top5_agreement`` the fraction whose
+    reference argmax is among the candidate's top 5. ``finite`` is False when the
     candidate produced NaN or infinity anywhere.
     """
 
@@ -29,6 +30,8 @@ class Comparison:
     min_cosine: float
     top1_agreement: float
     finite: bool
+    mean_abs_error: float = 0.0
+    top5_agreement: float = 1.0
 
     def passed(self, min_cosine: float, min_top1: float = 1.0) -> bool:
         """True when every sample's cosine and the top-1 agreement reach the given floors."""
@@ -60,6 +63,8 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> Comparison:
     norms = np.linalg.norm(ref, axis=1) * np.linalg.norm(safe, axis=1)
     dots = np.sum(ref * safe, axis=1)
     identical = np.all(ref == safe, axis=1)
+    top_k = min(5, ref.shape[1])
+    candidate_top = np.argsort(-safe, axis=1, kind="stable")[:, :top_k]
     cosines = np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), np.where(identical, 1.0, 0.0))
     return Comparison(
         samples=len(ref),
@@ -69,6 +74,8 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> Comparison:
         min_cosine=float(np.min(cosines)),
         top1_agreement=float(np.mean(np.argmax(ref, axis=1) == np.argmax(safe, axis=1))),
         finite=finite,
+        mean_abs_error=float(np.mean(np.abs(ref - safe))) if finite else float("inf"),
+        top5_agreement=float(np.mean(np.any(candidate_top == np.argmax(ref, axis=1)[:, None], axis=1))),
     )
 
 

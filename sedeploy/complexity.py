@@ -121,6 +121,8 @@ def estimate_complexity(model: nn.Module, input_size: tuple[int, int, int] | Non
     channels, height, width = (int(v) for v in input_size)
     groups: dict[str, str] = getattr(model, "complexity_groups", {})
     meta_model = _on_meta(model)
+    was_training = meta_model.training
+    meta_model.eval()  # BatchNorm in train mode refuses 1x1 feature maps at batch 1
 
     macs_by_module: dict[str, int] = {}
     stage_shapes: dict[str, tuple[int, ...]] = {}
@@ -143,6 +145,7 @@ def estimate_complexity(model: nn.Module, input_size: tuple[int, int, int] | Non
     finally:
         for handle in handles:
             handle.remove()
+        meta_model.train(was_training)
 
     se_prefixes = [name + "." for name, m in meta_model.named_modules() if isinstance(m, SqueezeExcite)]
     se_macs = sum(

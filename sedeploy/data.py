@@ -296,8 +296,8 @@ def _has_alpha(image: Image.Image) -> bool:
     return "A" in bands or "a" in bands or "transparency" in image.info
 
 
-def _to_channels(image: Image.Image, channels: int) -> Image.Image:
-    """Convert any Pillow mode to ``L`` (1 channel) or ``RGB`` (3 channels)."""
+def to_channels(image: Image.Image, channels: int) -> Image.Image:
+    """Convert any Pillow mode to ``L`` (1 channel) or ``RGB`` (3 channels), as the module docstring lists."""
     divisor = _HIGH_BIT_DEPTH_DIVISORS.get(image.mode)
     if divisor is not None:
         pixels = np.asarray(image, dtype=np.float64) / divisor
@@ -343,7 +343,7 @@ def load_image(
             handle.seek(0)
             handle.load()
             upright = ImageOps.exif_transpose(handle)
-            return _to_channels(upright, channels)
+            return to_channels(upright, channels)
         except Exception as error:
             raise UnreadableImageError(
                 path,

@@ -395,6 +395,8 @@ def export_onnx(
                 f"{len(label_names)} labels given for a model with {classes} classes; give {classes}"
             )
         defaults = (source.defaults or ModelDefaults()).for_options(input_size[0], classes, input_size[1:])
+        if label_names is None and defaults.labels is not None:
+            label_names = defaults.labels  # the zoo entry's own class names (e.g. the chair classifier's)
 
         path = Path(output) if output is not None else _default_output(source.name)
         with atomic_output(path) as temp_path:

@@ -154,6 +154,20 @@ class ModelMetadata:
         }
 
     @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "the manifest") -> ModelMetadata:
+        """Parse the :meth:`to_dict` form (a build manifest's ``source_metadata``), validated as the ONNX keys are."""
+        fields = {field.name for field in dataclasses.fields(cls)}
+        values: dict[str, Any] = {key: value for key, value in data.items() if key in fields}
+        values["metadata_version"] = METADATA_VERSION
+        values["version"] = values.pop("sedeploy_version", "")
+        props = {
+            PREFIX + key: value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+            for key, value in values.items()
+            if value is not None
+        }
+        return cls.from_props(props, source)
+
+    @classmethod
     def from_props(cls, props: Mapping[str, str], source: str = "the model") -> ModelMetadata:
         """Parse the ``sedeploy.*`` strings written by :meth:`to_props`."""
         values = {key[len(PREFIX) :]: value for key, value in props.items() if key.startswith(PREFIX)}

@@ -26,6 +26,7 @@ import logging
 import struct
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -366,9 +367,18 @@ def convert_fp16(
     model = _load(model_path)
     op_block_list = sorted(set(float16.DEFAULT_OP_BLOCK_LIST) | set(block_list))
     try:
-        converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=op_block_list)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            converted = float16.convert_float_to_float16(
+                model, keep_io_types=True, op_block_list=op_block_list
+            )
     except Exception as error:
         raise PrecisionError(f"FP16 conversion of {model_path} failed: {error}") from error
+    if caught:
+        # The converter warns once per weight it clamps to FP16's range; say it once.
+        logger.info(
+            "FP16 conversion clamped %d value(s) to FP16's range, e.g. %s", len(caught), caught[0].message
+        )
     _copy_metadata(model, converted)
     _save(converted, output_path)
     return {"fp16_block_list": sorted(block_list), "io_types": "float32"}

@@ -14,12 +14,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 import sedeploy
 from sedeploy.data import load_image_set
 from sedeploy.export import export_onnx
 from sedeploy.metadata import Preprocessing
+from sedeploy.train import write_digits_imagefolder
 
 IMAGE_SIZE = 32
 LABELS = tuple(str(digit) for digit in range(10))
@@ -41,23 +41,11 @@ class TrainedDigits:
 def write_digit_folders(
     root: Path, test_share: float = 0.25, calib_count: int = 128
 ) -> tuple[Path, Path, Path]:
-    """Write train/ and test/ (class sub-folders) and calib/ (flat, from train) under ``root``."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    order = np.random.default_rng(0).permutation(len(digits.images))
-    test_count = int(len(order) * test_share)
-    train_dir, test_dir, calib_dir = root / "train", root / "test", root / "calib"
-    for position, index in enumerate(order):
-        pixels = (digits.images[index] * (255.0 / 16.0)).astype(np.uint8)
-        image = Image.fromarray(pixels, mode="L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BILINEAR)
-        split = test_dir if position < test_count else train_dir
-        folder = split / str(digits.target[index])
-        folder.mkdir(parents=True, exist_ok=True)
-        image.save(folder / f"{index:04d}.png")
-        if split is train_dir and position - test_count < calib_count:
-            calib_dir.mkdir(parents=True, exist_ok=True)
-            image.save(calib_dir / f"{index:04d}.png")
+    """Write train/ and heldout/ (class sub-folders) and calibration/ (flat, from train) under ``root``."""
+    train_dir, test_dir, calib_dir = write_digits_imagefolder(
+        root, heldout_share=test_share, calibration_count=calib_count, image_size=IMAGE_SIZE
+    )
+    assert calib_dir is not None
     return train_dir, test_dir, calib_dir
 
 

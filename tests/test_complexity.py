@@ -109,3 +109,10 @@ def test_default_input_size_comes_from_the_model_config() -> None:
     assert complexity.buffer_values == sum(
         m.running_mean.numel() * 2 for m in model.modules() if isinstance(m, nn.BatchNorm2d)
     )
+
+
+def test_counts_in_eval_mode_so_1x1_feature_maps_work_and_mode_is_kept() -> None:
+    model = sedeploy.create_model("se_preact_resnet", depths=(1, 1, 1, 1), widths=(16, 16, 32, 64)).train()
+    complexity = estimate_complexity(model, input_size=(3, 32, 32))  # layer4 output is 1x1
+    assert complexity.stages[-2].output_shape == (64, 1, 1)
+    assert model.training

@@ -147,3 +147,33 @@ def test_unknown_option_values_fail_with_one_line(name: str, options: dict, frag
         sedeploy.create_model(name, **options)
     assert fragment in str(excinfo.value)
     assert "\n" not in str(excinfo.value)
+
+
+def test_chair_classifier_exports_and_parity_checks_at_native_size(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sedeploy.export import export_onnx
+    from sedeploy.metadata import read_metadata
+
+    result = export_onnx("chair_se_resnet", output=tmp_path / "chair.onnx", max_batch=2)
+    assert [check.samples for check in result.parity] == [1, 2]
+    metadata = read_metadata(result.path)
+    assert metadata.input_size == (1, 473, 473) and metadata.grayscale
+    assert metadata.labels == ("bench", "chair", "office_chair", "sofa")
+    assert metadata.params == 9_771_200
+
+
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("se_resnet50", {"gate": "tanh", "se_variant": "3x3"}),
+        ("se_resnet50", {"se_stages": (4,), "squeeze": "max"}),
+        ("se_resnet18", {"se_variant": "identity", "gate": "relu"}),
+        ("se_mobilenet_v1", {"width_multiplier": 0.25}),
+    ],
+)
+def test_ablation_options_export_at_a_small_size(name: str, options: dict, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sedeploy.export import export_onnx
+
+    result = export_onnx(
+        name, img_size=32, num_classes=3, options=options, output=tmp_path / "m.onnx", max_batch=2
+    )
+    assert result.parity and all(check.top1_agreement == 1.0 for check in result.parity)

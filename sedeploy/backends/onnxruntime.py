@@ -1,4 +1,14 @@
-"""ONNX Runtime backend: sessions with sensible defaults, and the optimized graph a build writes for fast starts."""
+"""ONNX Runtime backend: sessions with sensible defaults, the optimized graph a build writes for fast starts,
+and :class:`OnnxRuntimeRunner`, the runner for every ``.onnx`` artifact.
+
+Devices: ``cpu``; ``cuda`` / ``cuda:N`` (onnxruntime-gpu's CUDA execution
+provider, batches bound to device buffers with I/O binding); ``tensorrt`` /
+``tensorrt:N`` (its TensorRT execution provider, CUDA and CPU behind it). The
+default is CUDA when this onnxruntime build has it, else CPU. ONNX Runtime drops
+a provider it cannot start without failing; the runner compares what it asked
+for with what the session uses, fails when a device was asked for explicitly,
+and logs a warning when the default fell back.
+"""
 
 from __future__ import annotations
 
@@ -7,12 +17,32 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
+from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
+from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import atomic_output
+from sedeploy.manifest import BuildManifest, ManifestError, manifest_path, read_manifest
+from sedeploy.metadata import PREFIX, ModelMetadata
 from sedeploy.optional import import_optional
 
 logger = logging.getLogger(__name__)
 
 OPTIMIZATION_LEVELS = ("disable", "basic", "extended", "all")
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+TENSORRT = "TensorrtExecutionProvider"
+DEVICES = ("cpu", "cuda", "cuda:N", "tensorrt", "tensorrt:N")
+_NUMPY_TYPES = {
+    "tensor(float)": "float32",
+    "tensor(float16)": "float16",
+    "tensor(double)": "float64",
+    "tensor(bfloat16)": "bfloat16",
+    "tensor(int8)": "int8",
+    "tensor(uint8)": "uint8",
+    "tensor(int32)": "int32",
+    "tensor(int64)": "int64",
+}
 
 
 def onnxruntime() -> Any:
@@ -29,6 +59,14 @@ def has_cuda() -> bool:
     return "CUDAExecutionProvider" in onnxruntime().get_available_providers()
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, which container limits narrow), at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def default_providers() -> list[str]:
     """CUDA first when this build has it (with CPU as ONNX Runtime's own fallback), else CPU."""
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if has_cuda() else ["CPUExecutionProvider"]
@@ -37,10 +75,19 @@ def default_providers() -> list[str]:
 def session_options(
     threads: int | None = None, optimization_level: str = "all", optimized_model_path: Path | None = None
 ) -> Any:
-    """Session options: intra-op threads = physical-ish core count unless given, graph optimization level."""
+    """Session options: intra-op threads = the cores this process may use unless given, graph optimization level.
+
+    One inter-op thread: the graph is a chain, and concurrent callers already
+    bring their own parallelism.
+    """
     ort = onnxruntime()
+    if optimization_level not in OPTIMIZATION_LEVELS:
+        raise ConfigError(
+            f"unknown optimization level {optimization_level!r}; valid values: {', '.join(OPTIMIZATION_LEVELS)}"
+        )
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or max(1, os.cpu_count() or 1)
+    options.intra_op_num_threads = threads or usable_cores()
+    options.inter_op_num_threads = 1
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
@@ -84,3 +131,176 @@ def write_optimized_model(
         )
     logger.info("wrote ONNX Runtime-optimized graph %s", output_path)
     return output_path
+
+
+def providers_for(device: str | None) -> tuple[list[Any], int]:
+    """The execution providers (with options) for ``device`` and the CUDA device index they use.
+
+    ``None`` is :func:`default_providers`. A GPU device on an onnxruntime build
+    without CUDA fails with the extra to install.
+    """
+    if device is None:
+        return list(default_providers()), 0
+    kind, _, index_text = device.strip().lower().partition(":")
+    try:
+        index = int(index_text) if index_text else 0
+    except ValueError:
+        index = -1
+    if kind not in ("cpu", "cuda", "gpu", "tensorrt") or index < 0 or (kind == "cpu" and index_text):
+        raise ConfigError(f"unknown ONNX Runtime device {device!r}; valid devices: {', '.join(DEVICES)}")
+    if kind == "cpu":
+        return [CPU], 0
+    available = onnxruntime().get_available_providers()
+    wanted = TENSORRT if kind == "tensorrt" else CUDA
+    if wanted not in available:
+        raise MissingDependencyError(
+            f"device {device!r} needs ONNX Runtime's {wanted}, which this onnxruntime build lacks "
+            f"(it has {', '.join(available)}); install it with: pip install 'sedeploy[gpu]'"
+        )
+    providers: list[Any] = [(CUDA, {"device_id": index}), CPU]
+    if kind == "tensorrt":
+        providers.insert(0, (TENSORRT, {"device_id": index}))
+    return providers, index
+
+
+def _provider_name(provider: Any) -> str:
+    return provider[0] if isinstance(provider, tuple) else str(provider)
+
+
+def _valid_manifest(path: Path) -> BuildManifest | None:
+    """The build manifest beside ``path`` if there is one and it describes this file; None (with a warning) if not."""
+    if not manifest_path(path).is_file():
+        return None
+    try:
+        manifest = read_manifest(path)
+        manifest.check_artifact(path)
+    except ManifestError as error:
+        logger.warning("ignoring the manifest of %s: %s", path, error)
+        return None
+    return manifest
+
+
+class OnnxRuntimeRunner(Runner):
+    """Runs an ONNX file (exported, precision or ONNX Runtime-optimized) in an ONNX Runtime session.
+
+    ``device``: see the module docstring. ``threads``: intra-op threads (default:
+    the usable cores). ``optimization_level``: default ``all``, or ``disable`` for
+    an artifact that a build already optimized for the same providers (its
+    manifest says so), which starts faster. ``providers`` overrides ``device``
+    with an explicit ONNX Runtime provider list. The session serves concurrent
+    callers (``InferenceSession.run`` is thread-safe; each call binds its own
+    buffers). ``provider`` is the provider the session actually uses; ``fallback``
+    says why it differs from the one asked for, or is None.
+    """
+
+    backend = "onnxruntime"
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike[str],
+        *,
+        device: str | None = None,
+        threads: int | None = None,
+        optimization_level: str | None = None,
+        providers: list[Any] | None = None,
+    ) -> None:
+        ort = onnxruntime()
+        self.model_path = Path(model_path)
+        if not self.model_path.is_file():
+            raise BadInputError(f"ONNX file {self.model_path} does not exist; check the path")
+        if threads is not None and threads < 1:
+            raise ConfigError(f"threads must be at least 1, got {threads}")
+        self.manifest = _valid_manifest(self.model_path)
+        requested, self._device_id = (list(providers), 0) if providers else providers_for(device)
+        if optimization_level is None:
+            optimization_level = self._default_optimization_level(requested)
+        try:
+            self._session = ort.InferenceSession(
+                str(self.model_path),
+                sess_options=session_options(threads, optimization_level),
+                providers=requested,
+            )
+        except Exception as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise BadInputError(
+                f"ONNX Runtime cannot load {self.model_path} ({first_line}); export or build it again"
+            ) from None
+
+        self.providers: list[str] = list(self._session.get_providers())
+        self.provider = self.providers[0]
+        self.fallback: str | None = None
+        wanted = _provider_name(requested[0])
+        if wanted not in self.providers:
+            self.fallback = (
+                f"asked for {wanted}, but ONNX Runtime runs {self.model_path.name} on {self.provider}"
+            )
+            if device is not None or providers:
+                self._session = None
+                raise BadInputError(
+                    f"{self.fallback} (no usable GPU, or missing CUDA/TensorRT libraries; see ONNX Runtime's "
+                    "log); fix the install or load it with device='cpu'"
+                )
+            logger.warning("%s; check the GPU and its CUDA libraries", self.fallback)
+        self._bind_io = self.provider in (CUDA, TENSORRT)
+
+        inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise BadInputError(
+                f"{self.model_path} has {len(inputs)} inputs and {len(outputs)} outputs; "
+                "sedeploy runs image classifiers with one of each"
+            )
+        self.metadata = self._read_metadata()
+        fixed_batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else None
+        max_batch = fixed_batch or (self.metadata.max_batch if self.metadata else None)
+        self.input_spec = _spec(inputs[0], max_batch)
+        self.output_spec = _spec(outputs[0], max_batch)
+        logger.info("loaded %s: %s", self.model_path, self.describe())
+
+    def _default_optimization_level(self, requested: list[Any]) -> str:
+        """``disable`` for a graph a build already optimized at ``all`` for these providers, else ``all``."""
+        if self.manifest is None:
+            return "all"
+        device = self.manifest.device
+        built_for = [_provider_name(provider) for provider in device.get("providers", [])]
+        same_providers = built_for == [_provider_name(provider) for provider in requested]
+        return "disable" if device.get("optimization_level") == "all" and same_providers else "all"
+
+    def _read_metadata(self) -> ModelMetadata | None:
+        """The ONNX file's own sedeploy metadata, else its manifest's record of the source's, else None."""
+        props = dict(self._session.get_modelmeta().custom_metadata_map)
+        if any(key.startswith(PREFIX) for key in props):
+            return ModelMetadata.from_props(props, str(self.model_path))
+        if self.manifest is not None and self.manifest.source_metadata:
+            return ModelMetadata.from_dict(self.manifest.source_metadata, str(manifest_path(self.model_path)))
+        return None
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        session = self._session
+        if session is None:
+            raise RunnerClosedError(f"this {self.backend} runner is closed; load the model again")
+        if self._bind_io:
+            return self._infer_bound(session, batch)
+        outputs = session.run([self.output_spec.name], {self.input_spec.name: batch})
+        return np.asarray(outputs[0])
+
+    def _infer_bound(self, session: Any, batch: np.ndarray) -> np.ndarray:
+        """One batch through device buffers: input copied once to the GPU, output allocated there, then copied back."""
+        ort = onnxruntime()
+        binding = session.io_binding()
+        device_input = ort.OrtValue.ortvalue_from_numpy(batch, "cuda", self._device_id)
+        binding.bind_ortvalue_input(self.input_spec.name, device_input)
+        binding.bind_output(self.output_spec.name, "cuda", self._device_id)
+        session.run_with_iobinding(binding)
+        return np.asarray(binding.copy_outputs_to_cpu()[0])
+
+    def _release(self) -> None:
+        self._session = None
+
+
+def _spec(node: Any, max_batch: int | None) -> TensorSpec:
+    """A :class:`TensorSpec` from an ONNX Runtime ``NodeArg``: symbolic dimensions become ``None``."""
+    dtype = _NUMPY_TYPES.get(node.type)
+    if dtype is None:
+        raise BadInputError(f"tensor {node.name!r} has type {node.type}, which sedeploy does not run")
+    shape = tuple(dim if isinstance(dim, int) else None for dim in node.shape)
+    return TensorSpec(node.name, dtype, (None, *shape[1:]), max_batch=max_batch)

@@ -40,7 +40,7 @@ from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.errors import BadInputError, SedeployError
 from sedeploy.files import atomic_output, sha256_of_file
 from sedeploy.manifest import BuildManifest, ManifestError, manifest_path, read_manifest, write_manifest
-from sedeploy.metadata import read_metadata
+from sedeploy.metadata import ModelMetadata, read_metadata
 from sedeploy.optional import import_optional
 
 if TYPE_CHECKING:
@@ -802,7 +802,11 @@ class TensorRTRunner(Runner):
                 f"sedeploy build-engine MODEL.onnx --backend tensorrt"
             )
         self.provider = f"TensorRT {trt.__version__} on {gpu.name}"
-        self.metadata = self.manifest.source_metadata
+        self.metadata = (
+            ModelMetadata.from_dict(self.manifest.source_metadata, str(manifest_path(self.engine_path)))
+            if self.manifest.source_metadata
+            else None
+        )
 
         self._cuda = cuda_memory.CudaContext(device)
         try:

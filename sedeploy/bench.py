@@ -1,0 +1,486 @@
+"""``sedeploy bench``: throughput and latency of artifacts against their GFLOPs and the machine's own roof.
+
+Per artifact and batch size: images/s, latency mean/p50/p90/p99, the model's
+GMACs and GFLOPs per image (from its ONNX metadata, i.e. the one estimator in
+:mod:`sedeploy.complexity`), achieved GFLOP/s and the share of the device's roof.
+On CPUs the roof is measured in the same run by a short ONNX Runtime GEMM probe
+in the artifact's precision (FP32 GEMM; u8 x s8 integer GEMM for INT8); on
+NVIDIA GPUs it comes from a table of published dense peaks. Several artifacts
+are run interleaved (A B A B ...) so a noisy machine affects all alike, with
+ONNX Runtime's spinning threads paused between samples.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from sedeploy import __version__
+from sedeploy.backends.base import Runner
+from sedeploy.errors import ConfigError
+from sedeploy.files import atomic_output, write_json_atomic
+from sedeploy.optional import import_optional
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCHES = (1, 8)
+ROOF_WARNING_SHARE = 1.0
+"""A share of roof above this means the probe under-measured the machine; it is flagged, not hidden."""
+
+GPU_PEAK_TFLOPS: tuple[tuple[str, dict[str, float]], ...] = (
+    # (regex on the CUDA device name, dense (no sparsity) peaks in TFLOPS (FP32, FP16 tensor) and TOPS (INT8)).
+    # H100 PCIe: NVIDIA H100 Tensor Core GPU datasheet (2023): FP32 51.2, FP16 756, INT8 1513 (dense).
+    (r"H100.*PCIe", {"fp32": 51.2, "fp16": 756.0, "int8": 1513.0}),
+    # H100 SXM5 ("NVIDIA H100 80GB HBM3"): same datasheet: FP32 66.9, FP16 989.4, INT8 1978.9 (dense).
+    (r"H100", {"fp32": 66.9, "fp16": 989.4, "int8": 1978.9}),
+    # H200: NVIDIA H200 datasheet (2024): same tensor-core peaks as H100 SXM.
+    (r"H200", {"fp32": 66.9, "fp16": 989.4, "int8": 1978.9}),
+    # A100 SXM4/PCIe: NVIDIA A100 datasheet (2021): FP32 19.5, FP16 312, INT8 624 (dense).
+    (r"A100", {"fp32": 19.5, "fp16": 312.0, "int8": 624.0}),
+    # L4: NVIDIA L4 datasheet (2023): FP32 30.3, FP16 121 dense (242 sparse), INT8 242.5 dense (485 sparse).
+    (r"\bL4\b", {"fp32": 30.3, "fp16": 121.0, "int8": 242.5}),
+    # T4: NVIDIA T4 datasheet (2019): FP32 8.1, FP16 65, INT8 130.
+    (r"\bT4\b", {"fp32": 8.1, "fp16": 65.0, "int8": 130.0}),
+    # Jetson AGX Orin 64GB, GPU only: Jetson AGX Orin series data sheet (2023): 170 sparse INT8 TOPS -> 85 dense.
+    (r"Orin", {"fp32": 5.3, "fp16": 42.5, "int8": 85.0}),
+)
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Latency of one artifact at one batch size, from per-call wall times."""
+
+    batch: int
+    calls: int
+    mean_ms: float
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    images_per_s: float
+
+    @classmethod
+    def from_times(cls, seconds: Sequence[float], batch: int) -> LatencyStats:
+        """Statistics of per-call times in seconds; images/s = calls x batch / total time."""
+        if not seconds:
+            raise ValueError("no timings to summarise")
+        times_ms = np.asarray(seconds, dtype=np.float64) * 1e3
+        p50, p90, p99 = np.percentile(times_ms, [50, 90, 99])
+        return cls(
+            batch=batch,
+            calls=len(times_ms),
+            mean_ms=float(times_ms.mean()),
+            p50_ms=float(p50),
+            p90_ms=float(p90),
+            p99_ms=float(p99),
+            images_per_s=float(batch * len(times_ms) / (times_ms.sum() / 1e3)),
+        )
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    """One artifact at one batch size, with its compute figures."""
+
+    artifact: str
+    label: str
+    precision: str
+    backend: str
+    stats: LatencyStats
+    gmacs_per_image: float
+    roof_gflops: float | None
+    ratio_to_first: float | None = None
+
+    @property
+    def gflops_per_image(self) -> float:
+        return 2 * self.gmacs_per_image
+
+    @property
+    def achieved_gflops(self) -> float:
+        """GFLOPs per image x images/s."""
+        return self.gflops_per_image * self.stats.images_per_s
+
+    @property
+    def roof_share(self) -> float | None:
+        return self.achieved_gflops / self.roof_gflops if self.roof_gflops else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "artifact": self.artifact,
+            "label": self.label,
+            "precision": self.precision,
+            "backend": self.backend,
+            **asdict(self.stats),
+            "gmacs_per_image": self.gmacs_per_image,
+            "gflops_per_image": self.gflops_per_image,
+            "achieved_gflops": self.achieved_gflops,
+            "roof_gflops": self.roof_gflops,
+            "roof_share": self.roof_share,
+            "roof_share_suspect": self.roof_share is not None and self.roof_share > ROOF_WARNING_SHARE,
+            "ratio_to_first": self.ratio_to_first,
+        }
+
+
+@dataclass(frozen=True)
+class BenchReport:
+    """Every row of one bench run, the roof probes and the machine they ran on."""
+
+    rows: tuple[BenchRow, ...]
+    probes: dict[str, float]
+    machine: dict[str, Any]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "sedeploy_version": __version__,
+            "machine": self.machine,
+            "settings": self.settings,
+            "roof_probes_gflops": self.probes,
+            "rows": [row.to_dict() for row in self.rows],
+        }
+
+    def to_markdown(self) -> str:
+        header = (
+            "| artifact | precision | backend | batch | img/s | mean ms | p50 ms | p90 ms | p99 ms "
+            "| GFLOPs/img | GFLOP/s | roof GFLOP/s | share of roof | vs first |"
+        )
+        lines = [header, "|" + "---|" * 14]
+        for row in self.rows:
+            share = row.roof_share
+            share_text = (
+                "-"
+                if share is None
+                else f"{100 * share:.1f}%" + (" (suspect)" if share > ROOF_WARNING_SHARE else "")
+            )
+            stats = row.stats
+            lines.append(
+                f"| {row.label} | {row.precision} | {row.backend} | {stats.batch} | {stats.images_per_s:.1f} "
+                f"| {stats.mean_ms:.2f} | {stats.p50_ms:.2f} | {stats.p90_ms:.2f} | {stats.p99_ms:.2f} "
+                f"| {row.gflops_per_image:.3f} | {row.achieved_gflops:.1f} "
+                f"| {row.roof_gflops or 0:.0f} | {share_text} "
+                f"| {'-' if row.ratio_to_first is None else f'{row.ratio_to_first:.2f}x'} |"
+            )
+        probes = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in self.probes.items())
+        lines += [
+            "",
+            f"Roof probes (ONNX Runtime GEMM, same run): {probes or 'none'}.",
+            f"Machine: {self.machine['description']}.",
+        ]
+        return "\n".join(lines)
+
+    def to_text(self) -> str:
+        return self.to_markdown()
+
+
+def describe_machine() -> dict[str, Any]:
+    """CPU model, cores, instruction sets and library versions, for reports."""
+    cpu_model, flags = platform.processor() or platform.machine(), set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and cpu_model in ("", platform.machine(), platform.processor()):
+                cpu_model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    interesting = sorted(
+        flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "avx_vnni"}
+    )
+    versions = {"sedeploy": __version__, "python": platform.python_version(), "numpy": np.__version__}
+    for module in ("onnxruntime", "torch", "tensorrt"):
+        try:
+            versions[module] = str(__import__(module).__version__)
+        except ImportError:
+            continue
+    cores = os.cpu_count() or 1
+    return {
+        "description": f"{cpu_model}, {cores} cores, {platform.system()} {platform.machine()}"
+        + (f", {' '.join(interesting)}" if interesting else ""),
+        "cpu": cpu_model,
+        "cores": cores,
+        "instruction_sets": interesting,
+        "versions": versions,
+    }
+
+
+def _gemm_model(kind: str, size: int) -> onnx.ModelProto:
+    if kind == "int8":
+        a = helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])
+        weight = numpy_helper.from_array(
+            np.random.default_rng(0).integers(-64, 64, (size, size), dtype=np.int8), "b"
+        )
+        node = helper.make_node("MatMulInteger", ["a", "b"], ["c"])
+        out = helper.make_tensor_value_info("c", TensorProto.INT32, [size, size])
+    else:
+        a = helper.make_tensor_value_info("a", TensorProto.FLOAT, [size, size])
+        weight = numpy_helper.from_array(
+            np.random.default_rng(0).standard_normal((size, size)).astype(np.float32), "b"
+        )
+        node = helper.make_node("MatMul", ["a", "b"], ["c"])
+        out = helper.make_tensor_value_info("c", TensorProto.FLOAT, [size, size])
+    graph = helper.make_graph([node], "gemm_probe", [a], [out], [weight])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def gemm_probe(
+    kind: str = "fp32", threads: int | None = None, seconds: float = 1.0, size: int = 1024
+) -> float:
+    """Measured dense GEMM rate of this CPU through ONNX Runtime, in GFLOP/s (GOP/s for ``int8``: u8 x s8)."""
+    if kind not in ("fp32", "int8"):
+        raise ConfigError(f"probe kind must be fp32 or int8, got {kind!r}")
+    ort = import_optional("onnxruntime", "cpu")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(
+        _gemm_model(kind, size).SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
+    )
+    rng = np.random.default_rng(1)
+    a = (
+        rng.integers(0, 128, (size, size), dtype=np.uint8)
+        if kind == "int8"
+        else rng.standard_normal((size, size), dtype=np.float32)
+    )
+    session.run(None, {"a": a})
+    calls, started = 0, time.perf_counter()
+    while True:
+        session.run(None, {"a": a})
+        calls += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds and calls >= 3:
+            break
+    return 2.0 * size**3 * calls / elapsed / 1e9
+
+
+def gpu_peak_gflops(gpu_name: str, precision: str) -> float | None:
+    """Published dense peak of a known GPU model in GFLOP/s (GOP/s for INT8), or None if not in the table."""
+    for pattern, peaks in GPU_PEAK_TFLOPS:
+        if re.search(pattern, gpu_name, flags=re.IGNORECASE):
+            return peaks.get(precision, peaks["fp32"]) * 1e3
+    return None
+
+
+@dataclass
+class _Target:
+    path: str
+    runner: Runner
+    precision: str
+    backend: str
+    gmacs: float
+    gpu_name: str | None = None
+
+
+def _describe(runner: Runner, path: str) -> tuple[str, str, float, str | None]:
+    metadata = runner.metadata
+    macs = getattr(metadata, "macs", None)
+    if macs is None and isinstance(metadata, dict):
+        macs = metadata.get("macs")
+    precision = getattr(runner, "precision", None) or _precision_of(path)
+    gpu = getattr(runner, "gpu_name", None)
+    return precision, runner.backend, float(macs or 0) / 1e9, gpu
+
+
+def _precision_of(path: str) -> str:
+    name = Path(path).name
+    if ".int8" in name:
+        return "int8"
+    if ".fp16" in name:
+        return "fp16"
+    if name.endswith(".onnx"):
+        try:
+            graph = onnx.load(path, load_external_data=False).graph
+        except Exception:
+            return "fp32"
+        if any(node.op_type == "QuantizeLinear" for node in graph.node):
+            return "int8"
+        if any(init.data_type == TensorProto.FLOAT16 for init in graph.initializer):
+            return "fp16"
+    return "fp32"
+
+
+def _pause_between_samples() -> None:
+    # ONNX Runtime's (and OpenMP's) worker threads keep spinning briefly after a run; let them park
+    # so the next artifact is not slowed by the previous one (FACTS.md, "benchmark trap").
+    time.sleep(0.05)
+
+
+def bench(
+    artifacts: Sequence[str | os.PathLike[str]],
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    *,
+    warmup: int = 3,
+    iterations: int | None = None,
+    duration: float | None = 2.0,
+    rounds: int = 3,
+    threads: int | None = None,
+    probe_seconds: float = 1.0,
+    loader: Callable[..., Runner] | None = None,
+    progress: bool = False,
+) -> BenchReport:
+    """Benchmark every artifact at every batch size, interleaved over ``rounds`` rounds.
+
+    Each round runs, per artifact and batch, either ``iterations`` calls or for
+    ``duration / rounds`` seconds; statistics pool all rounds. ``loader`` opens an
+    artifact as a :class:`Runner` (default :func:`sedeploy.runtime.load`).
+    """
+    if not artifacts:
+        raise ConfigError("give at least one artifact to bench")
+    if not batches or min(batches) < 1:
+        raise ConfigError(f"batch sizes must be positive integers, got {list(batches)}")
+    if iterations is None and (duration is None or duration <= 0):
+        raise ConfigError("give --iterations N or a positive --duration S")
+    if rounds < 1 or warmup < 0:
+        raise ConfigError("rounds must be >= 1 and warmup >= 0")
+    if loader is None:
+        from sedeploy.runtime import load as loader_function
+
+        loader = loader_function
+    targets: list[_Target] = []
+    try:
+        for artifact in artifacts:
+            runner = loader(str(artifact), threads=threads) if threads else loader(str(artifact))
+            precision, backend, gmacs, gpu = _describe(runner, str(artifact))
+            targets.append(_Target(str(artifact), runner, precision, backend, gmacs, gpu))
+        probes = _roof_probes(targets, threads, probe_seconds)
+        times: dict[tuple[int, int], list[float]] = {}
+        steps = rounds * len(targets) * len(batches)
+        bar = _progress_bar(steps, progress)
+        rng = np.random.default_rng(0)
+        for _ in range(rounds):
+            for batch in batches:
+                for index, target in enumerate(targets):
+                    spec = target.runner.input_spec
+                    shape = (batch, *(dim or 1 for dim in spec.shape[1:]))
+                    feed = rng.standard_normal(shape).astype(spec.dtype)
+                    for _ in range(warmup):
+                        target.runner(feed)
+                    samples = times.setdefault((index, batch), [])
+                    budget = None if iterations is not None else (duration or 0) / rounds
+                    started = time.perf_counter()
+                    calls = 0
+                    while (iterations is not None and calls < iterations) or (
+                        budget is not None and (time.perf_counter() - started < budget or calls == 0)
+                    ):
+                        call_started = time.perf_counter()
+                        target.runner(feed)
+                        samples.append(time.perf_counter() - call_started)
+                        calls += 1
+                    _pause_between_samples()
+                    if bar is not None:
+                        bar.update(1)
+        if bar is not None:
+            bar.close()
+        rows = []
+        for batch in batches:
+            first_rate = None
+            for index, target in enumerate(targets):
+                stats = LatencyStats.from_times(times[(index, batch)], batch)
+                first_rate = first_rate or stats.images_per_s
+                rows.append(
+                    BenchRow(
+                        artifact=target.path,
+                        label=Path(target.path).name,
+                        precision=target.precision,
+                        backend=target.backend,
+                        stats=stats,
+                        gmacs_per_image=target.gmacs,
+                        roof_gflops=_roof_for(target, probes),
+                        ratio_to_first=stats.images_per_s / first_rate if first_rate else None,
+                    )
+                )
+    finally:
+        for target in targets:
+            target.runner.close()
+    settings = {
+        "batches": list(batches),
+        "warmup": warmup,
+        "iterations": iterations,
+        "duration_s": duration if iterations is None else None,
+        "rounds": rounds,
+        "threads": threads,
+    }
+    report = BenchReport(tuple(rows), probes, describe_machine(), settings)
+    for row in report.rows:
+        if row.roof_share is not None and row.roof_share > ROOF_WARNING_SHARE:
+            logger.warning(
+                "%s at batch %d reaches %.0f%% of the probed roof: the probe under-measures this machine",
+                row.label,
+                row.stats.batch,
+                100 * row.roof_share,
+            )
+    return report
+
+
+def _roof_probes(targets: Sequence[_Target], threads: int | None, seconds: float) -> dict[str, float]:
+    kinds = sorted({"int8" if t.precision == "int8" else "fp32" for t in targets if t.gpu_name is None})
+    probes = {}
+    for kind in kinds:
+        probes[kind] = gemm_probe(kind, threads, seconds)
+        logger.info("roof probe %s: %.0f GFLOP/s", kind, probes[kind])
+    return probes
+
+
+def _roof_for(target: _Target, probes: dict[str, float]) -> float | None:
+    if target.gpu_name is not None:
+        return gpu_peak_gflops(target.gpu_name, target.precision)
+    return probes.get("int8" if target.precision == "int8" else "fp32")
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc="bench", unit="sample", leave=False)
+
+
+def write_reports(
+    report: BenchReport,
+    json_path: Path | None = None,
+    markdown_path: Path | None = None,
+    plot_path: Path | None = None,
+) -> None:
+    """Write the report as JSON, Markdown and a PNG plot of images/s vs batch size, each atomically."""
+    if json_path is not None:
+        write_json_atomic(json_path, report.to_dict())
+    if markdown_path is not None:
+        with atomic_output(markdown_path) as temp_path:
+            temp_path.write_text(report.to_markdown() + "\n", encoding="utf-8")
+    if plot_path is not None:
+        plot_throughput(report, plot_path)
+
+
+def plot_throughput(report: BenchReport, path: Path) -> Path:
+    """PNG of images/s against batch size, one line per artifact."""
+    matplotlib = import_optional("matplotlib", "plot")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
+    try:
+        for label in dict.fromkeys(row.label for row in report.rows):
+            points = sorted(
+                (row.stats.batch, row.stats.images_per_s) for row in report.rows if row.label == label
+            )
+            axes.plot([b for b, _ in points], [r for _, r in points], marker="o", label=label)
+        axes.set_xlabel("batch size")
+        axes.set_ylabel("images / s")
+        axes.set_xscale("log", base=2)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=8)
+        axes.set_title(f"sedeploy bench - {report.machine['cpu']}", fontsize=9)
+        figure.tight_layout()
+        with atomic_output(path) as temp_path:
+            figure.savefig(temp_path, format="png")
+    finally:
+        plt.close(figure)
+    return path

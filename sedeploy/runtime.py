@@ -1,0 +1,119 @@
+"""``sedeploy.load``: one call that opens any sedeploy artifact as a :class:`~sedeploy.backends.base.Runner`.
+
+The artifact says what runs it:
+
+==========================================  =====================================================
+``model.engine`` / ``model.plan``            TensorRT (:class:`~sedeploy.backends.tensorrt.TensorRTRunner`)
+``model*.onnx``                              ONNX Runtime (:class:`~sedeploy.backends.onnxruntime.OnnxRuntimeRunner`)
+weights (``.safetensors``, ``.pt``, ...)      PyTorch reference (:class:`~sedeploy.backends.torch.TorchRunner`)
+architecture name or ``pkg.mod:factory``     PyTorch reference with random weights
+==========================================  =====================================================
+
+``backend=`` overrides the choice where it makes sense (an ``.onnx`` file is
+never run by PyTorch, nor a weights file by ONNX Runtime). Every other keyword goes
+to the runner's constructor; an unknown one fails with the ones it takes.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sedeploy.backends.base import Runner
+from sedeploy.errors import BadInputError, ConfigError
+
+BACKENDS = ("onnxruntime", "tensorrt", "torch")
+ENGINE_SUFFIXES = (".engine", ".plan")
+ONNX_SUFFIXES = (".onnx",)
+WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
+
+
+def artifact_backend(path: str | os.PathLike[str]) -> str:
+    """The backend that runs ``path`` by its kind: ``tensorrt``, ``onnxruntime`` or ``torch``."""
+    name = str(path)
+    suffix = Path(name).suffix.lower()
+    if suffix in ENGINE_SUFFIXES:
+        return "tensorrt"
+    if suffix in ONNX_SUFFIXES:
+        return "onnxruntime"
+    if suffix in WEIGHTS_SUFFIXES or Path(name).is_file():
+        return "torch"
+    if suffix or os.sep in name:
+        raise BadInputError(
+            f"{name} does not exist and is not an architecture name; give an .onnx, .engine/.plan or weights file"
+        )
+    return "torch"  # an architecture name or package.module:factory
+
+
+def load(
+    path: str | os.PathLike[str], backend: str | None = None, device: str | int | None = None, **options: Any
+) -> Runner:
+    """Open ``path`` as a runner: ``runner(batch)``, ``runner.classify(images)``, ``with``/``close()``.
+
+    ``backend``: ``onnxruntime``, ``tensorrt`` or ``torch`` (default: from the
+    artifact, see the module docstring). ``device``: ONNX Runtime ``cpu``,
+    ``cuda[:N]``, ``tensorrt[:N]``; TensorRT a CUDA device index (or ``cuda:N``);
+    PyTorch a torch device. ``options`` go to the runner (e.g. ``threads`` for
+    ONNX Runtime, ``contexts``/``cuda_graph`` for TensorRT, ``metadata``/``arch``
+    for PyTorch).
+    """
+    kind = artifact_backend(path)
+    if backend is not None and backend not in BACKENDS:
+        raise ConfigError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
+    if backend is not None and backend != kind:
+        raise ConfigError(
+            f"{path} is run by {kind}, not {backend}"
+            + (
+                "; build a TensorRT engine with `sedeploy build-engine --backend tensorrt`, or use ONNX Runtime's "
+                "TensorRT provider with device='tensorrt'"
+                if kind == "onnxruntime" and backend == "tensorrt"
+                else ""
+            )
+        )
+    if kind == "tensorrt":
+        from sedeploy.backends.tensorrt import TensorRTRunner
+
+        return _construct(TensorRTRunner, path, device=_cuda_index(device), **options)
+    if kind == "onnxruntime":
+        from sedeploy.backends.onnxruntime import OnnxRuntimeRunner
+
+        return _construct(OnnxRuntimeRunner, path, device=_text_device(device), **options)
+    from sedeploy.backends.torch import TorchRunner
+
+    return _construct(TorchRunner, path, device=_text_device(device), **options)
+
+
+def _construct(runner_type: Callable[..., Runner], path: str | os.PathLike[str], **options: Any) -> Runner:
+    """``runner_type(path, **options)``, with an unknown option named as a usage error instead of a TypeError."""
+    accepted = [
+        name
+        for name, parameter in inspect.signature(runner_type).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        raise ConfigError(
+            f"{getattr(runner_type, '__name__', 'the runner')} does not take {', '.join(unknown)}; it takes {', '.join(accepted)}"
+        )
+    if options.get("device") is None:
+        options.pop("device", None)
+    return runner_type(path, **options)
+
+
+def _cuda_index(device: str | int | None) -> int | None:
+    """A TensorRT device: an index, ``"N"``, ``"cuda"`` or ``"cuda:N"``."""
+    if device is None or isinstance(device, int):
+        return device
+    kind, _, index = device.strip().lower().partition(":")
+    if kind.isdigit() and not index:
+        return int(kind)
+    if kind in ("cuda", "gpu") and (not index or index.isdigit()):
+        return int(index or 0)
+    raise ConfigError(f"TensorRT runs on a CUDA device; give its index or cuda:N, not {device!r}")
+
+
+def _text_device(device: str | int | None) -> str | None:
+    return f"cuda:{device}" if isinstance(device, int) else device
