@@ -54,15 +54,26 @@ def main() -> None:
             )
             result = train(train_dir, config, root / arch)
             model_path = export_onnx(
-                arch, weights=result.checkpoint, img_size=32, in_chans=1, num_classes=10,
-                labels=result.labels, options=options, output=root / arch / "model.onnx",
+                arch,
+                weights=result.checkpoint,
+                img_size=32,
+                in_chans=1,
+                num_classes=10,
+                labels=result.labels,
+                options=options,
+                output=root / arch / "model.onnx",
             ).path
             for flavour in FLAVOURS:
                 for method in CALIBRATION_METHODS:
                     built = build_engine(
                         model_path,
-                        BuildOptions(precision="int8", backend="onnxruntime", target=flavour,
-                                     calib_method=method, calib_dir=calib_dir),
+                        BuildOptions(
+                            precision="int8",
+                            backend="onnxruntime",
+                            target=flavour,
+                            calib_method=method,
+                            calib_dir=calib_dir,
+                        ),
                         output=root / arch / f"model.int8-{flavour}-{method}.onnx",
                     )
                     report = verify(built.artifact, model_path, data=heldout_dir)

@@ -9,18 +9,15 @@ fidelity figures only show the pipeline works end to end (a random network's
 logits are nearly constant, which makes top-1 agreement meaningless). The trained
 small model's fidelity is asserted in tests/test_quantize.py.
 
-Runs are interleaved (A B C D A B C D ...) so a noisy machine affects every
-variant alike, and ONNX Runtime's spinning worker threads are switched off
-between samples (see ../shared/FACTS.md, "benchmark trap").
+Timing is ``sedeploy.bench`` (interleaved runs, pauses against ONNX Runtime's
+spinning threads, the GEMM roof probe), so these rows mean what ``sedeploy bench``
+prints.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import shutil
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -30,6 +27,7 @@ from PIL import Image
 
 import sedeploy
 from sedeploy.backends import onnxruntime as ort_backend
+from sedeploy.bench import bench, write_reports
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.compare import compare_logits
 from sedeploy.data import load_image_set, preprocessing_for
@@ -46,13 +44,6 @@ def synthetic_images(folder: Path, count: int, size: int = 256, seed: int = 0) -
         image.save(folder / f"{index:03d}.png")
 
 
-def session(path: Path, threads: int):  # type: ignore[no-untyped-def]
-    ort = ort_backend.onnxruntime()
-    options = ort_backend.session_options(threads)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "precision_cpu.md")
@@ -60,7 +51,6 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds")
     parser.add_argument("--calib-size", type=int, default=64)
     args = parser.parse_args()
-    threads = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="sedeploy-bench-"))
     try:
         model_path = work / "se_resnet50.onnx"
@@ -70,8 +60,20 @@ def main() -> None:
         variants = {"fp32": model_path}
         builds = {
             "fp16": BuildOptions(precision="fp16", backend="onnxruntime"),
-            "int8-tensorrt": BuildOptions(precision="int8", backend="onnxruntime", target="tensorrt", calib_dir=calib, calib_size=args.calib_size),
-            "int8-cpu": BuildOptions(precision="int8", backend="onnxruntime", target="cpu", calib_dir=calib, calib_size=args.calib_size),
+            "int8-tensorrt": BuildOptions(
+                precision="int8",
+                backend="onnxruntime",
+                target="tensorrt",
+                calib_dir=calib,
+                calib_size=args.calib_size,
+            ),
+            "int8-cpu": BuildOptions(
+                precision="int8",
+                backend="onnxruntime",
+                target="cpu",
+                calib_dir=calib,
+                calib_size=args.calib_size,
+            ),
         }
         build_seconds = {}
         for name, options in builds.items():
@@ -80,38 +82,34 @@ def main() -> None:
             build_seconds[name] = time.perf_counter() - started
 
         preprocessing, channels = preprocessing_for(model_path)
-        images = load_image_set(calib, preprocessing, channels).images
-        sessions = {name: session(path, threads) for name, path in variants.items()}
-        reference = sessions["fp32"].run(None, {"input": images[:32]})[0]
-        fidelity = {name: compare_logits(reference, s.run(None, {"input": images[:32]})[0]) for name, s in sessions.items()}
-
-        rates: dict[tuple[str, int], list[float]] = {}
-        for _ in range(args.rounds):
-            for batch in (1, 8):
-                feed = {"input": np.ascontiguousarray(np.resize(images, (batch, *images.shape[1:])))}
-                for name, s in sessions.items():
-                    s.run(None, feed)  # warm-up
-                    count, started = 0, time.perf_counter()
-                    while time.perf_counter() - started < args.seconds / args.rounds:
-                        s.run(None, feed)
-                        count += 1
-                    rates.setdefault((name, batch), []).append(count * batch / (time.perf_counter() - started))
-                    time.sleep(0.5)
-
+        images = load_image_set(calib, preprocessing, channels).images[:32]
+        fp32 = ort_backend.create_session(model_path, ["CPUExecutionProvider"]).run(None, {"input": images})[
+            0
+        ]
+        fidelity = {
+            name: compare_logits(
+                fp32,
+                ort_backend.create_session(path, ["CPUExecutionProvider"]).run(None, {"input": images})[0],
+            )
+            for name, path in variants.items()
+        }
+        report = bench(list(variants.values()), batches=(1, 8), duration=args.seconds, rounds=args.rounds)
+        write_reports(report, args.out.with_suffix(".json"))
+        rate = {(Path(row.artifact), row.stats.batch): row.stats.images_per_s for row in report.rows}
         lines = [
             "# SE-ResNet-50, 224x224, ONNX Runtime CPU: FP32 vs FP16 vs INT8",
             "",
-            f"Machine: {platform.machine()}, {os.cpu_count()} cores ({platform.processor() or 'cpu'}), "
-            f"{platform.system()}; onnxruntime {ort_backend.version()}, sedeploy {sedeploy.__version__}, "
-            f"{threads} intra-op threads, spinning off. Median of {args.rounds} interleaved rounds.",
-            f"Command: `python benchmarks/precision_cpu.py --seconds {args.seconds:g} --rounds {args.rounds}`",
+            f"Machine: {report.machine['description']}; sedeploy {sedeploy.__version__}, "
+            f"onnxruntime {ort_backend.version()}. `sedeploy.bench`: {args.rounds} interleaved rounds, "
+            f"{args.seconds:g} s per variant and batch. Command: "
+            f"`python benchmarks/precision_cpu.py --seconds {args.seconds:g} --rounds {args.rounds}`",
             "",
             "| variant | batch 1 img/s | batch 8 img/s | vs FP32 (b8) | cosine vs FP32 (mean) | build s |",
             "|---|---|---|---|---|---|",
         ]
-        fp32_b8 = statistics.median(rates[("fp32", 8)])
-        for name in variants:
-            b1, b8 = statistics.median(rates[(name, 1)]), statistics.median(rates[(name, 8)])
+        fp32_b8 = rate[(model_path, 8)]
+        for name, path in variants.items():
+            b1, b8 = rate[(path, 1)], rate[(path, 8)]
             lines.append(
                 f"| {name} | {b1:.1f} | {b8:.1f} | {b8 / fp32_b8:.2f}x | {fidelity[name].mean_cosine:.5f} | "
                 f"{build_seconds.get(name, 0):.1f} |"
@@ -119,7 +117,9 @@ def main() -> None:
         lines += [
             "",
             "Weights are random and calibration images synthetic, so the cosine column only shows that each",
-            "file computes the same function as FP32; fidelity on a trained model is in tests/test_quantize.py.",
+            "file computes the same function as FP32; fidelity on a trained model is in tests/test_quantize.py",
+            "and in `sedeploy demo`. The full report (latency percentiles, GFLOP/s, share of the GEMM roof) is",
+            "in the JSON beside this file.",
         ]
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -131,13 +131,61 @@ class BenchRow:
 
 
 @dataclass(frozen=True)
+class OpProfile:
+    """Where one artifact's time goes at one batch size: kernel ms per call for each op type, largest first."""
+
+    artifact: str
+    label: str
+    batch: int
+    runs: int
+    ops: tuple[tuple[str, float], ...]
+
+    @property
+    def total_ms(self) -> float:
+        return sum(ms for _, ms in self.ops)
+
+    def share(self, op: str) -> float:
+        """Share of kernel time spent in ``op`` (0 when it does not run)."""
+        total = self.total_ms
+        return sum(ms for name, ms in self.ops if name == op) / total if total else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "artifact": self.artifact,
+            "label": self.label,
+            "batch": self.batch,
+            "runs": self.runs,
+            "kernel_ms_per_call": self.total_ms,
+            "ops": [{"op": op, "ms_per_call": ms, "share": self.share(op)} for op, ms in self.ops],
+        }
+
+    def to_markdown(self, top: int = 12) -> str:
+        lines = [
+            f"Per-op profile of {self.label} at batch {self.batch} (ONNX Runtime CPU, {self.runs} calls, "
+            f"{self.total_ms:.2f} ms kernel time per call):",
+            "",
+            "| op type | ms per call | share |",
+            "|---|---|---|",
+        ]
+        lines += [f"| {op} | {ms:.3f} | {100 * self.share(op):.1f}% |" for op, ms in self.ops[:top]]
+        rest = self.ops[top:]
+        if rest:
+            rest_ms = sum(ms for _, ms in rest)
+            lines.append(
+                f"| {len(rest)} other op types | {rest_ms:.3f} | {100 * rest_ms / self.total_ms:.1f}% |"
+            )
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
 class BenchReport:
-    """Every row of one bench run, the roof probes and the machine they ran on."""
+    """Every row of one bench run, the roof probes, per-op profiles if asked for, and the machine."""
 
     rows: tuple[BenchRow, ...]
     probes: dict[str, float]
     machine: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
+    profiles: tuple[OpProfile, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -146,6 +194,7 @@ class BenchReport:
             "settings": self.settings,
             "roof_probes_gflops": self.probes,
             "rows": [row.to_dict() for row in self.rows],
+            "profiles": [profile.to_dict() for profile in self.profiles],
         }
 
     def to_markdown(self) -> str:
@@ -175,6 +224,8 @@ class BenchReport:
             f"Roof probes (ONNX Runtime GEMM, same run): {probes or 'none'}.",
             f"Machine: {self.machine['description']}.",
         ]
+        for profile in self.profiles:
+            lines += ["", profile.to_markdown()]
         return "\n".join(lines)
 
     def to_text(self) -> str:
@@ -325,12 +376,17 @@ def bench(
     probe_seconds: float = 1.0,
     loader: Callable[..., Runner] | None = None,
     progress: bool = False,
+    profile: bool = False,
+    profile_runs: int = 20,
 ) -> BenchReport:
     """Benchmark every artifact at every batch size, interleaved over ``rounds`` rounds.
 
     Each round runs, per artifact and batch, either ``iterations`` calls or for
     ``duration / rounds`` seconds; statistics pool all rounds. ``loader`` opens an
     artifact as a :class:`Runner` (default :func:`sedeploy.runtime.load`).
+    ``profile``: afterwards, ONNX Runtime's per-op profile of each ONNX artifact
+    at each batch size over ``profile_runs`` calls (after the timings, so it does
+    not disturb them).
     """
     if not artifacts:
         raise ConfigError("give at least one artifact to bench")
@@ -340,6 +396,8 @@ def bench(
         raise ConfigError("give --iterations N or a positive --duration S")
     if rounds < 1 or warmup < 0:
         raise ConfigError("rounds must be >= 1 and warmup >= 0")
+    if profile and profile_runs < 1:
+        raise ConfigError(f"profile runs must be >= 1, got {profile_runs}")
     if loader is None:
         from sedeploy.runtime import load as loader_function
 
@@ -400,6 +458,7 @@ def bench(
     finally:
         for target in targets:
             target.runner.close()
+    profiles = _profiles(targets, batches, threads, profile_runs) if profile else ()
     settings = {
         "batches": list(batches),
         "warmup": warmup,
@@ -407,8 +466,9 @@ def bench(
         "duration_s": duration if iterations is None else None,
         "rounds": rounds,
         "threads": threads,
+        "profile_runs": profile_runs if profile else None,
     }
-    report = BenchReport(tuple(rows), probes, describe_machine(), settings)
+    report = BenchReport(tuple(rows), probes, describe_machine(), settings, profiles)
     for row in report.rows:
         if row.roof_share is not None and row.roof_share > ROOF_WARNING_SHARE:
             logger.warning(
@@ -418,6 +478,27 @@ def bench(
                 100 * row.roof_share,
             )
     return report
+
+
+def _profiles(
+    targets: Sequence[_Target], batches: Sequence[int], threads: int | None, runs: int
+) -> tuple[OpProfile, ...]:
+    from sedeploy.backends.onnxruntime import profile_ops
+
+    profiles = []
+    rng = np.random.default_rng(0)
+    for target in targets:
+        if target.backend != "onnxruntime" or not target.path.endswith(".onnx"):
+            logger.info("no per-op profile for %s: only ONNX Runtime artifacts are profiled", target.path)
+            continue
+        spec = target.runner.input_spec
+        for batch in batches:
+            feed = rng.standard_normal((batch, *(dim or 1 for dim in spec.shape[1:]))).astype(spec.dtype)
+            seconds = profile_ops(target.path, feed, runs, threads)
+            ops = tuple((op, 1e3 * total / runs) for op, total in seconds.items())
+            profiles.append(OpProfile(target.path, Path(target.path).name, batch, runs, ops))
+            _pause_between_samples()
+    return tuple(profiles)
 
 
 def _roof_probes(targets: Sequence[_Target], threads: int | None, seconds: float) -> dict[str, float]:

@@ -40,7 +40,7 @@ from sedeploy.quantize import (
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "openvino")
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_CALIBRATION_DIR = Path("calibration")
 DEFAULT_CALIBRATION_SIZE = 512
@@ -60,7 +60,7 @@ class BuildOptions:
     calib_size: int = DEFAULT_CALIBRATION_SIZE
     calib_method: str = "entropy"
     percentile: float = DEFAULT_PERCENTILE
-    quantize_se: bool = False
+    quantize_se: bool | None = None
     recalibrate: bool = False
     fp16_block_list: Sequence[str] = DEFAULT_FP16_BLOCK_LIST
     seed: int = 0
@@ -141,7 +141,8 @@ class BuildResult:
                 f"{len(cal['skipped'])} file(s) skipped"
             )
         if self.fidelity:
-            lines.append(f"{self.precision} vs fp32 on ONNX Runtime: {self.fidelity.to_text()}")
+            runtime = "OpenVINO" if self.backend == "openvino" else "ONNX Runtime"
+            lines.append(f"{self.precision} vs fp32 (ONNX Runtime) on {runtime}: {self.fidelity.to_text()}")
         lines.append(f"done in {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -152,6 +153,10 @@ def choose_backend(requested: str) -> tuple[str, str]:
 
     if requested == "tensorrt":
         return requested, trt_backend.require_available()  # fails now, before any precision work
+    if requested == "openvino":
+        from sedeploy.backends import openvino as ov_backend
+
+        return requested, ov_backend.require_available()  # fails now with the extra to install
     if requested != "auto":
         return requested, "asked for"
 
@@ -241,6 +246,10 @@ def build_engine(
     recipe: dict[str, Any] = {}
     calibration: dict[str, Any] | None = None
     flavour = target if options.precision == "int8" else None
+    if backend == "openvino":
+        return _build_openvino(
+            model_path, proto, metadata, options, output, calibration_set, started, backend_reason
+        )
     if options.precision != "fp32":
         precision_path = (
             Path(output)
@@ -360,6 +369,79 @@ def build_engine(
         calibration=calibration,
         seconds=time.perf_counter() - started,
     )
+
+
+def _build_openvino(
+    model_path: Path,
+    proto: onnx.ModelProto,
+    metadata: ModelMetadata | None,
+    options: BuildOptions,
+    output: str | Path | None,
+    calibration_set: CalibrationSet | None,
+    started: float,
+    reason: str,
+) -> BuildResult:
+    """The OpenVINO IR of the FP32 ONNX: NNCF quantizes INT8 from the FP32 graph on the calibration set."""
+    from sedeploy.backends import openvino as ov_backend
+
+    suffix = "" if options.precision == "fp32" else f".{options.precision}"
+    xml = Path(output) if output else model_path.with_name(f"{model_path.stem}{suffix}.openvino.xml")
+    images = calibration_set.images if calibration_set is not None else None
+    input_name = metadata.input_name if metadata else _input_name(proto)
+    stem = [node.name for node in proto.graph.node if node.op_type == "Conv" and node.input[0] == input_name]
+    recipe = ov_backend.build_ir(model_path, xml, options.precision, images, stem[:1])
+    calibration = None
+    if options.precision == "int8" and calibration_set is not None:
+        report = calibration_set.report
+        calibration = {
+            "method": "nncf-minmax",
+            "percentile": None,
+            "images": report.used,
+            "found": report.found,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in report.skipped],
+            "dataset_sha256": report.dataset_sha256,
+            "folder": report.folder,
+            "reused": False,
+            "tensors": None,
+        }
+    manifest = ov_backend.ir_manifest(
+        xml,
+        started,
+        {"description": describe_host()},
+        source_onnx_sha256=sha256_of_file(model_path),
+        source_metadata=metadata.to_dict() if metadata else {},
+        precision=options.precision,
+        recipe=recipe,
+        calibration=calibration,
+        build_options={**options.to_dict(), "target": "openvino"},
+        sedeploy_version=__version__,
+    )
+    write_manifest(manifest, xml)
+    check_images = images if images is not None else _random_images(proto, metadata)
+    fidelity = _check_on_openvino(model_path, xml, check_images, input_name)
+    return BuildResult(
+        backend="openvino",
+        backend_reason=reason,
+        precision=options.precision,
+        artifacts=(xml,),
+        manifests=(manifest,),
+        fidelity=fidelity,
+        calibration=calibration,
+        seconds=time.perf_counter() - started,
+    )
+
+
+def _check_on_openvino(reference_path: Path, xml: Path, images: np.ndarray, input_name: str) -> Comparison:
+    from sedeploy.backends.openvino import OpenVinoRunner
+
+    reference = ort_backend.create_session(reference_path, ["CPUExecutionProvider"])
+    batch = np.ascontiguousarray(images[:_CHECK_IMAGES], dtype=np.float32)
+    with OpenVinoRunner(xml) as runner:
+        candidate = runner(batch)
+    fidelity = compare_logits(reference.run(None, {input_name: batch})[0], candidate)
+    if not fidelity.finite:
+        raise PrecisionError(f"the OpenVINO IR {xml.name} gives non-finite logits; nothing usable was built")
+    return fidelity
 
 
 def _manifest(

@@ -19,6 +19,7 @@ from sedeploy import __version__
 from sedeploy.bench import bench, write_reports
 from sedeploy.build import BACKENDS, DEFAULT_CALIBRATION_SIZE, BuildOptions, build_engine
 from sedeploy.checkpoint import LAYOUTS
+from sedeploy.demo import DEFAULT_OUT, run_demo
 from sedeploy.errors import SedeployError
 from sedeploy.export import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_onnx
 from sedeploy.files import check_writable, write_json_atomic
@@ -257,7 +258,10 @@ def _parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
     help="For --calib-method percentile.",
 )
 @click.option(
-    "--quantize-se", is_flag=True, help="Quantize the SE excitation path too (default: kept in float)."
+    "--quantize-se/--float-se",
+    default=None,
+    help="Quantize the SE excitation path, or keep it in float (default: quantized for --target cpu, "
+    "float for tensorrt).",
 )
 @click.option("--recalibrate", is_flag=True, help="Ignore a cached calibration.")
 @click.option(
@@ -302,7 +306,7 @@ def build_engine_command(
     calib_size: int,
     calib_method: str,
     percentile: float,
-    quantize_se: bool,
+    quantize_se: bool | None,
     recalibrate: bool,
     fp16_block_list: str,
     seed: int,
@@ -556,6 +560,9 @@ def triton_command(
 @click.option(
     "--plot", "plot_path", type=click.Path(dir_okay=False), help="Write a PNG of images/s vs batch."
 )
+@click.option(
+    "--profile", is_flag=True, help="Add ONNX Runtime's per-op profile: share of kernel time per op type."
+)
 def bench_command(
     artifacts: tuple[str, ...],
     batches: str,
@@ -567,6 +574,7 @@ def bench_command(
     json_path: str | None,
     markdown_path: str | None,
     plot_path: str | None,
+    profile: bool,
 ) -> None:
     """Throughput and latency of ARTIFACTS side by side, against their GFLOPs and this machine's roof."""
     report = bench(
@@ -578,6 +586,7 @@ def bench_command(
         rounds=rounds,
         threads=threads,
         progress=sys.stderr.isatty(),
+        profile=profile,
     )
     write_reports(
         report,
@@ -693,6 +702,28 @@ def predict_command(
         click.echo(json.dumps(report.to_dict(), indent=2))
     else:
         click.echo(report.to_text())
+
+
+@cli.command("demo")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False),
+    default=str(DEFAULT_OUT),
+    show_default=True,
+    help="Folder for the artifacts, report.md, report.json and the plots.",
+)
+@click.option(
+    "--quick", is_flag=True, help="About a minute: fewer calibration images, short benches, no SE-ResNet-50."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.pass_context
+def demo_command(ctx: click.Context, out_dir: str, quick: bool, as_json: bool) -> None:
+    """Export, quantize, build, verify and bench the shipped digits SE-ResNet, end to end."""
+    report = run_demo(out_dir, quick=quick, progress=not as_json and sys.stderr.isatty())
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
+    if not report.passed:
+        ctx.exit(1)
 
 
 def main() -> None:

@@ -73,7 +73,7 @@ from tqdm import tqdm
 
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import atomic_output, sha256_of_file
-from sedeploy.metadata import PREFIX, ModelMetadata, Preprocessing
+from sedeploy.metadata import ModelMetadata, Preprocessing, load_onnx, metadata_or_none
 from sedeploy.registry import ModelDefaults
 
 logger = logging.getLogger(__name__)
@@ -678,20 +678,8 @@ def _metadata_of(
     if isinstance(source, ModelMetadata):
         return source, "the model"
     if isinstance(source, onnx.ModelProto):
-        proto, name = source, "the model"
-    else:
-        path = Path(source)
-        if not path.is_file():
-            raise BadInputError(f"ONNX file {path} does not exist; check the path")
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as error:
-            raise BadInputError(f"{path} is not a readable ONNX file ({error}); export it again") from None
-        name = str(path)
-    props = {entry.key: entry.value for entry in proto.metadata_props}
-    if not any(key.startswith(PREFIX) for key in props):
-        return None, name
-    return ModelMetadata.from_props(props, name), name
+        return metadata_or_none(source), "the model"
+    return metadata_or_none(load_onnx(source)), str(source)
 
 
 def preprocessing_for(

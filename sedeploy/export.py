@@ -4,7 +4,8 @@ The graph comes from PyTorch's dynamo-based exporter (``torch.onnx.export(...,
 dynamo=True)``) with a dynamic batch axis and the fixed names ``input`` and
 ``logits``; its optimizer folds every BatchNorm into the preceding convolution.
 The file is then checked (``onnx.checker`` full check, shape inference, names and
-the symbolic batch axis), compared against PyTorch in ONNX Runtime, and only then
+the symbolic batch axis) after :mod:`sedeploy.rewrite` turns each SE squeeze into a
+``GlobalAveragePool``, compared against PyTorch in ONNX Runtime, and only then
 renamed into place, so a failed or interrupted export never leaves a partial or
 unchecked file, nor replaces a good one.
 
@@ -42,6 +43,7 @@ from sedeploy.files import atomic_output
 from sedeploy.metadata import ModelMetadata, Preprocessing, channel_order_for, read_labels, write_metadata
 from sedeploy.optional import import_optional
 from sedeploy.registry import ModelDefaults
+from sedeploy.rewrite import se_squeeze_to_global_pool
 
 logger = logging.getLogger(__name__)
 
@@ -404,6 +406,7 @@ def export_onnx(
             export_started = time.perf_counter()
             proto = _run_exporter(module, example, opset, source.arch)
             export_seconds = time.perf_counter() - export_started
+            se_squeeze_to_global_pool(proto)
             _validate_graph(proto, classes, input_size)
             metadata = ModelMetadata(
                 arch=source.arch,

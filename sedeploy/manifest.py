@@ -25,7 +25,7 @@ from sedeploy.files import sha256_of_file, write_json_atomic
 MANIFEST_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
-ARTIFACT_FORMATS = ("onnx", "tensorrt_plan")
+ARTIFACT_FORMATS = ("onnx", "tensorrt_plan", "openvino_ir")
 
 
 class ManifestError(BadInputError):

@@ -230,20 +230,42 @@ def write_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
+def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read an ONNX file (without external data), or fail with one line saying what is wrong with it."""
+    path = Path(path)
+    if not path.exists():
+        raise BadInputError(
+            f"ONNX file {path} does not exist; check the path or export one with `sedeploy export`"
+        )
+    if path.is_dir():
+        raise BadInputError(f"{path} is a folder; give the .onnx file inside it")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as error:
+        raise BadInputError(
+            f"{path} is not a readable ONNX file ({type(error).__name__}); export one with `sedeploy export`"
+        ) from None
+    if not proto.graph.node:
+        raise BadInputError(
+            f"{path} is not a readable ONNX file (no graph); export one with `sedeploy export`"
+        )
+    return proto
+
+
 def read_metadata(model: str | os.PathLike[str] | onnx.ModelProto) -> ModelMetadata:
     """The :class:`ModelMetadata` of an ONNX file or loaded model written by ``sedeploy export``."""
     if isinstance(model, onnx.ModelProto):
         proto, source = model, "the model"
     else:
-        path = Path(model)
-        if not path.is_file():
-            raise BadInputError(f"ONNX file {path} does not exist; check the path")
-        try:
-            proto = onnx.load(str(path), load_external_data=False)
-        except Exception as error:
-            raise BadInputError(f"{path} is not a readable ONNX file ({error}); export it again") from None
-        source = str(path)
+        proto, source = load_onnx(model), str(model)
     return ModelMetadata.from_props({entry.key: entry.value for entry in proto.metadata_props}, source)
+
+
+def metadata_or_none(proto: onnx.ModelProto) -> ModelMetadata | None:
+    """The model's sedeploy metadata, or None for an ONNX file that has none (a newer or broken one still fails)."""
+    if not any(entry.key.startswith(PREFIX) for entry in proto.metadata_props):
+        return None
+    return read_metadata(proto)
 
 
 def read_labels(path: str | os.PathLike[str]) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ The artifact says what runs it:
 ==========================================  =====================================================
 ``model.engine`` / ``model.plan``            TensorRT (:class:`~sedeploy.backends.tensorrt.TensorRTRunner`)
 ``model*.onnx``                              ONNX Runtime (:class:`~sedeploy.backends.onnxruntime.OnnxRuntimeRunner`)
+``model*.xml`` (+ ``.bin``)                  OpenVINO (:class:`~sedeploy.backends.openvino.OpenVinoRunner`)
 weights (``.safetensors``, ``.pt``, ...)      PyTorch reference (:class:`~sedeploy.backends.torch.TorchRunner`)
 architecture name or ``pkg.mod:factory``     PyTorch reference with random weights
 ==========================================  =====================================================
@@ -25,25 +26,28 @@ from typing import Any
 from sedeploy.backends.base import Runner
 from sedeploy.errors import BadInputError, ConfigError
 
-BACKENDS = ("onnxruntime", "tensorrt", "torch")
+BACKENDS = ("onnxruntime", "tensorrt", "openvino", "torch")
 ENGINE_SUFFIXES = (".engine", ".plan")
 ONNX_SUFFIXES = (".onnx",)
+OPENVINO_SUFFIXES = (".xml",)
 WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 
 
 def artifact_backend(path: str | os.PathLike[str]) -> str:
-    """The backend that runs ``path`` by its kind: ``tensorrt``, ``onnxruntime`` or ``torch``."""
+    """The backend that runs ``path`` by its kind: ``tensorrt``, ``onnxruntime``, ``openvino`` or ``torch``."""
     name = str(path)
     suffix = Path(name).suffix.lower()
     if suffix in ENGINE_SUFFIXES:
         return "tensorrt"
     if suffix in ONNX_SUFFIXES:
         return "onnxruntime"
+    if suffix in OPENVINO_SUFFIXES:
+        return "openvino"
     if suffix in WEIGHTS_SUFFIXES or Path(name).is_file():
         return "torch"
     if suffix or os.sep in name:
         raise BadInputError(
-            f"{name} does not exist and is not an architecture name; give an .onnx, .engine/.plan or weights file"
+            f"{name} does not exist and is not an architecture name; give an .onnx, .engine/.plan, .xml or weights file"
         )
     return "torch"  # an architecture name or package.module:factory
 
@@ -53,11 +57,12 @@ def load(
 ) -> Runner:
     """Open ``path`` as a runner: ``runner(batch)``, ``runner.classify(images)``, ``with``/``close()``.
 
-    ``backend``: ``onnxruntime``, ``tensorrt`` or ``torch`` (default: from the
-    artifact, see the module docstring). ``device``: ONNX Runtime ``cpu``,
+    ``backend``: ``onnxruntime``, ``tensorrt``, ``openvino`` or ``torch`` (default:
+    from the artifact, see the module docstring). ``device``: ONNX Runtime ``cpu``,
     ``cuda[:N]``, ``tensorrt[:N]``; TensorRT a CUDA device index (or ``cuda:N``);
+    OpenVINO its device name (default ``CPU``);
     PyTorch a torch device. ``options`` go to the runner (e.g. ``threads`` for
-    ONNX Runtime, ``contexts``/``cuda_graph`` for TensorRT, ``metadata``/``arch``
+    ONNX Runtime, ``hint`` for OpenVINO, ``contexts``/``cuda_graph`` for TensorRT, ``metadata``/``arch``
     for PyTorch).
     """
     kind = artifact_backend(path)
@@ -81,6 +86,10 @@ def load(
         from sedeploy.backends.onnxruntime import OnnxRuntimeRunner
 
         return _construct(OnnxRuntimeRunner, path, device=_text_device(device), **options)
+    if kind == "openvino":
+        from sedeploy.backends.openvino import OpenVinoRunner
+
+        return _construct(OpenVinoRunner, path, device=_text_device(device), **options)
     from sedeploy.backends.torch import TorchRunner
 
     return _construct(TorchRunner, path, device=_text_device(device), **options)

@@ -37,7 +37,7 @@ import onnx
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import atomic_output, sha256_of_file
 from sedeploy.manifest import BuildManifest, ManifestError, manifest_path, read_manifest
-from sedeploy.metadata import ModelMetadata, read_metadata
+from sedeploy.metadata import load_onnx, metadata_or_none
 from sedeploy.optional import import_optional
 
 logger = logging.getLogger(__name__)
@@ -161,18 +161,8 @@ def _onnx_precision(proto: onnx.ModelProto) -> str:
 
 
 def _read_onnx(path: Path, manifest: BuildManifest | None) -> ServingArtifact:
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as error:
-        raise BadInputError(
-            f"{path} is not a readable ONNX file ({type(error).__name__}); check the path"
-        ) from None
-    if not proto.graph.node:
-        raise BadInputError(f"{path} holds no ONNX graph; export one with `sedeploy export`")
-    try:
-        metadata: ModelMetadata | None = read_metadata(proto)
-    except BadInputError:
-        metadata = None
+    proto = load_onnx(path)
+    metadata = metadata_or_none(proto)
     initializers = {init.name for init in proto.graph.initializer}
     inputs: list[TensorConfig] = []
     outputs: list[TensorConfig] = []

@@ -1,0 +1,108 @@
+"""OpenVINO backend: the NNCF INT8 IR of the trained fixture model passes verify, manifests are enforced,
+telemetry stays off, and a missing extra is one line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import sedeploy
+from sedeploy.build import BuildOptions, build_engine
+from sedeploy.cli import cli
+from sedeploy.errors import MissingDependencyError
+from sedeploy.manifest import ManifestError, read_manifest
+from sedeploy.verify import verify
+
+openvino = pytest.importorskip(
+    "openvino", reason="OpenVINO is not installed: pip install 'sedeploy[openvino]'"
+)
+
+
+@pytest.fixture(scope="module")
+def int8_ir(trained_digits, tmp_path_factory: pytest.TempPathFactory) -> Path:  # type: ignore[no-untyped-def]
+    folder = tmp_path_factory.mktemp("openvino")
+    model = folder / "digits.onnx"
+    shutil.copy(trained_digits.onnx_path, model)
+    result = build_engine(
+        model,
+        BuildOptions(precision="int8", backend="openvino", calib_dir=trained_digits.calib_dir),
+    )
+    assert result.artifact == folder / "digits.int8.openvino.xml"
+    assert result.fidelity is not None and result.fidelity.mean_cosine > 0.99
+    return result.artifact
+
+
+def test_int8_ir_passes_verify_against_fp32_with_the_int8_thresholds(int8_ir: Path, trained_digits) -> None:  # type: ignore[no-untyped-def]
+    manifest = read_manifest(int8_ir)
+    assert (manifest.backend, manifest.precision, manifest.artifact_format) == (
+        "openvino",
+        "int8",
+        "openvino_ir",
+    )
+    assert manifest.calibration is not None and manifest.calibration["images"] == 128
+    report = verify(int8_ir, data=trained_digits.test_dir)
+    assert report.passed, report.to_text()
+    assert report.precision == "int8"
+    with sedeploy.load(int8_ir, hint="throughput") as runner:
+        assert runner.backend == "openvino" and runner.metadata is not None
+        logits = runner(trained_digits.test_images[:9])
+    assert logits.shape == (9, 10)
+    assert (logits.argmax(1) == trained_digits.test_labels[:9]).mean() >= 0.8
+
+
+def test_a_changed_weights_file_is_refused_on_load(int8_ir: Path, tmp_path: Path) -> None:
+    for name in (int8_ir.name, int8_ir.with_suffix(".bin").name, int8_ir.name + ".manifest.json"):
+        shutil.copy(int8_ir.parent / name, tmp_path / name)
+    copy = tmp_path / int8_ir.name
+    with sedeploy.load(copy) as runner:
+        assert runner.manifest is not None
+    weights = copy.with_suffix(".bin")
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ManifestError, match="rebuild it"):
+        sedeploy.load(copy)
+
+
+def test_telemetry_stays_off_without_a_prompt_or_a_file(tmp_path: Path) -> None:
+    """In a fresh process (not pytest, where NNCF stubs itself): NNCF gets its no-op stub, no consent file appears."""
+    code = (
+        "from sedeploy.backends import openvino as ov\n"
+        "ov.nncf(); ov.openvino()\n"
+        "import nncf.telemetry.wrapper as wrapper\n"
+        "print(type(wrapper.telemetry).__name__)\n"
+    )
+    env = {**os.environ, "HOME": str(tmp_path), "XDG_CONFIG_HOME": str(tmp_path / ".config")}
+    env.pop("NNCF_CI", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "MagicMock"
+    assert list(tmp_path.rglob("*")) == []  # no consent folder or client id written in HOME
+
+
+def test_missing_extra_is_one_line_naming_it(
+    trained_digits, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    model = tmp_path / "digits.onnx"
+    shutil.copy(trained_digits.onnx_path, model)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'sedeploy\[openvino\]'"):
+        build_engine(model, BuildOptions(precision="int8", backend="openvino"))
+    result = CliRunner().invoke(cli, ["build-engine", str(model), "--backend", "openvino", "--int8"])
+    assert result.exit_code == 1
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "sedeploy[openvino]" in lines[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.onnx"]  # nothing built
