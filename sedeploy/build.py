@@ -23,10 +23,10 @@ from sedeploy import __version__
 from sedeploy.backends import onnxruntime as ort_backend
 from sedeploy.compare import Comparison, compare_logits
 from sedeploy.data import CalibrationSet, load_image_set, preprocessing_for
-from sedeploy.errors import BadInputError, ConfigError
+from sedeploy.errors import ConfigError
 from sedeploy.files import check_writable, sha256_of_file
 from sedeploy.manifest import BuildManifest, describe_host, manifest_path, write_manifest
-from sedeploy.metadata import ModelMetadata, read_metadata
+from sedeploy.metadata import ModelMetadata, load_onnx, metadata_or_none
 from sedeploy.quantize import (
     DEFAULT_FP16_BLOCK_LIST,
     DEFAULT_PERCENTILE,
@@ -167,23 +167,8 @@ def choose_backend(requested: str) -> tuple[str, str]:
 
 
 def _read_source(model_path: Path) -> tuple[onnx.ModelProto, ModelMetadata | None]:
-    if not model_path.exists():
-        raise BadInputError(f"model {model_path} does not exist; export one with `sedeploy export`")
-    if model_path.is_dir():
-        raise BadInputError(f"model {model_path} is a folder; give the .onnx file inside it")
-    try:
-        proto = onnx.load(str(model_path), load_external_data=False)
-    except Exception as error:
-        raise BadInputError(
-            f"{model_path} is not an ONNX file ({type(error).__name__}); export one with `sedeploy export`"
-        ) from None
-    if not proto.graph.node:
-        raise BadInputError(f"{model_path} holds no ONNX graph; export one with `sedeploy export`")
-    try:
-        metadata: ModelMetadata | None = read_metadata(proto)
-    except BadInputError:
-        metadata = None
-    return proto, metadata
+    proto = load_onnx(model_path)
+    return proto, metadata_or_none(proto)
 
 
 def _input_name(proto: onnx.ModelProto) -> str:

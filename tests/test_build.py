@@ -130,7 +130,7 @@ def test_skipped_files_are_counted_in_the_manifest(workdir: tuple[Path, Path]) -
         ("missing_calib", "does not exist"),
         ("empty_calib", "no images"),
         ("corrupt_calib", "no usable image"),
-        ("not_onnx", "is not an ONNX file"),
+        ("not_onnx", "is not a readable ONNX file"),
         ("missing_model", "does not exist"),
     ],
 )
