@@ -100,19 +100,25 @@ def _parse_options(pairs: tuple[str, ...]) -> dict[str, Any]:
     return options
 
 
-@cli.command()
-@click.argument("arch")
-@click.option("--img-size", help="Input size, N or HxW (default: the model's, 224).")
-@click.option("--in-chans", type=click.IntRange(min=1), help="Input channels (1 for grayscale).")
-@click.option("--num-classes", type=click.IntRange(min=1), help="Number of output classes.")
-@click.option(
+_IMG_SIZE = click.option("--img-size", help="Input size, N or HxW (default: the model's, 224).")
+_NUM_CLASSES = click.option("--num-classes", type=click.IntRange(min=1), help="Number of output classes.")
+_MODEL_OPTIONS = click.option(
     "-O",
     "--option",
     "options",
     multiple=True,
     metavar="KEY=VALUE",
-    help="Any other model option, e.g. -O reduction=8 -O se_variant=pre (repeatable).",
+    help="Any other model option (or factory argument), e.g. -O reduction=8 -O 'widths=(32,64,128)' (repeatable).",
 )
+"""Options shared by the commands that build a model (info, export, train)."""
+
+
+@cli.command()
+@click.argument("arch")
+@_IMG_SIZE
+@click.option("--in-chans", type=click.IntRange(min=1), help="Input channels (1 for grayscale).")
+@_NUM_CLASSES
+@_MODEL_OPTIONS
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def info(
     arch: str,
@@ -151,9 +157,9 @@ def info(
     show_default=True,
     help="State-dict layout of --weights.",
 )
-@click.option("--num-classes", type=click.IntRange(min=1), help="Number of output classes.")
+@_NUM_CLASSES
 @click.option("--in-chans", type=click.IntRange(min=1), help="Input channels (1 for grayscale).")
-@click.option("--img-size", help="Input size, N or HxW (default: the model's, 224).")
+@_IMG_SIZE
 @click.option("--labels", type=click.Path(dir_okay=False), help="Class names: one per line, or a JSON list.")
 @click.option(
     "--opset", type=click.IntRange(min=1), default=DEFAULT_OPSET, show_default=True, help="ONNX opset."
@@ -169,14 +175,7 @@ def info(
     "-o", "--output", type=click.Path(dir_okay=False), help="Output file (default: models/<name>/model.onnx)."
 )
 @click.option("--no-check", is_flag=True, help="Skip the PyTorch vs ONNX Runtime parity check.")
-@click.option(
-    "-O",
-    "--option",
-    "options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Any other model option (or factory argument), e.g. -O reduction=8 (repeatable).",
-)
+@_MODEL_OPTIONS
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def export(
     arch: str | None,
@@ -376,7 +375,7 @@ def _epoch_line(metrics: EpochMetrics) -> None:
 @cli.command("train")
 @click.argument("data_dir", type=click.Path())
 @click.option("--arch", required=True, help="Zoo model to train, e.g. se_resnet50 or se_preact_resnet.")
-@click.option("--img-size", help="Input size, N or HxW (default: the model's, 224).")
+@_IMG_SIZE
 @click.option("--in-chans", type=click.IntRange(1, 3), help="Input channels, 1 (grayscale) or 3.")
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch", "batch_size", type=click.IntRange(min=2), default=64, show_default=True)
@@ -392,14 +391,7 @@ def _epoch_line(metrics: EpochMetrics) -> None:
 @click.option("--device", type=click.Choice(DEVICES), default="auto", show_default=True)
 @click.option("--resume", is_flag=True, help="Continue the run saved in the output folder.")
 @click.option("--compare-plain", is_flag=True, help="Also train the plain twin (no SE), same settings.")
-@click.option(
-    "-O",
-    "--option",
-    "options",
-    multiple=True,
-    metavar="KEY=VALUE",
-    help="Any other model option, e.g. -O reduction=8 -O 'widths=(32,64,128)' (repeatable).",
-)
+@_MODEL_OPTIONS
 @click.option("-o", "--output", type=click.Path(file_okay=False), default="runs/train", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def train_command(
@@ -460,7 +452,7 @@ def train_command(
     click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
 
 
-def _parse_batch_sizes(value: str | None) -> tuple[int, ...]:
+def _parse_batch_sizes(value: str | None, option: str = "--preferred-batch") -> tuple[int, ...]:
     if not value:
         return ()
     try:
@@ -468,9 +460,7 @@ def _parse_batch_sizes(value: str | None) -> tuple[int, ...]:
     except ValueError:
         sizes = ()
     if not sizes or min(sizes) < 1:
-        raise click.BadParameter(
-            f"{value!r} is not a list of batch sizes; use e.g. 4,8", param_hint="--preferred-batch"
-        )
+        raise click.BadParameter(f"{value!r} is not a list of batch sizes; use e.g. 4,8", param_hint=option)
     return sizes
 
 
@@ -579,7 +569,7 @@ def bench_command(
     """Throughput and latency of ARTIFACTS side by side, against their GFLOPs and this machine's roof."""
     report = bench(
         artifacts,
-        _parse_batch_sizes(batches),
+        _parse_batch_sizes(batches, "--batch"),
         warmup=warmup,
         iterations=iterations,
         duration=None if iterations else duration,
