@@ -28,6 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sedeploy import __version__
 from sedeploy.backends.base import Runner
+from sedeploy.backends.onnxruntime import usable_cores
 from sedeploy.errors import ConfigError
 from sedeploy.files import atomic_output, write_json_atomic
 from sedeploy.optional import import_optional
@@ -290,7 +291,9 @@ def gemm_probe(
         raise ConfigError(f"probe kind must be fp32 or int8, got {kind!r}")
     ort = import_optional("onnxruntime", "cpu")
     options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    options.intra_op_num_threads = (
+        threads or usable_cores()
+    )  # as many threads as the sessions it is compared with
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(
         _gemm_model(kind, size).SerializeToString(), sess_options=options, providers=["CPUExecutionProvider"]
@@ -542,26 +545,26 @@ def write_reports(
 
 def plot_throughput(report: BenchReport, path: Path) -> Path:
     """PNG of images/s against batch size, one line per artifact."""
-    matplotlib = import_optional("matplotlib", "plot")
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    import_optional("matplotlib", "plot")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    figure, axes = plt.subplots(figsize=(7, 4.5), dpi=110)
-    try:
-        for label in dict.fromkeys(row.label for row in report.rows):
-            points = sorted(
-                (row.stats.batch, row.stats.images_per_s) for row in report.rows if row.label == label
-            )
-            axes.plot([b for b, _ in points], [r for _, r in points], marker="o", label=label)
-        axes.set_xlabel("batch size")
-        axes.set_ylabel("images / s")
-        axes.set_xscale("log", base=2)
-        axes.grid(True, alpha=0.3)
-        axes.legend(fontsize=8)
-        axes.set_title(f"sedeploy bench - {report.machine['cpu']}", fontsize=9)
-        figure.tight_layout()
-        with atomic_output(path) as temp_path:
-            figure.savefig(temp_path, format="png")
-    finally:
-        plt.close(figure)
+    # A Figure with its own Agg canvas: no pyplot, so the user's matplotlib backend is left alone.
+    figure = Figure(figsize=(7, 4.5), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    for label in dict.fromkeys(row.label for row in report.rows):
+        points = sorted(
+            (row.stats.batch, row.stats.images_per_s) for row in report.rows if row.label == label
+        )
+        axes.plot([b for b, _ in points], [r for _, r in points], marker="o", label=label)
+    axes.set_xlabel("batch size")
+    axes.set_ylabel("images / s")
+    axes.set_xscale("log", base=2)
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=8)
+    axes.set_title(f"sedeploy bench - {report.machine['cpu']}", fontsize=9)
+    figure.tight_layout()
+    with atomic_output(path) as temp_path:
+        figure.savefig(temp_path, format="png")
     return path

@@ -10,6 +10,7 @@ build manifest beside it.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from sedeploy.backends import onnxruntime as ort_backend
 from sedeploy.compare import Comparison, compare_logits
 from sedeploy.data import CalibrationSet, load_image_set, preprocessing_for
 from sedeploy.errors import ConfigError
-from sedeploy.files import check_writable, sha256_of_file
+from sedeploy.files import check_writable, sha256_of_file, temp_path_beside
 from sedeploy.manifest import BuildManifest, describe_host, manifest_path, write_manifest
 from sedeploy.metadata import ModelMetadata, load_onnx, metadata_or_none
 from sedeploy.quantize import (
@@ -235,62 +236,24 @@ def build_engine(
         return _build_openvino(
             model_path, proto, metadata, options, output, calibration_set, started, backend_reason
         )
-    if options.precision != "fp32":
+    staged_path = None
+    if options.precision != "fp32" and not options.implicit_int8:  # implicit INT8: TensorRT calibrates FP32
         precision_path = (
             Path(output)
             if output and backend == "onnxruntime"
             else default_output(model_path, options.precision, flavour)
         )
-    if options.precision == "fp16":
-        recipe = convert_fp16(model_path, precision_path, options.fp16_block_list)
-    elif options.precision == "int8" and options.implicit_int8:
-        precision_path = model_path  # TensorRT calibrates the FP32 graph itself
-    elif options.precision == "int8":
-        assert calibration_set is not None
-        int8 = Int8Recipe(
-            flavour=target,
-            method=options.calib_method,
-            percentile=options.percentile,
-            quantize_se=options.quantize_se,
+        # Written and checked under a temporary name, renamed into place only once it passed.
+        staged_path = temp_path_beside(precision_path)
+    try:
+        recipe, calibration, fidelity = _make_precision_file(
+            model_path, staged_path, proto, metadata, options, target, input_name, calibration_set, progress
         )
-        ranges, reused = calibrate_cached(
-            model_path,
-            calibration_set.images,
-            input_name,
-            int8,
-            calibration_set.report.dataset_sha256,
-            recalibrate=options.recalibrate,
-            progress=progress,
-        )
-        recipe = quantize_int8(model_path, precision_path, ranges, int8, calibration_set.images)
-        calibration = {
-            "method": int8.method,
-            "percentile": int8.percentile if int8.method == "percentile" else None,
-            "images": calibration_set.report.used,
-            "found": calibration_set.report.found,
-            "skipped": [{"path": s.path, "reason": s.reason} for s in calibration_set.report.skipped],
-            "dataset_sha256": calibration_set.report.dataset_sha256,
-            "folder": calibration_set.report.folder,
-            "reused": reused,
-            "tensors": len(ranges.ranges),
-        }
-
-    fidelity = None
-    if precision_path != model_path:
-        check_images = (
-            calibration_set.images if calibration_set is not None else _random_images(proto, metadata)
-        )
-        fidelity = _check_on_onnxruntime(model_path, precision_path, check_images, input_name)
-        if not fidelity.finite:
-            raise PrecisionError(
-                f"the {options.precision} graph gives non-finite logits; nothing usable was built"
-            )
-        if options.precision == "fp16" and fidelity.mean_cosine < FP16_MIN_COSINE:
-            precision_path.unlink(missing_ok=True)
-            raise PrecisionError(
-                f"FP16 logits drift from FP32 (mean cosine {fidelity.mean_cosine:.5f} < {FP16_MIN_COSINE}); "
-                "keep more ops in FP32 with --fp16-block-list"
-            )
+        if staged_path is not None:
+            os.replace(staged_path, precision_path)
+    finally:
+        if staged_path is not None:
+            staged_path.unlink(missing_ok=True)
 
     common = dict(
         source_onnx_sha256=sha256_of_file(model_path),
@@ -309,7 +272,11 @@ def build_engine(
         if precision_path != model_path:
             manifests.append(_manifest(precision_path, "onnxruntime", device, started, **common))
             artifacts.append(precision_path)
-        optimized_path = precision_path.with_name(precision_path.stem + ".ort.onnx")
+        optimized_path = (
+            Path(output)
+            if output and precision_path == model_path  # FP32: the optimized graph is what -o names
+            else precision_path.with_name(precision_path.stem + ".ort.onnx")
+        )
         ort_backend.write_optimized_model(precision_path, optimized_path, providers)
         manifests.append(
             _manifest(
@@ -427,6 +394,68 @@ def _check_on_openvino(reference_path: Path, xml: Path, images: np.ndarray, inpu
     if not fidelity.finite:
         raise PrecisionError(f"the OpenVINO IR {xml.name} gives non-finite logits; nothing usable was built")
     return fidelity
+
+
+def _make_precision_file(
+    model_path: Path,
+    staged_path: Path | None,
+    proto: onnx.ModelProto,
+    metadata: ModelMetadata | None,
+    options: BuildOptions,
+    target: str,
+    input_name: str,
+    calibration_set: CalibrationSet | None,
+    progress: bool,
+) -> tuple[dict[str, Any], dict[str, Any] | None, Comparison | None]:
+    """Write the FP16 or INT8 graph to ``staged_path`` and check it on ONNX Runtime against FP32.
+
+    Returns the recipe, the calibration record and the fidelity. Without a
+    ``staged_path`` (FP32, or TensorRT's implicit INT8) nothing is written.
+    """
+    if staged_path is None:
+        return {}, None, None
+    calibration: dict[str, Any] | None = None
+    if options.precision == "fp16":
+        recipe = convert_fp16(model_path, staged_path, options.fp16_block_list)
+    else:
+        assert calibration_set is not None
+        int8 = Int8Recipe(
+            flavour=target,
+            method=options.calib_method,
+            percentile=options.percentile,
+            quantize_se=options.quantize_se,
+        )
+        ranges, reused = calibrate_cached(
+            model_path,
+            calibration_set.images,
+            input_name,
+            int8,
+            calibration_set.report.dataset_sha256,
+            recalibrate=options.recalibrate,
+            progress=progress,
+        )
+        recipe = quantize_int8(model_path, staged_path, ranges, int8, calibration_set.images)
+        calibration = {
+            "method": int8.method,
+            "percentile": int8.percentile if int8.method == "percentile" else None,
+            "images": calibration_set.report.used,
+            "found": calibration_set.report.found,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in calibration_set.report.skipped],
+            "dataset_sha256": calibration_set.report.dataset_sha256,
+            "folder": calibration_set.report.folder,
+            "reused": reused,
+            "tensors": len(ranges.ranges),
+        }
+    check_images = calibration_set.images if calibration_set is not None else _random_images(proto, metadata)
+    fidelity = _check_on_onnxruntime(model_path, staged_path, check_images, input_name)
+    if not fidelity.finite:
+        raise PrecisionError(f"the {options.precision} graph gives non-finite logits; nothing was written")
+    if options.precision == "fp16" and fidelity.mean_cosine < FP16_MIN_COSINE:
+        raise PrecisionError(
+            f"FP16 logits drift from FP32 (mean cosine {fidelity.mean_cosine:.5f} < {FP16_MIN_COSINE}); "
+            "keep more ops in FP32 with --fp16-block-list"
+        )
+    return recipe, calibration, fidelity
 
 
 def _manifest(

@@ -74,15 +74,26 @@ def se_squeeze_to_global_pool(model: onnx.ModelProto) -> int:
         pool.op_type = "GlobalAveragePool"
         pool.domain = ""
         replaced += 1
-    _drop_unused_initializers(model)
     if replaced:
+        _drop_unused_initializers(model)
         logger.info("SE squeeze: %d ReduceMean node(s) now GlobalAveragePool", replaced)
     return replaced
 
 
+def _names_used(graph: onnx.GraphProto) -> set[str]:
+    """Every tensor name a node of ``graph`` reads, including nodes of nested (If/Loop/Scan) subgraphs."""
+    used = {output.name for output in graph.output}
+    for node in graph.node:
+        used.update(node.input)
+        for attribute in node.attribute:
+            for subgraph in [attribute.g, *attribute.graphs]:
+                if subgraph.node:
+                    used |= _names_used(subgraph)
+    return used
+
+
 def _drop_unused_initializers(model: onnx.ModelProto) -> None:
-    used = {name for node in model.graph.node for name in node.input}
-    used |= {output.name for output in model.graph.output}
+    used = _names_used(model.graph)
     kept = [init for init in model.graph.initializer if init.name in used]
     if len(kept) != len(model.graph.initializer):
         del model.graph.initializer[:]

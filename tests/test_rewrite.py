@@ -112,3 +112,37 @@ def test_int8_keeps_the_se_gate_in_float_and_a_quantized_se_pool_fuses(  # type:
         ops.count("QLinearGlobalAveragePool") == 3
     )  # with the SE quantized, the squeezes run as INT8 pooling
     assert ops.count("ReduceMean") == 1  # the classifier head's pool, not an SE block's
+
+
+def test_weights_used_only_inside_subgraphs_are_kept() -> None:
+    weight = numpy_helper.from_array(np.full((1, 3), 2.0, dtype=np.float32), "w")
+    branch = helper.make_graph(
+        [helper.make_node("Mul", ["x", "w"], ["y_then"])],
+        "then",
+        [],
+        [helper.make_tensor_value_info("y_then", TensorProto.FLOAT, [1, 3])],
+    )
+    other = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y_else"])],
+        "else",
+        [],
+        [helper.make_tensor_value_info("y_else", TensorProto.FLOAT, [1, 3])],
+    )
+    graph = helper.make_graph(
+        [helper.make_node("If", ["flag"], ["y"], then_branch=branch, else_branch=other)],
+        "g",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3]),
+            helper.make_tensor_value_info("flag", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+        [weight],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert se_squeeze_to_global_pool(model) == 0
+    assert [init.name for init in model.graph.initializer] == ["w"]
+    session = ort_backend.onnxruntime().InferenceSession(
+        model.SerializeToString(), providers=["CPUExecutionProvider"]
+    )
+    x = np.ones((1, 3), np.float32)
+    assert np.allclose(session.run(None, {"x": x, "flag": np.array(True)})[0], 2 * x)

@@ -16,13 +16,15 @@ sedeploy never calls the converter (``read_model`` reads the ONNX directly).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -45,28 +47,41 @@ ARTIFACT_FORMAT = "openvino_ir"
 _TELEMETRY_PACKAGE = "openvino_telemetry"
 
 
-def _telemetry_off() -> None:
-    """Keep OpenVINO's and NNCF's telemetry off for this process (see the module docstring); idempotent.
+@contextlib.contextmanager
+def _telemetry_off() -> Iterator[None]:
+    """While OpenVINO or NNCF is first imported, keep their telemetry off (see the module docstring).
 
-    ``openvino_telemetry`` is made unimportable unless something imported it already
-    (torch's dynamo backend discovery can); NNCF also honours ``NNCF_CI``, which
-    only switches its telemetry to the no-op stub.
+    ``openvino_telemetry`` is unimportable during the import unless something imported
+    it already (torch's dynamo backend discovery can), so both packages bind their
+    no-op stubs; NNCF also honours ``NNCF_CI``, which only switches its telemetry to
+    the stub. Both are restored afterwards, so the user's process is left as it was.
     """
-    os.environ.setdefault("NNCF_CI", "1")
-    if _TELEMETRY_PACKAGE not in sys.modules:
+    previous_env = os.environ.get("NNCF_CI")
+    blocked = _TELEMETRY_PACKAGE not in sys.modules
+    os.environ["NNCF_CI"] = "1"
+    if blocked:
         sys.modules[_TELEMETRY_PACKAGE] = None  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        if blocked and sys.modules.get(_TELEMETRY_PACKAGE, 0) is None:
+            del sys.modules[_TELEMETRY_PACKAGE]
+        if previous_env is None:
+            os.environ.pop("NNCF_CI", None)
+        else:
+            os.environ["NNCF_CI"] = previous_env
 
 
 def openvino() -> ModuleType:
     """The openvino module with telemetry off, or a MissingDependencyError naming the extra."""
-    _telemetry_off()
-    return import_optional("openvino", EXTRA)
+    with _telemetry_off():
+        return import_optional("openvino", EXTRA)
 
 
 def nncf() -> ModuleType:
     """The nncf module with telemetry off, or a MissingDependencyError naming the extra."""
-    _telemetry_off()
-    return import_optional("nncf", EXTRA)
+    with _telemetry_off():
+        return import_optional("nncf", EXTRA)
 
 
 def version() -> str:
@@ -235,6 +250,7 @@ class OpenVinoRunner(Runner):
         requests = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._streams = max(1, requests) if hint == "throughput" else 1
         self._requests: queue.Queue[Any] = queue.Queue()
+        self._take_lock = threading.Lock()
         for _ in range(max(1, requests)):
             self._requests.put(self._compiled.create_infer_request())
         inputs, outputs = self._compiled.inputs, self._compiled.outputs
@@ -251,8 +267,10 @@ class OpenVinoRunner(Runner):
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         if self._compiled is None:
             raise RunnerClosedError(f"this {self.backend} runner is closed; load the model again")
+        requests = self._requests
         pieces = np.array_split(batch, min(self._streams, len(batch)))
-        taken = [self._requests.get() for _ in pieces]
+        with self._take_lock:  # take all of a call's requests at once, so two callers cannot deadlock
+            taken = [requests.get() for _ in pieces]
         try:
             for request, piece in zip(taken, pieces, strict=True):
                 request.start_async({0: np.ascontiguousarray(piece)})
@@ -262,12 +280,11 @@ class OpenVinoRunner(Runner):
                 outputs.append(np.array(request.get_output_tensor(0).data, copy=True))
         finally:
             for request in taken:
-                self._requests.put(request)
+                requests.put(request)
         return outputs[0] if len(outputs) == 1 else np.concatenate(outputs)
 
     def _release(self) -> None:
         self._compiled = None
-        self._requests = queue.Queue()
 
 
 def _spec(port: Any, dtype: str, max_batch: int | None) -> TensorSpec:
