@@ -334,31 +334,10 @@ class _Target:
 
 
 def _describe(runner: Runner, path: str) -> tuple[str, str, float, str | None]:
-    metadata = runner.metadata
-    macs = getattr(metadata, "macs", None)
-    if macs is None and isinstance(metadata, dict):
-        macs = metadata.get("macs")
-    precision = getattr(runner, "precision", None) or _precision_of(path)
-    gpu = getattr(runner, "gpu_name", None)
-    return precision, runner.backend, float(macs or 0) / 1e9, gpu
+    from sedeploy.verify import detect_precision  # the one precision rule: manifest, else the graph
 
-
-def _precision_of(path: str) -> str:
-    name = Path(path).name
-    if ".int8" in name:
-        return "int8"
-    if ".fp16" in name:
-        return "fp16"
-    if name.endswith(".onnx"):
-        try:
-            graph = onnx.load(path, load_external_data=False).graph
-        except Exception:
-            return "fp32"
-        if any(node.op_type == "QuantizeLinear" for node in graph.node):
-            return "int8"
-        if any(init.data_type == TensorProto.FLOAT16 for init in graph.initializer):
-            return "fp16"
-    return "fp32"
+    macs = runner.metadata.macs if runner.metadata is not None else 0
+    return detect_precision(path), runner.backend, macs / 1e9, getattr(runner, "gpu_name", None)
 
 
 def _pause_between_samples() -> None:
