@@ -81,6 +81,18 @@ class BuildOptions:
             raise ConfigError(f"--calib-size must be at least 1, got {self.calib_size}")
         if self.implicit_int8 and (self.precision != "int8" or self.backend != "tensorrt"):
             raise ConfigError("--implicit-int8 goes with --int8 --backend tensorrt")
+        onnx_only = {
+            "--calib-method": self.calib_method != "entropy",
+            "--percentile": self.percentile != DEFAULT_PERCENTILE,
+            "--quantize-se/--float-se": self.quantize_se is not None,
+            "--target": self.target is not None,
+        }
+        if self.backend == "openvino" and any(onnx_only.values()):
+            given = ", ".join(flag for flag, set_ in onnx_only.items() if set_)
+            raise ConfigError(
+                f"{given} shape the ONNX Q/DQ recipe; OpenVINO's INT8 comes from NNCF's own recipe, so drop them "
+                "with --backend openvino"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -365,7 +377,11 @@ def _build_openvino(
         precision=options.precision,
         recipe=recipe,
         calibration=calibration,
-        build_options={**options.to_dict(), "target": "openvino"},
+        build_options={
+            key: value
+            for key, value in {**options.to_dict(), "target": "openvino"}.items()
+            if key not in ("calib_method", "percentile", "quantize_se")  # NNCF's recipe, recorded in `recipe`
+        },
         sedeploy_version=__version__,
     )
     write_manifest(manifest, xml)

@@ -106,3 +106,21 @@ def test_missing_extra_is_one_line_naming_it(
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and "sedeploy[openvino]" in lines[0]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["digits.onnx"]  # nothing built
+
+
+def test_onnx_only_recipe_flags_are_refused_not_ignored(trained_digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    from sedeploy.errors import ConfigError
+
+    model = tmp_path / "digits.onnx"
+    shutil.copy(trained_digits.onnx_path, model)
+    with pytest.raises(ConfigError, match="--calib-method shape the ONNX Q/DQ recipe"):
+        build_engine(
+            model,
+            BuildOptions(
+                precision="int8",
+                backend="openvino",
+                calib_dir=trained_digits.calib_dir,
+                calib_method="percentile",
+            ),
+        )
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["digits.onnx"]

@@ -148,6 +148,7 @@ def build_ir(
     with tempfile.TemporaryDirectory(prefix=".sedeploy-ir-", dir=output.parent) as folder:
         staged = Path(folder) / output.name
         ov.save_model(model, str(staged), compress_to_fp16=precision == "fp16")
+        # Two renames, not one: a crash between them leaves a pair whose hashes the manifest check refuses.
         os.replace(staged.with_suffix(".bin"), output.with_suffix(".bin"))
         os.replace(staged, output)
     return recipe
