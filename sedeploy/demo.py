@@ -33,6 +33,7 @@ from sedeploy.build import BuildOptions, build_engine, choose_backend
 from sedeploy.errors import BadInputError, MissingDependencyError
 from sedeploy.export import export_onnx
 from sedeploy.files import atomic_output, check_writable, write_json_atomic
+from sedeploy.quantize import precision_suffix
 from sedeploy.verify import VerifyReport, verify
 
 logger = logging.getLogger(__name__)
@@ -470,7 +471,7 @@ def run_demo(
             ).path
         builds = []
         for backend, precision, flavour in example_plan:
-            name = f"{precision}-{flavour}" if flavour else precision
+            name = precision_suffix(precision, flavour)
             with stages(f"build {name} for {backend}"):
                 builds.append(
                     _build(
@@ -495,7 +496,7 @@ def run_demo(
             with stages(f"export {SPEED_ARCH} (random weights)"):
                 speed_source = export_onnx(SPEED_ARCH, output=artifacts_dir / f"{SPEED_NAME}.onnx").path
             for backend, precision, flavour in speed_plan:
-                name = f"{precision}-{flavour}" if flavour else precision
+                name = precision_suffix(precision, flavour)
                 with stages(f"build {SPEED_ARCH} {name} for {backend}"):
                     speed_builds.append(
                         _build(
