@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+__version__ = "0.1.0"  # first: submodules (manifest) read it while the package imports
+
 from sedeploy.checkpoint import save_checkpoint
 from sedeploy.complexity import Complexity, estimate_complexity
 from sedeploy.errors import (
@@ -18,8 +20,7 @@ from sedeploy.export import ExportResult, export_onnx
 from sedeploy.metadata import ModelMetadata, read_metadata
 from sedeploy.registry import ModelDefaults, create_model, list_models
 from sedeploy.runtime import load
-
-__version__ = "0.1.0"
+from sedeploy.serving import serve
 
 __all__ = [
     "BadInputError",
@@ -42,4 +43,5 @@ __all__ = [
     "load",
     "read_metadata",
     "save_checkpoint",
+    "serve",
 ]

@@ -4,14 +4,22 @@ Per artifact and batch size: images/s, latency mean/p50/p90/p99, the model's
 GMACs and GFLOPs per image (from its ONNX metadata, i.e. the one estimator in
 :mod:`sedeploy.complexity`), achieved GFLOP/s and the share of the device's roof.
 On CPUs the roof is measured in the same run by a short ONNX Runtime GEMM probe
-in the artifact's precision (FP32 GEMM; u8 x s8 integer GEMM for INT8); on
+in the artifact's precision (FP32 GEMM; u8 x s8 integer GEMM for INT8), before
+and after the timings, keeping the higher figure; on
 NVIDIA GPUs it comes from a table of published dense peaks. Several artifacts
 are run interleaved (A B A B ...) so a noisy machine affects all alike, with
-ONNX Runtime's spinning threads paused between samples.
+ONNX Runtime's spinning threads paused between samples. Runners that can time
+their compute alone (TensorRT, with CUDA events) add compute-only columns, so the
+host<->device copy cost shows as the difference.
+
+:func:`compare` is ``sedeploy bench MODEL.onnx --compare``: from one exported
+FP32 ONNX it finds or builds the FP16 and INT8 artifacts (and TensorRT engines
+where TensorRT and a GPU are present) and benches them against PyTorch eager.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import platform
@@ -100,6 +108,8 @@ class BenchRow:
     gmacs_per_image: float
     roof_gflops: float | None
     ratio_to_first: float | None = None
+    compute: LatencyStats | None = None
+    """GPU time of the engine alone per call (CUDA events), for runners that offer ``time_compute``."""
 
     @property
     def gflops_per_image(self) -> float:
@@ -114,7 +124,13 @@ class BenchRow:
     def roof_share(self) -> float | None:
         return self.achieved_gflops / self.roof_gflops if self.roof_gflops else None
 
+    @property
+    def copy_ms(self) -> float | None:
+        """Mean end-to-end ms minus mean compute-only ms: host<->device copies and host overhead per call."""
+        return self.stats.mean_ms - self.compute.mean_ms if self.compute is not None else None
+
     def to_dict(self) -> dict[str, Any]:
+        compute = self.compute
         return {
             "artifact": self.artifact,
             "label": self.label,
@@ -128,6 +144,11 @@ class BenchRow:
             "roof_share": self.roof_share,
             "roof_share_suspect": self.roof_share is not None and self.roof_share > ROOF_WARNING_SHARE,
             "ratio_to_first": self.ratio_to_first,
+            "compute_mean_ms": compute.mean_ms if compute else None,
+            "compute_p50_ms": compute.p50_ms if compute else None,
+            "compute_p99_ms": compute.p99_ms if compute else None,
+            "compute_images_per_s": compute.images_per_s if compute else None,
+            "copy_ms": self.copy_ms,
         }
 
 
@@ -187,6 +208,8 @@ class BenchReport:
     machine: dict[str, Any]
     settings: dict[str, Any] = field(default_factory=dict)
     profiles: tuple[OpProfile, ...] = ()
+    notes: tuple[str, ...] = ()
+    """What the run left out or built, one line each (e.g. ``--compare`` skipping TensorRT)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -196,6 +219,7 @@ class BenchReport:
             "roof_probes_gflops": self.probes,
             "rows": [row.to_dict() for row in self.rows],
             "profiles": [profile.to_dict() for profile in self.profiles],
+            "notes": list(self.notes),
         }
 
     def to_markdown(self) -> str:
@@ -219,12 +243,31 @@ class BenchReport:
                 f"| {row.roof_gflops or 0:.0f} | {share_text} "
                 f"| {'-' if row.ratio_to_first is None else f'{row.ratio_to_first:.2f}x'} |"
             )
+        timed = [row for row in self.rows if row.compute is not None]
+        if timed:
+            lines += [
+                "",
+                "Compute only (CUDA events around the engine alone; copies = end-to-end minus compute):",
+                "",
+                "| artifact | batch | end-to-end mean ms | compute mean ms | compute p50 ms | compute p99 ms "
+                "| compute img/s | copies + host ms | copy share |",
+                "|" + "---|" * 9,
+            ]
+            for row in timed:
+                assert row.compute is not None and row.copy_ms is not None
+                lines.append(
+                    f"| {row.label} | {row.stats.batch} | {row.stats.mean_ms:.3f} | {row.compute.mean_ms:.3f} "
+                    f"| {row.compute.p50_ms:.3f} | {row.compute.p99_ms:.3f} | {row.compute.images_per_s:.1f} "
+                    f"| {row.copy_ms:.3f} | {100 * row.copy_ms / row.stats.mean_ms:.0f}% |"
+                )
         probes = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in self.probes.items())
         lines += [
             "",
             f"Roof probes (ONNX Runtime GEMM, same run): {probes or 'none'}.",
             f"Machine: {self.machine['description']}.",
         ]
+        if self.notes:
+            lines += ["", *(f"- {note}" for note in self.notes)]
         for profile in self.profiles:
             lines += ["", profile.to_markdown()]
         return "\n".join(lines)
@@ -248,10 +291,10 @@ def describe_machine() -> dict[str, Any]:
         flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "avx_vnni"}
     )
     versions = {"sedeploy": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    for module in ("onnxruntime", "torch", "tensorrt"):
-        try:
-            versions[module] = str(__import__(module).__version__)
-        except ImportError:
+    for distribution in ("onnxruntime", "onnxruntime-gpu", "torch", "openvino", "nncf", "tensorrt", "pycuda"):
+        try:  # the installed distribution's version, without importing it
+            versions[distribution] = importlib.metadata.version(distribution)
+        except importlib.metadata.PackageNotFoundError:
             continue
     cores = os.cpu_count() or 1
     return {
@@ -323,9 +366,25 @@ def gpu_peak_gflops(gpu_name: str, precision: str) -> float | None:
     return None
 
 
+@dataclass(frozen=True)
+class Candidate:
+    """Something to bench that is not just a file: a label for the report and how to open it.
+
+    ``open(threads)`` returns the runner; ``precision`` is given (a file's is
+    detected from its manifest or graph). ``path`` is what the report names as
+    the artifact. :func:`compare` uses it for the PyTorch eager model.
+    """
+
+    path: str
+    label: str
+    open: Callable[[int | None], Runner]
+    precision: str | None = None
+
+
 @dataclass
 class _Target:
     path: str
+    label: str
     runner: Runner
     precision: str
     backend: str
@@ -333,21 +392,46 @@ class _Target:
     gpu_name: str | None = None
 
 
-def _describe(runner: Runner, path: str) -> tuple[str, str, float, str | None]:
+def _open_target(
+    artifact: str | os.PathLike[str] | Candidate, loader: Callable[..., Runner], threads: int | None
+) -> _Target:
     from sedeploy.verify import detect_precision  # the one precision rule: manifest, else the graph
 
+    if isinstance(artifact, Candidate):
+        runner = artifact.open(threads)
+        path, label = artifact.path, artifact.label
+        precision = artifact.precision or "fp32"
+    else:
+        path = str(artifact)
+        label = Path(path).name
+        precision = detect_precision(path)
+        runner = loader(path, threads=threads) if threads and _takes_threads(path) else loader(path)
     macs = runner.metadata.macs if runner.metadata is not None else 0
-    return detect_precision(path), runner.backend, macs / 1e9, getattr(runner, "gpu_name", None)
+    return _Target(
+        path, label, runner, precision, runner.backend, macs / 1e9, getattr(runner, "gpu_name", None)
+    )
 
 
-def _pause_between_samples() -> None:
-    # ONNX Runtime's (and OpenMP's) worker threads keep spinning briefly after a run; let them park
-    # so the next artifact is not slowed by the previous one (FACTS.md, "benchmark trap").
-    time.sleep(0.05)
+def _takes_threads(path: str) -> bool:
+    from sedeploy.runtime import artifact_backend
+
+    return artifact_backend(path) in ("onnxruntime", "openvino")
+
+
+DEFAULT_PAUSE_S = 0.05
+"""Pause after each sample: ONNX Runtime's (and OpenMP's) worker threads keep spinning briefly after a
+run; letting them park keeps the next artifact from being slowed by the previous one (FACTS.md,
+"benchmark trap"; benchmarks/results/bench_spin_check.md measures it)."""
+
+
+def _compute_timer(runner: Runner) -> Callable[[int, int], list[float]] | None:
+    """The runner's ``time_compute(batch, iterations) -> seconds per call`` if it has one (TensorRT)."""
+    timer = getattr(runner, "time_compute", None)
+    return timer if callable(timer) else None
 
 
 def bench(
-    artifacts: Sequence[str | os.PathLike[str]],
+    artifacts: Sequence[str | os.PathLike[str] | Candidate],
     batches: Sequence[int] = DEFAULT_BATCHES,
     *,
     warmup: int = 3,
@@ -360,15 +444,20 @@ def bench(
     progress: bool = False,
     profile: bool = False,
     profile_runs: int = 20,
+    notes: Sequence[str] = (),
+    pause: float = DEFAULT_PAUSE_S,
 ) -> BenchReport:
     """Benchmark every artifact at every batch size, interleaved over ``rounds`` rounds.
 
     Each round runs, per artifact and batch, either ``iterations`` calls or for
     ``duration / rounds`` seconds; statistics pool all rounds. ``loader`` opens an
-    artifact as a :class:`Runner` (default :func:`sedeploy.runtime.load`).
-    ``profile``: afterwards, ONNX Runtime's per-op profile of each ONNX artifact
-    at each batch size over ``profile_runs`` calls (after the timings, so it does
-    not disturb them).
+    artifact path as a :class:`Runner` (default :func:`sedeploy.runtime.load`); a
+    :class:`Candidate` opens itself. A runner with ``time_compute`` (TensorRT) is
+    also timed on the engine alone, as many calls as its end-to-end sample, right
+    after it. ``profile``: afterwards, ONNX Runtime's per-op profile of each ONNX
+    artifact at each batch size over ``profile_runs`` calls (after the timings, so
+    it does not disturb them). ``notes`` are carried into the report. ``pause``:
+    seconds of idle after each sample (see :data:`DEFAULT_PAUSE_S`).
     """
     if not artifacts:
         raise ConfigError("give at least one artifact to bench")
@@ -387,11 +476,10 @@ def bench(
     targets: list[_Target] = []
     try:
         for artifact in artifacts:
-            runner = loader(str(artifact), threads=threads) if threads else loader(str(artifact))
-            precision, backend, gmacs, gpu = _describe(runner, str(artifact))
-            targets.append(_Target(str(artifact), runner, precision, backend, gmacs, gpu))
+            targets.append(_open_target(artifact, loader, threads))
         probes = _roof_probes(targets, threads, probe_seconds)
         times: dict[tuple[int, int], list[float]] = {}
+        compute_times: dict[tuple[int, int], list[float]] = {}
         steps = rounds * len(targets) * len(batches)
         bar = _progress_bar(steps, progress)
         rng = np.random.default_rng(0)
@@ -414,33 +502,42 @@ def bench(
                         target.runner(feed)
                         samples.append(time.perf_counter() - call_started)
                         calls += 1
-                    _pause_between_samples()
+                    timer = _compute_timer(target.runner)
+                    if timer is not None:
+                        compute_times.setdefault((index, batch), []).extend(timer(batch, calls))
+                    time.sleep(pause)
                     if bar is not None:
                         bar.update(1)
         if bar is not None:
             bar.close()
+        # The roof is the best the machine showed: probe again after the timings, keep the higher figure.
+        probes_after = _roof_probes(targets, threads, probe_seconds)
+        probe_runs = {kind: [probes[kind], probes_after[kind]] for kind in probes}
+        probes = {kind: max(figures) for kind, figures in probe_runs.items()}
         rows = []
         for batch in batches:
             first_rate = None
             for index, target in enumerate(targets):
                 stats = LatencyStats.from_times(times[(index, batch)], batch)
+                compute = compute_times.get((index, batch))
                 first_rate = first_rate or stats.images_per_s
                 rows.append(
                     BenchRow(
                         artifact=target.path,
-                        label=Path(target.path).name,
+                        label=target.label,
                         precision=target.precision,
                         backend=target.backend,
                         stats=stats,
                         gmacs_per_image=target.gmacs,
                         roof_gflops=_roof_for(target, probes),
                         ratio_to_first=stats.images_per_s / first_rate if first_rate else None,
+                        compute=LatencyStats.from_times(compute, batch) if compute else None,
                     )
                 )
     finally:
         for target in targets:
             target.runner.close()
-    profiles = _profiles(targets, batches, threads, profile_runs) if profile else ()
+    profiles = _profiles(targets, batches, threads, profile_runs, pause) if profile else ()
     settings = {
         "batches": list(batches),
         "warmup": warmup,
@@ -449,8 +546,10 @@ def bench(
         "rounds": rounds,
         "threads": threads,
         "profile_runs": profile_runs if profile else None,
+        "pause_s": pause,
+        "roof_probe_runs_gflops": probe_runs,
     }
-    report = BenchReport(tuple(rows), probes, describe_machine(), settings, profiles)
+    report = BenchReport(tuple(rows), probes, describe_machine(), settings, profiles, tuple(notes))
     for row in report.rows:
         if row.roof_share is not None and row.roof_share > ROOF_WARNING_SHARE:
             logger.warning(
@@ -463,7 +562,7 @@ def bench(
 
 
 def _profiles(
-    targets: Sequence[_Target], batches: Sequence[int], threads: int | None, runs: int
+    targets: Sequence[_Target], batches: Sequence[int], threads: int | None, runs: int, pause: float
 ) -> tuple[OpProfile, ...]:
     from sedeploy.backends.onnxruntime import profile_ops
 
@@ -478,8 +577,8 @@ def _profiles(
             feed = rng.standard_normal((batch, *(dim or 1 for dim in spec.shape[1:]))).astype(spec.dtype)
             seconds = profile_ops(target.path, feed, runs, threads)
             ops = tuple((op, 1e3 * total / runs) for op, total in seconds.items())
-            profiles.append(OpProfile(target.path, Path(target.path).name, batch, runs, ops))
-            _pause_between_samples()
+            profiles.append(OpProfile(target.path, target.label, batch, runs, ops))
+            time.sleep(pause)
     return tuple(profiles)
 
 
@@ -547,3 +646,286 @@ def plot_throughput(report: BenchReport, path: Path) -> Path:
     with atomic_output(path) as temp_path:
         figure.savefig(temp_path, format="png")
     return path
+
+
+# --compare: find or build every precision of one exported model, then bench them against PyTorch eager.
+
+
+@dataclass(frozen=True)
+class CompareBuild:
+    """One artifact ``compare`` benches: what it is, where it is, and whether it was reused or built now."""
+
+    backend: str
+    precision: str
+    flavour: str | None
+    artifact: Path
+    reused: bool
+    seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        from sedeploy.quantize import precision_suffix
+
+        return f"{self.backend} {precision_suffix(self.precision, self.flavour)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "flavour": self.flavour,
+            "artifact": str(self.artifact),
+            "reused": self.reused,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+COMPARE_PLAN: tuple[tuple[str, str, str | None], ...] = (
+    ("onnxruntime", "fp32", None),
+    ("onnxruntime", "fp16", None),
+    ("onnxruntime", "int8", "cpu"),
+)
+"""(backend, precision, INT8 flavour) that ``--compare`` always benches."""
+TENSORRT_COMPARE_PLAN: tuple[tuple[str, str, str | None], ...] = (
+    ("tensorrt", "fp16", None),
+    ("tensorrt", "int8", "tensorrt"),
+)
+"""Added when TensorRT and an NVIDIA GPU are present."""
+OPENVINO_COMPARE_PLAN: tuple[tuple[str, str, str | None], ...] = (("openvino", "int8", None),)
+"""Added on request (``openvino=True``): NNCF's INT8 IR."""
+_ONNX_RECIPE_OPTIONS = frozenset({"calib_method", "percentile", "quantize_se", "target"})
+"""Build options that shape the ONNX Q/DQ recipe, which OpenVINO's NNCF build refuses."""
+
+
+def expected_artifact(model_path: Path, backend: str, precision: str, flavour: str | None) -> Path:
+    """The file :func:`sedeploy.build.build_engine` writes (and runs) for this build with default output names."""
+    from sedeploy.quantize import default_output
+
+    if backend == "openvino":
+        suffix = "" if precision == "fp32" else f".{precision}"
+        return model_path.with_name(f"{model_path.stem}{suffix}.openvino.xml")
+    precision_path = model_path if precision == "fp32" else default_output(model_path, precision, flavour)
+    if backend == "tensorrt":
+        return precision_path.with_suffix(".engine")
+    return precision_path.with_name(precision_path.stem + ".ort.onnx")
+
+
+def _reusable(
+    artifact: Path,
+    source_sha256: str,
+    backend: str,
+    precision: str,
+    flavour: str | None,
+    calibration: Path | None,
+    calib_size: int,
+    extra_options: dict[str, Any],
+) -> str | None:
+    """Why ``artifact`` must be (re)built, or None when its manifest says it is this build of this source."""
+    from sedeploy.manifest import ManifestError, read_manifest
+
+    if not artifact.is_file():
+        return "not built yet"
+    try:
+        manifest = read_manifest(artifact)
+        manifest.check_artifact(artifact)
+    except ManifestError as error:
+        return str(error)
+    if manifest.source_onnx_sha256 != source_sha256:
+        return "built from another version of the model"
+    if manifest.backend != backend or manifest.precision != precision:
+        return f"it is a {manifest.backend} {manifest.precision} build"
+    options = manifest.build_options or {}
+    if precision == "int8":
+        if backend != "openvino" and options.get("target") != flavour:
+            return f"it is the {options.get('target')} INT8 flavour"
+        recorded = (manifest.calibration or {}).get("folder")
+        if calibration is not None and (
+            recorded is None or Path(recorded).resolve() != calibration.resolve()
+        ):
+            return f"calibrated on {recorded}, not {calibration}"
+        if options.get("calib_size") != calib_size:
+            return f"calibrated on up to {options.get('calib_size')} images, not {calib_size}"
+    for key, value in extra_options.items():
+        if options.get(key) != value:
+            return f"built with {key}={options.get(key)!r}, not {value!r}"
+    if backend == "tensorrt":
+        return _engine_problem(manifest)
+    return None
+
+
+def _engine_problem(manifest: Any) -> str | None:
+    """Why a TensorRT engine does not run here (other TensorRT or GPU), or None."""
+    import tensorrt as trt
+
+    from sedeploy import cuda_memory
+    from sedeploy.backends.tensorrt import engine_compatibility_problem
+
+    return engine_compatibility_problem(
+        manifest.engine,
+        manifest.device,
+        tensorrt_version=trt.__version__,
+        compute_capability=cuda_memory.device_info(0).compute_capability,
+    )
+
+
+def prepare_compare(
+    model_path: str | os.PathLike[str],
+    *,
+    calibration: str | os.PathLike[str] | None = None,
+    calib_size: int | None = None,
+    tensorrt: bool | None = None,
+    openvino: bool = False,
+    build_options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> tuple[list[CompareBuild], list[str]]:
+    """Find or build, beside ``model_path``, every artifact ``--compare`` benches; return them and notes.
+
+    ``model_path`` is an exported FP32 ONNX with sedeploy metadata. ONNX Runtime
+    FP32, FP16 and INT8 (cpu flavour) always; TensorRT FP16 and INT8 when
+    ``tensorrt`` is True, or None and TensorRT with a GPU is present; OpenVINO INT8
+    when ``openvino``. An artifact is reused when its manifest says it was built
+    from this file (sha256) with this precision, flavour and calibration, else it
+    is built with :func:`sedeploy.build.build_engine` (calibration: ``calibration``
+    or build-engine's default folder and size). ``build_options`` go to
+    :class:`sedeploy.build.BuildOptions` (e.g. ``calib_method``).
+    """
+    from tqdm import tqdm
+
+    from sedeploy.backends import tensorrt as trt_backend
+    from sedeploy.build import DEFAULT_CALIBRATION_SIZE, BuildOptions, build_engine
+    from sedeploy.files import sha256_of_file
+    from sedeploy.metadata import load_onnx, metadata_or_none
+
+    source = Path(model_path)
+    if source.suffix.lower() != ".onnx" or not source.is_file():
+        raise ConfigError(f"--compare takes one exported FP32 .onnx file; {source} is not one")
+    proto = load_onnx(source)
+    if metadata_or_none(proto) is None:
+        raise ConfigError(f"{source} has no sedeploy metadata; export it with `sedeploy export` first")
+    from sedeploy.verify import detect_precision
+
+    source_precision = detect_precision(source)
+    if source_precision != "fp32":
+        raise ConfigError(f"{source} is a {source_precision} file; give the exported FP32 ONNX")
+    size = calib_size or DEFAULT_CALIBRATION_SIZE
+    calib_dir = Path(calibration) if calibration is not None else None
+    notes: list[str] = []
+    plan = list(COMPARE_PLAN)
+    available, reason = trt_backend.availability()
+    if tensorrt is None:
+        tensorrt = available
+        if not available:
+            notes.append(f"TensorRT skipped: {reason}")
+    elif tensorrt and not available:
+        raise ConfigError(f"TensorRT was asked for but cannot run here: {reason}")
+    if tensorrt:
+        plan += TENSORRT_COMPARE_PLAN
+    if openvino:
+        plan += OPENVINO_COMPARE_PLAN
+    source_sha256 = sha256_of_file(source)
+    builds = []
+    bar = tqdm(plan, desc="compare", unit="build", disable=not progress, leave=False)
+    for backend, precision, flavour in bar:
+        artifact = expected_artifact(source, backend, precision, flavour)
+        extra = {
+            key: value
+            for key, value in (build_options or {}).items()
+            if backend != "openvino" or key not in _ONNX_RECIPE_OPTIONS
+        }
+        problem = _reusable(artifact, source_sha256, backend, precision, flavour, calib_dir, size, extra)
+        if problem is None:
+            logger.info("reusing %s", artifact)
+            builds.append(CompareBuild(backend, precision, flavour, artifact, reused=True))
+            continue
+        bar.set_description(f"compare: build {backend} {precision}")
+        logger.info("building %s (%s)", artifact, problem)
+        options = BuildOptions(
+            precision=precision,
+            backend=backend,
+            target=flavour,
+            calib_dir=calib_dir if precision == "int8" else None,
+            calib_size=size,
+            **extra,
+        )
+        result = build_engine(source, options, progress=progress)
+        built = result.artifacts[-1]  # the optimized ONNX Runtime graph, the engine, or the IR: what runs
+        if built != artifact:
+            raise ConfigError(f"build_engine wrote {built}, expected {artifact}; report this as a bug")
+        builds.append(CompareBuild(backend, precision, flavour, built, reused=False, seconds=result.seconds))
+    bar.close()
+    return builds, notes
+
+
+def torch_candidate(
+    model_path: str | os.PathLike[str],
+    weights: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+) -> Candidate:
+    """PyTorch eager FP32 of the model an exported ONNX describes (arch and options from its metadata).
+
+    The ONNX does not carry PyTorch's weights, so without ``weights`` (the file it
+    was exported from) the model has random weights: the same shapes and
+    operations, hence the same speed, but not the same outputs.
+    """
+    from sedeploy.metadata import read_metadata
+
+    metadata = read_metadata(model_path)
+    source = str(weights) if weights is not None else metadata.arch
+
+    def open_torch(threads: int | None) -> Runner:
+        import torch
+
+        from sedeploy.backends.torch import TorchRunner
+
+        if threads:
+            torch.set_num_threads(threads)  # PyTorch's intra-op pool is per process
+        return TorchRunner(source, metadata=metadata, device=device)
+
+    return Candidate(
+        path=str(weights) if weights is not None else f"torch:{metadata.arch}",
+        label="PyTorch eager FP32" + ("" if weights is not None else " (random weights)"),
+        open=open_torch,
+        precision="fp32",
+    )
+
+
+def compare(
+    model_path: str | os.PathLike[str],
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    *,
+    calibration: str | os.PathLike[str] | None = None,
+    calib_size: int | None = None,
+    tensorrt: bool | None = None,
+    openvino: bool = False,
+    build_options: dict[str, Any] | None = None,
+    torch_weights: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    **bench_options: Any,
+) -> BenchReport:
+    """``sedeploy bench MODEL.onnx --compare``: :func:`prepare_compare`, then :func:`bench` with PyTorch first.
+
+    Rows are PyTorch eager FP32 (``torch_weights``, else random weights), then
+    every artifact, so ``ratio_to_first`` reads "x eager". ``bench_options`` go
+    to :func:`bench`.
+    """
+    builds, notes = prepare_compare(
+        model_path,
+        calibration=calibration,
+        calib_size=calib_size,
+        tensorrt=tensorrt,
+        openvino=openvino,
+        build_options=build_options,
+        progress=progress,
+    )
+    built = [build for build in builds if not build.reused]
+    if built:
+        notes.append(
+            "built now: " + ", ".join(f"{build.artifact.name} ({build.seconds:.0f} s)" for build in built)
+        )
+    reused = [build.artifact.name for build in builds if build.reused]
+    if reused:
+        notes.append("reused (manifest matches the source): " + ", ".join(reused))
+    if torch_weights is None:
+        notes.append("PyTorch eager runs the same architecture with random weights: speed only, not outputs")
+    artifacts: list[str | os.PathLike[str] | Candidate] = [torch_candidate(model_path, torch_weights)]
+    artifacts += [build.artifact for build in builds]
+    return bench(artifacts, batches, progress=progress, notes=notes, **bench_options)

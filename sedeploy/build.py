@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import logging
 import os
+import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,15 @@ from sedeploy import __version__
 from sedeploy.backends import onnxruntime as ort_backend
 from sedeploy.compare import Comparison, compare_logits
 from sedeploy.data import CalibrationSet, load_image_set, preprocessing_for
-from sedeploy.errors import ConfigError
-from sedeploy.files import check_writable, sha256_of_file, temp_path_beside
-from sedeploy.manifest import BuildManifest, describe_host, manifest_path, write_manifest
+from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
+from sedeploy.files import check_writable, pause_for_tests, sha256_of_file, temp_path_beside
+from sedeploy.manifest import (
+    BuildManifest,
+    commit_with_manifests,
+    describe_host,
+    manifest_path,
+    write_manifest,
+)
 from sedeploy.metadata import ModelMetadata, load_onnx, metadata_or_none
 from sedeploy.quantize import (
     DEFAULT_FP16_BLOCK_LIST,
@@ -48,6 +55,8 @@ DEFAULT_CALIBRATION_SIZE = 512
 FP16_MIN_COSINE = 0.999
 """Below this, an FP16 graph is refused: FP16 rounding alone stays far above it on a sane model."""
 _CHECK_IMAGES = 64
+DEFAULT_PROBE_BATCHES = (1, 8)
+DEFAULT_PROBE_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -71,6 +80,10 @@ class BuildOptions:
     ``hardware_compat``, ``version_compat``), passed to :func:`sedeploy.backends.tensorrt.build_engine`."""
     implicit_int8: bool = False
     """TensorRT 10.x only: calibrate with TensorRT's legacy INT8 calibrator on the FP32 graph instead of Q/DQ."""
+    probe_batches: tuple[int, ...] = DEFAULT_PROBE_BATCHES
+    """``auto`` on a CPU with OpenVINO: the batch sizes the ONNX Runtime / OpenVINO probe times."""
+    probe_seconds: float = DEFAULT_PROBE_SECONDS
+    """``auto`` probe: timed seconds per backend and batch size (over two interleaved rounds)."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -79,6 +92,11 @@ class BuildOptions:
             raise ConfigError(f"unknown backend {self.backend!r}; valid values: {', '.join(BACKENDS)}")
         if self.calib_size < 1:
             raise ConfigError(f"--calib-size must be at least 1, got {self.calib_size}")
+        if not self.probe_batches or min(self.probe_batches) < 1 or self.probe_seconds <= 0:
+            raise ConfigError(
+                f"the auto probe needs positive batch sizes and seconds, got batches {list(self.probe_batches)} "
+                f"and {self.probe_seconds} s"
+            )
         if self.implicit_int8 and (self.precision != "int8" or self.backend != "tensorrt"):
             raise ConfigError("--implicit-int8 goes with --int8 --backend tensorrt")
         onnx_only = {
@@ -124,6 +142,8 @@ class BuildResult:
     fidelity: Comparison | None
     calibration: dict[str, Any] | None
     seconds: float
+    probe: dict[str, Any] | None = None
+    """``auto`` on a CPU: the measured ONNX Runtime / OpenVINO probe that picked ``backend``."""
 
     @property
     def artifact(self) -> Path:
@@ -140,6 +160,7 @@ class BuildResult:
             "fidelity": self.fidelity.to_dict() if self.fidelity else None,
             "calibration": self.calibration,
             "seconds": round(self.seconds, 3),
+            "probe": self.probe,
         }
 
     def to_text(self) -> str:
@@ -180,8 +201,16 @@ def choose_backend(requested: str) -> tuple[str, str]:
 
 
 def _read_source(model_path: Path) -> tuple[onnx.ModelProto, ModelMetadata | None]:
+    """The source ONNX and its metadata; a graph input that contradicts the metadata is refused."""
     proto = load_onnx(model_path)
-    return proto, metadata_or_none(proto)
+    metadata = metadata_or_none(proto)
+    if metadata is not None:
+        graph_input = next(i for i in proto.graph.input if i.name == _input_name(proto))
+        shape = [dim.dim_value or dim.dim_param or None for dim in graph_input.type.tensor_type.shape.dim]
+        problem = metadata.input_mismatch(graph_input.name, shape)
+        if problem is not None:
+            raise BadInputError(f"{model_path}: {problem}; export it again with sedeploy export")
+    return proto, metadata
 
 
 def _input_name(proto: onnx.ModelProto) -> str:
@@ -232,7 +261,16 @@ def build_engine(
     proto, metadata = _read_source(model_path)
     if output is not None:
         check_writable(output)
+    if "profile" in options.tensorrt:  # a bad profile is a usage error even where TensorRT is missing
+        from sedeploy.backends.tensorrt import resolve_batch_profile
+
+        resolve_batch_profile(options.tensorrt["profile"], metadata.max_batch if metadata else None)
     backend, backend_reason = choose_backend(options.backend)
+    if options.backend == "auto" and backend == "onnxruntime":
+        not_probed = _why_not_probed(options, output)
+        if not_probed is None:
+            return _build_auto_cpu(model_path, options, progress, started, backend_reason)
+        backend_reason = f"{backend_reason}; {not_probed}"
     logger.info("backend %s (%s)", backend, backend_reason)
     input_name = metadata.input_name if metadata else _input_name(proto)
     target = options.target or ("tensorrt" if backend == "tensorrt" or ort_backend.has_cuda() else "cpu")
@@ -261,68 +299,50 @@ def build_engine(
         recipe, calibration, fidelity = _make_precision_file(
             model_path, staged_path, proto, metadata, options, target, input_name, calibration_set, progress
         )
-        if staged_path is not None:
-            os.replace(staged_path, precision_path)
+        common = dict(
+            source_onnx_sha256=sha256_of_file(model_path),
+            source_metadata=metadata.to_dict() if metadata else {},
+            precision=options.precision,
+            recipe=recipe,
+            calibration=calibration,
+            build_options={**options.to_dict(), "target": flavour or options.target},
+            sedeploy_version=__version__,
+        )
+        artifacts: list[Path] = []
+        manifests: list[BuildManifest] = []
+        if backend == "onnxruntime":
+            artifacts, manifests = _publish_onnxruntime(
+                model_path, precision_path, staged_path, output, started, common
+            )
+        else:
+            from sedeploy.backends import tensorrt as trt_backend
+
+            if staged_path is not None:
+                os.replace(staged_path, precision_path)  # TensorRT builds from the precision ONNX in place
+            engine_path = Path(output) if output else precision_path.with_suffix(".engine")
+            legacy: dict[str, Any] = {}
+            if options.implicit_int8:
+                assert calibration_set is not None
+                batches = calibration_set.images
+                legacy = {
+                    "implicit_int8": [batches[i : i + 8] for i in range(0, len(batches), 8)],
+                    "calibration_cache": engine_path.with_suffix(".calibration.trt.cache"),
+                }
+                common = {key: value for key, value in common.items() if key not in ("precision", "recipe")}
+            engine_manifest = trt_backend.build_engine_from_onnx(
+                precision_path,
+                engine_path,
+                common=common,
+                started=started,
+                progress=progress,
+                **options.tensorrt,
+                **legacy,
+            )
+            artifacts.append(engine_path)
+            manifests.append(engine_manifest)
     finally:
         if staged_path is not None:
             staged_path.unlink(missing_ok=True)
-
-    common = dict(
-        source_onnx_sha256=sha256_of_file(model_path),
-        source_metadata=metadata.to_dict() if metadata else {},
-        precision=options.precision,
-        recipe=recipe,
-        calibration=calibration,
-        build_options={**options.to_dict(), "target": flavour or options.target},
-        sedeploy_version=__version__,
-    )
-    artifacts: list[Path] = []
-    manifests: list[BuildManifest] = []
-    if backend == "onnxruntime":
-        providers = ort_backend.default_providers()
-        device = {"description": describe_host(), "providers": providers}
-        if precision_path != model_path:
-            manifests.append(_manifest(precision_path, "onnxruntime", device, started, **common))
-            artifacts.append(precision_path)
-        optimized_path = (
-            Path(output)
-            if output and precision_path == model_path  # FP32: the optimized graph is what -o names
-            else precision_path.with_name(precision_path.stem + ".ort.onnx")
-        )
-        ort_backend.write_optimized_model(precision_path, optimized_path, providers)
-        manifests.append(
-            _manifest(
-                optimized_path, "onnxruntime", {**device, "optimization_level": "all"}, started, **common
-            )
-        )
-        artifacts.append(optimized_path)
-    else:
-        from sedeploy.backends import tensorrt as trt_backend
-
-        engine_path = Path(output) if output else precision_path.with_suffix(".engine")
-        legacy: dict[str, Any] = {}
-        if options.implicit_int8:
-            assert calibration_set is not None
-            batches = calibration_set.images
-            legacy = {
-                "implicit_int8": [batches[i : i + 8] for i in range(0, len(batches), 8)],
-                "calibration_cache": engine_path.with_suffix(".calibration.trt.cache"),
-            }
-            common = {key: value for key, value in common.items() if key not in ("precision", "recipe")}
-        engine_manifest = trt_backend.build_engine_from_onnx(
-            precision_path,
-            engine_path,
-            common=common,
-            started=started,
-            progress=progress,
-            **options.tensorrt,
-            **legacy,
-        )
-        artifacts.append(engine_path)
-        manifests.append(engine_manifest)
-    for path, manifest in zip(artifacts, manifests, strict=True):
-        if backend == "onnxruntime":
-            write_manifest(manifest, path)
     return BuildResult(
         backend=backend,
         backend_reason=backend_reason,
@@ -332,6 +352,111 @@ def build_engine(
         fidelity=fidelity,
         calibration=calibration,
         seconds=time.perf_counter() - started,
+    )
+
+
+def _why_not_probed(options: BuildOptions, output: str | Path | None) -> str | None:
+    """Why ``auto`` keeps ONNX Runtime without probing OpenVINO, or None when the probe can run."""
+    from sedeploy.backends import openvino as ov_backend
+
+    if ort_backend.has_cuda():
+        return "ONNX Runtime runs on CUDA here"
+    onnx_only = {
+        "--target": options.target is not None,
+        "--calib-method": options.calib_method != "entropy",
+        "--percentile": options.percentile != DEFAULT_PERCENTILE,
+        "--quantize-se/--float-se": options.quantize_se is not None,
+        "-o": output is not None,
+    }
+    given = [flag for flag, set_ in onnx_only.items() if set_]
+    if given:
+        return f"OpenVINO not probed: {', '.join(given)} given (use --backend openvino for an IR)"
+    try:
+        ov_backend.require_available()
+    except MissingDependencyError:
+        return "OpenVINO not probed: not installed (pip install 'sedeploy[openvino]')"
+    return None
+
+
+def _build_auto_cpu(
+    model_path: Path, options: BuildOptions, progress: bool, started: float, reason: str
+) -> BuildResult:
+    """``auto`` on a CPU: build for ONNX Runtime and OpenVINO, time both (interleaved), keep both, use the faster.
+
+    The winner's artifacts come first in the result; both manifests record the
+    probe under ``build_options.auto_probe``. Decided on the geometric mean of the
+    speed ratios over ``options.probe_batches``; OpenVINO runs with its default
+    (latency) hint, ONNX Runtime with its optimized graph, each as ``sedeploy.load`` opens it.
+    """
+    from sedeploy.bench import bench
+
+    built = {
+        name: build_engine(model_path, replace(options, backend=name), progress=progress)
+        for name in ("onnxruntime", "openvino")
+    }
+    runs = {"onnxruntime": built["onnxruntime"].artifacts[-1], "openvino": built["openvino"].artifacts[0]}
+    report = bench(
+        list(runs.values()),
+        batches=options.probe_batches,
+        warmup=2,
+        duration=2 * options.probe_seconds,
+        rounds=2,
+        probe_seconds=0.2,
+        progress=progress,
+    )
+    rates: dict[str, dict[int, float]] = {name: {} for name in runs}
+    for row in report.rows:
+        name = next(name for name, path in runs.items() if str(path) == row.artifact)
+        rates[name][row.stats.batch] = row.stats.images_per_s
+    ratios = {
+        batch: rates["openvino"][batch] / rates["onnxruntime"][batch] for batch in options.probe_batches
+    }
+    score = float(np.exp(np.mean(np.log(list(ratios.values())))))
+    winner, loser = ("openvino", "onnxruntime") if score > 1 else ("onnxruntime", "openvino")
+    edge = {batch: ratio if winner == "openvino" else 1 / ratio for batch, ratio in ratios.items()}
+    last = max(edge)
+
+    def compared(ratio: float) -> str:
+        return f"{ratio:.2f}x faster" if ratio >= 1 else f"{1 / ratio:.2f}x slower"
+
+    others = ", ".join(f"{compared(edge[batch])} at batch {batch}" for batch in sorted(edge) if batch != last)
+    decision = (
+        f"auto: {winner} is {compared(edge[last])} than {loser} at batch {last}"
+        + (f" ({others})" if others else "")
+        + f" on this machine; using {winner}"
+    )
+    logger.info(decision)
+    probe = {
+        "winner": winner,
+        "decision": decision,
+        "batches": list(options.probe_batches),
+        "seconds_per_backend_and_batch": options.probe_seconds,
+        "images_per_s": {
+            name: {str(b): round(r, 2) for b, r in by_batch.items()} for name, by_batch in rates.items()
+        },
+        "openvino_vs_onnxruntime": {str(batch): round(ratio, 3) for batch, ratio in ratios.items()},
+        "artifacts": {name: str(path) for name, path in runs.items()},
+        "machine": report.machine["description"],
+    }
+    for result in built.values():
+        for path, manifest in zip(result.artifacts, result.manifests, strict=True):
+            write_manifest(
+                replace(
+                    manifest, build_options={**manifest.build_options, "backend": "auto", "auto_probe": probe}
+                ),
+                path,
+            )
+    chosen, other = built[winner], built[loser]
+    return BuildResult(
+        backend=winner,
+        backend_reason=f"{decision}; {reason}",
+        precision=options.precision,
+        artifacts=chosen.artifacts + other.artifacts,
+        manifests=chosen.manifests + other.manifests,
+        fidelity=chosen.fidelity,
+        calibration=chosen.calibration,
+        seconds=time.perf_counter() - started,
+        probe=probe,
     )
 
 
@@ -353,40 +478,48 @@ def _build_openvino(
     images = calibration_set.images if calibration_set is not None else None
     input_name = metadata.input_name if metadata else _input_name(proto)
     stem = [node.name for node in proto.graph.node if node.op_type == "Conv" and node.input[0] == input_name]
-    recipe = ov_backend.build_ir(model_path, xml, options.precision, images, stem[:1])
-    calibration = None
-    if options.precision == "int8" and calibration_set is not None:
-        report = calibration_set.report
-        calibration = {
-            "method": "nncf-minmax",
-            "percentile": None,
-            "images": report.used,
-            "found": report.found,
-            "skipped": [{"path": s.path, "reason": s.reason} for s in report.skipped],
-            "dataset_sha256": report.dataset_sha256,
-            "folder": report.folder,
-            "reused": False,
-            "tensors": None,
-        }
-    manifest = ov_backend.ir_manifest(
-        xml,
-        started,
-        {"description": describe_host()},
-        source_onnx_sha256=sha256_of_file(model_path),
-        source_metadata=metadata.to_dict() if metadata else {},
-        precision=options.precision,
-        recipe=recipe,
-        calibration=calibration,
-        build_options={
-            key: value
-            for key, value in {**options.to_dict(), "target": "openvino"}.items()
-            if key not in ("calib_method", "percentile", "quantize_se")  # NNCF's recipe, recorded in `recipe`
-        },
-        sedeploy_version=__version__,
-    )
-    write_manifest(manifest, xml)
-    check_images = images if images is not None else _random_images(proto, metadata)
-    fidelity = _check_on_openvino(model_path, xml, check_images, input_name)
+    xml.parent.mkdir(parents=True, exist_ok=True)
+    # Built, hashed and checked in a staging folder, then published with its manifest as one unit.
+    with tempfile.TemporaryDirectory(prefix=".sedeploy-stage-", dir=xml.parent) as stage:
+        staged_xml = Path(stage) / xml.name
+        recipe = ov_backend.build_ir(model_path, staged_xml, options.precision, images, stem[:1])
+        calibration = None
+        if options.precision == "int8" and calibration_set is not None:
+            report = calibration_set.report
+            calibration = {
+                "method": "nncf-minmax",
+                "percentile": None,
+                "images": report.used,
+                "found": report.found,
+                "skipped": [{"path": s.path, "reason": s.reason} for s in report.skipped],
+                "dataset_sha256": report.dataset_sha256,
+                "folder": report.folder,
+                "reused": False,
+                "tensors": None,
+            }
+        manifest = ov_backend.ir_manifest(
+            staged_xml,
+            started,
+            {"description": describe_host()},
+            source_onnx_sha256=sha256_of_file(model_path),
+            source_metadata=metadata.to_dict() if metadata else {},
+            precision=options.precision,
+            recipe=recipe,
+            calibration=calibration,
+            build_options={  # without the ONNX-recipe options: NNCF's own recipe is recorded in `recipe`
+                key: value
+                for key, value in {**options.to_dict(), "target": "openvino"}.items()
+                if key not in ("calib_method", "percentile", "quantize_se")
+            },
+            sedeploy_version=__version__,
+        )
+        write_manifest(manifest, staged_xml)  # the check below loads the staged IR as a runner would
+        check_images = images if images is not None else _random_images(proto, metadata)
+        fidelity = _check_on_openvino(model_path, staged_xml, check_images, input_name)
+        pause_for_tests("publish")
+        commit_with_manifests(
+            [(staged_xml.with_suffix(".bin"), xml.with_suffix(".bin")), (staged_xml, xml)], [(manifest, xml)]
+        )
     return BuildResult(
         backend="openvino",
         backend_reason=reason,
@@ -474,12 +607,64 @@ def _make_precision_file(
     return recipe, calibration, fidelity
 
 
+def _publish_onnxruntime(
+    model_path: Path,
+    precision_path: Path,
+    staged_path: Path | None,
+    output: str | Path | None,
+    started: float,
+    common: dict[str, Any],
+) -> tuple[list[Path], list[BuildManifest]]:
+    """Write ONNX Runtime's optimized graph, then publish it, the precision ONNX and their manifests as one unit.
+
+    ``staged_path`` is the checked precision ONNX under its temporary name (None
+    for FP32). Everything is staged first and renamed into place together under
+    the folder's lock (:func:`~sedeploy.manifest.commit_with_manifests`), so an
+    interrupted or concurrent build never leaves an artifact beside another
+    build's manifest.
+    """
+    providers = ort_backend.default_providers()
+    device = {"description": describe_host(), "providers": providers}
+    artifacts: list[Path] = []
+    manifests: list[BuildManifest] = []
+    staged: list[tuple[Path, Path]] = []
+    if staged_path is not None:
+        manifests.append(_manifest(precision_path, "onnxruntime", device, started, staged_path, **common))
+        artifacts.append(precision_path)
+        staged.append((staged_path, precision_path))
+    optimized_path = (
+        Path(output)
+        if output and staged_path is None  # FP32: the optimized graph is what -o names
+        else precision_path.with_name(precision_path.stem + ".ort.onnx")
+    )
+    optimized_staged = temp_path_beside(optimized_path)
+    staged.append((optimized_staged, optimized_path))
+    try:
+        ort_backend.write_optimized_model(staged_path or model_path, optimized_staged, providers)
+        optimized_device = {**device, "optimization_level": "all"}
+        manifests.append(
+            _manifest(optimized_path, "onnxruntime", optimized_device, started, optimized_staged, **common)
+        )
+        artifacts.append(optimized_path)
+        pause_for_tests("publish")
+        commit_with_manifests(staged, list(zip(manifests, artifacts, strict=True)))
+    finally:
+        optimized_staged.unlink(missing_ok=True)
+    return artifacts, manifests
+
+
 def _manifest(
-    path: Path, backend: str, device: dict[str, Any], started: float, **common: Any
+    path: Path,
+    backend: str,
+    device: dict[str, Any],
+    started: float,
+    staged: Path | None = None,
+    **common: Any,
 ) -> BuildManifest:
+    """The manifest of the artifact that will be published at ``path``, hashed from ``staged`` (default ``path``)."""
     return BuildManifest(
         artifact=path.name,
-        artifact_sha256=sha256_of_file(path),
+        artifact_sha256=sha256_of_file(staged or path),
         artifact_format="onnx",
         backend=backend,
         backend_version=ort_backend.version(),

@@ -132,6 +132,11 @@ def _read_torch(path: Path) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        if "Unsupported operand" in str(error):  # not a pickle torch writes: random bytes or corruption
+            raise BadInputError(
+                f"{path} is not a readable PyTorch checkpoint (not a torch.save file, or corrupt); "
+                "it may be truncated: copy it again"
+            ) from None
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
         needs = f" (it needs {found.group(1)})" if found else ""
         raise UnsafeCheckpointError(
@@ -141,7 +146,7 @@ def _read_torch(path: Path) -> Any:
             "st.save_file(ckpt.get('state_dict', ckpt), 'OUT.safetensors')\", and export that file"
         ) from None
     except (RuntimeError, EOFError, KeyError, ValueError, OSError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = str(error).splitlines()[0].split(". ")[0] if str(error) else type(error).__name__
         raise BadInputError(
             f"{path} is not a readable PyTorch checkpoint ({reason}); it may be truncated: copy it again"
         ) from None

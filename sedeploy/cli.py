@@ -9,23 +9,41 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import signal
 import sys
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import click
 
 from sedeploy import __version__
-from sedeploy.bench import bench, write_reports
-from sedeploy.build import BACKENDS, DEFAULT_CALIBRATION_SIZE, BuildOptions, build_engine
+from sedeploy.bench import bench, compare, write_reports
+from sedeploy.build import (
+    BACKENDS,
+    DEFAULT_CALIBRATION_SIZE,
+    DEFAULT_PROBE_BATCHES,
+    BuildOptions,
+    build_engine,
+)
 from sedeploy.checkpoint import LAYOUTS
 from sedeploy.demo import DEFAULT_OUT, run_demo
 from sedeploy.errors import SedeployError
 from sedeploy.export import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_onnx
 from sedeploy.files import check_writable, write_json_atomic
 from sedeploy.info import model_info
+from sedeploy.loadtest import DEFAULT_DURATION_S, DEFAULT_MAX_REQUESTS, loadtest, parse_concurrency
 from sedeploy.predict import predict
 from sedeploy.quantize import CALIBRATION_METHODS, DEFAULT_PERCENTILE, FLAVOURS
+from sedeploy.serving import (
+    DEFAULT_GRPC_PORT,
+    DEFAULT_HOST,
+    DEFAULT_HTTP_PORT,
+    DEFAULT_METRICS_PORT,
+    DEFAULT_TOP_K,
+    serve,
+    serve_forever,
+)
 from sedeploy.train import (
     DEVICES,
     SCHEDULES,
@@ -45,13 +63,30 @@ class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except (click.exceptions.Exit, click.exceptions.Abort):
             raise
+        except click.exceptions.ClickException as error:
+            command = error.ctx.command_path if isinstance(error, click.UsageError) and error.ctx else None
+            hint = f" (see '{command} --help')" if command else ""
+            message = " ".join(error.format_message().split())
+            click.echo(f"error: {message}{hint}", err=True)
+            ctx.exit(error.exit_code)
         except SedeployError as error:
             if ctx.meta.get("sedeploy.verbose"):
                 raise
             click.echo(f"error: {error}", err=True)
             ctx.exit(error.exit_code)
+        except KeyboardInterrupt as interrupt:
+            if ctx.meta.get("sedeploy.verbose"):
+                raise
+            # Cleanup (temporary files, staged artifacts) already ran while the interrupt propagated.
+            name = "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT"
+            click.echo(
+                f"error: interrupted by {name}; no partial artifact or temporary file was left, "
+                "run the command again to finish",
+                err=True,
+            )
+            ctx.exit(143 if name == "SIGTERM" else 130)
         except Exception as error:
             if ctx.meta.get("sedeploy.verbose"):
                 raise
@@ -238,7 +273,8 @@ def _parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
     type=click.Choice(BACKENDS),
     default="auto",
     show_default=True,
-    help="auto: TensorRT when TensorRT and an NVIDIA GPU are present, else ONNX Runtime.",
+    help="auto: TensorRT when TensorRT and an NVIDIA GPU are present; on a CPU with OpenVINO installed, builds "
+    "for ONNX Runtime and OpenVINO, times both and uses the faster; else ONNX Runtime.",
 )
 @click.option(
     "--target",
@@ -293,6 +329,13 @@ def _parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
     "--version-compat", is_flag=True, help="TensorRT engine for later releases of the same major version."
 )
 @click.option("--implicit-int8", is_flag=True, help="TensorRT 10.x legacy INT8 calibrator instead of Q/DQ.")
+@click.option(
+    "--probe-batch",
+    "probe_batches",
+    type=click.IntRange(min=1),
+    multiple=True,
+    help="--backend auto on a CPU: batch size the ONNX Runtime / OpenVINO probe times (repeatable; default 1 and 8).",
+)
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output path of the main artifact.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def build_engine_command(
@@ -320,6 +363,7 @@ def build_engine_command(
     hardware_compat: bool,
     version_compat: bool,
     implicit_int8: bool,
+    probe_batches: tuple[int, ...],
     output: str | None,
     as_json: bool,
 ) -> None:
@@ -355,6 +399,7 @@ def build_engine_command(
         preprocessing_overrides={key: value for key, value in overrides.items() if value is not None},
         tensorrt={key: value for key, value in tensorrt.items() if value not in (None, False)},
         implicit_int8=implicit_int8,
+        probe_batches=tuple(probe_batches) or DEFAULT_PROBE_BATCHES,
     )
     result = build_engine(model, options, output=output, progress=not as_json and sys.stderr.isatty())
     if as_json:
@@ -553,6 +598,23 @@ def triton_command(
 @click.option(
     "--profile", is_flag=True, help="Add ONNX Runtime's per-op profile: share of kernel time per op type."
 )
+@click.option(
+    "--compare",
+    "compare_all",
+    is_flag=True,
+    help="ARTIFACT is an exported FP32 .onnx: find or build FP16, INT8 (cpu) and TensorRT FP16/INT8 (when "
+    "present) beside it and bench them with PyTorch eager FP32 first.",
+)
+@click.option(
+    "--calibration",
+    type=click.Path(file_okay=False),
+    help="With --compare: INT8 calibration images (default: build-engine's, calibration/).",
+)
+@click.option(
+    "--calib-size",
+    type=click.IntRange(min=1),
+    help=f"With --compare: calibration images used (default {DEFAULT_CALIBRATION_SIZE}).",
+)
 def bench_command(
     artifacts: tuple[str, ...],
     batches: str,
@@ -565,11 +627,12 @@ def bench_command(
     markdown_path: str | None,
     plot_path: str | None,
     profile: bool,
+    compare_all: bool,
+    calibration: str | None,
+    calib_size: int | None,
 ) -> None:
     """Throughput and latency of ARTIFACTS side by side, against their GFLOPs and this machine's roof."""
-    report = bench(
-        artifacts,
-        _parse_batch_sizes(batches, "--batch"),
+    timing: dict[str, Any] = dict(
         warmup=warmup,
         iterations=iterations,
         duration=None if iterations else duration,
@@ -578,6 +641,15 @@ def bench_command(
         progress=sys.stderr.isatty(),
         profile=profile,
     )
+    batch_sizes = _parse_batch_sizes(batches, "--batch")
+    if compare_all:
+        if len(artifacts) != 1:
+            raise click.UsageError("--compare takes exactly one exported FP32 .onnx file")
+        report = compare(artifacts[0], batch_sizes, calibration=calibration, calib_size=calib_size, **timing)
+    else:
+        if calibration or calib_size:
+            raise click.UsageError("--calibration and --calib-size go with --compare")
+        report = bench(artifacts, batch_sizes, **timing)
     write_reports(
         report,
         Path(json_path) if json_path else None,
@@ -594,7 +666,7 @@ def _thresholds_help(field: str, unit: str) -> str:
 
 
 @cli.command("verify")
-@click.argument("artifact", type=click.Path(exists=True, dir_okay=False))
+@click.argument("artifact", type=click.Path(dir_okay=False))
 @click.option(
     "--reference",
     metavar="ONNX|WEIGHTS|ARCH",
@@ -628,7 +700,11 @@ def _thresholds_help(field: str, unit: str) -> str:
     "--device", help="Artifact's device: cpu, cuda[:N], tensorrt[:N] (ONNX Runtime) or a GPU index."
 )
 @click.option(
-    "--json", "json_path", metavar="FILE", help="Also write the report as JSON to FILE (- for stdout)."
+    "--json",
+    "json_path",
+    metavar="FILE",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Also write the report as JSON to FILE (- for stdout).",
 )
 @click.pass_context
 def verify_command(
@@ -716,6 +792,152 @@ def demo_command(ctx: click.Context, out_dir: str, quick: bool, as_json: bool) -
         ctx.exit(1)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every ``finally`` and cleanup handler runs before the process exits."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    """First SIGTERM: unwind cleanly (exit code 143). A second one, during that cleanup, ends the process at once."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Terminated()
+
+
+@cli.command("serve")
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path())
+@click.option(
+    "--name", help="Triton model name (default: the architecture; several artifacts add _<precision>)."
+)
+@click.option("--host", default=DEFAULT_HOST, show_default=True, help="Address to listen on.")
+@click.option("--http-port", type=click.IntRange(0, 65535), default=DEFAULT_HTTP_PORT, show_default=True)
+@click.option("--grpc-port", type=click.IntRange(0, 65535), default=DEFAULT_GRPC_PORT, show_default=True)
+@click.option(
+    "--metrics-port", type=click.IntRange(0, 65535), default=DEFAULT_METRICS_PORT, show_default=True
+)
+@click.option(
+    "--max-batch", type=click.IntRange(min=1), help="Largest batch Triton forms (default: the artifact's)."
+)
+@click.option(
+    "--max-queue-delay-us",
+    type=click.IntRange(min=0),
+    default=DEFAULT_QUEUE_DELAY_US,
+    show_default=True,
+    help="How long the dynamic batcher may hold a request to fill a batch.",
+)
+@click.option(
+    "--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances."
+)
+@click.option(
+    "--top-k",
+    type=click.IntRange(min=1),
+    default=DEFAULT_TOP_K,
+    show_default=True,
+    help="Image endpoint default.",
+)
+@click.option(
+    "--device", help="Artifact's device: cpu, cuda[:N], tensorrt[:N] (ONNX Runtime) or a GPU index."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the served models and URLs as JSON once ready.")
+def serve_command(
+    artifacts: tuple[str, ...],
+    name: str | None,
+    host: str,
+    http_port: int,
+    grpc_port: int,
+    metrics_port: int,
+    max_batch: int | None,
+    max_queue_delay_us: int,
+    instances: int,
+    top_k: int,
+    device: str | None,
+    as_json: bool,
+) -> None:
+    """Serve ARTIFACT... behind Triton (HTTP, gRPC, metrics) until SIGINT or SIGTERM."""
+    server = serve(
+        artifacts,
+        name=name,
+        host=host,
+        http_port=http_port,
+        grpc_port=grpc_port,
+        metrics_port=metrics_port,
+        max_batch=max_batch,
+        max_queue_delay_us=max_queue_delay_us,
+        instances=instances,
+        top_k=top_k,
+        device=device,
+    )
+
+    def _ready(running: Any) -> None:
+        click.echo(json.dumps(running.to_dict(), indent=2) if as_json else running.to_text())
+        sys.stdout.flush()
+
+    reason = serve_forever(server, on_ready=_ready)
+    click.echo(f"stopped ({reason})", err=True)
+
+
+@cli.command("loadtest")
+@click.argument("url")
+@click.option("--model", required=True, help="Triton model name (the tensor endpoint).")
+@click.option("--concurrency", default="1,4,16", show_default=True, help="Concurrent clients per level.")
+@click.option(
+    "--duration",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_DURATION_S,
+    show_default=True,
+    help="Seconds per level.",
+)
+@click.option(
+    "--max-requests",
+    type=click.IntRange(min=1),
+    default=DEFAULT_MAX_REQUESTS,
+    show_default=True,
+    help="Requests per level at most.",
+)
+@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Images per request.")
+@click.option("--metrics-url", help="Triton's metrics endpoint, used when the statistics API is restricted.")
+@click.option("--access-token", envvar="TRITON_ACCESS_TOKEN", help="Token for a restricted statistics API.")
+@click.option("--allow-remote", is_flag=True, help="Allow a server that is not on a loopback address.")
+@click.option(
+    "--json", "json_path", metavar="FILE", help="Also write the report as JSON to FILE (- for stdout)."
+)
+@click.pass_context
+def loadtest_command(
+    ctx: click.Context,
+    url: str,
+    model: str,
+    concurrency: str,
+    duration: float,
+    max_requests: int,
+    batch: int,
+    metrics_url: str | None,
+    access_token: str | None,
+    allow_remote: bool,
+    json_path: str | None,
+) -> None:
+    """Load-test MODEL at URL (http://127.0.0.1:8000 or grpc://...): throughput, latency, server batches."""
+    if json_path and json_path != "-":
+        check_writable(json_path)
+    report = loadtest(
+        url,
+        model,
+        concurrency=parse_concurrency(concurrency),
+        duration_s=duration,
+        max_requests=max_requests,
+        batch=batch,
+        access_token=access_token,
+        metrics_url=metrics_url,
+        allow_remote=allow_remote,
+    )
+    if json_path == "-":
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        if json_path:
+            write_json_atomic(json_path, report.to_dict())
+        click.echo(report.to_text())
+    if report.errors or report.mismatches:
+        ctx.exit(1)
+
+
 def main() -> None:
-    """Console-script entry point."""
+    """Console-script entry point; SIGTERM ends a run as cleanly as Ctrl-C (no temporary files, old artifacts intact)."""
+    signal.signal(signal.SIGTERM, _on_sigterm)
     cli(prog_name="sedeploy")

@@ -256,6 +256,28 @@ class Stream(_Resource):
         self._stream = None
 
 
+class Event(_Resource):
+    """A CUDA event: recorded on a stream, it marks when the GPU reaches that point, for GPU-side timings."""
+
+    def __init__(self) -> None:
+        self._event = driver().Event()
+
+    def record(self, stream: Stream) -> None:
+        """Queue this event on ``stream``: it completes when the work queued before it has."""
+        self._event.record(stream.native)
+
+    def synchronize(self) -> None:
+        """Wait until the GPU has reached this event."""
+        self._event.synchronize()
+
+    def milliseconds_since(self, start: Event) -> float:
+        """GPU time in ms from ``start`` to this event (both recorded, this one completed)."""
+        return float(self._event.time_since(start._event))
+
+    def _free(self) -> None:
+        self._event = None
+
+
 class HostBuffer(_Resource):
     """A page-locked (pinned) numpy array: the only host memory an async copy may use."""
 

@@ -15,10 +15,12 @@ Layout
 
 Decoding (:func:`load_image`)
     The pixel count is read from the header and checked against ``max_pixels``
-    before any pixel is decoded. The first frame of an animated image is used and
-    the EXIF orientation applied. Every mode is converted to ``L`` (1 channel) or
-    ``RGB`` (3 channels): palette and CMYK through Pillow's conversions (no ICC
-    colour management); 16-bit grayscale scaled to 8 bits (value / 257; Pillow's
+    before any pixel is decoded (default: the ``SEDEPLOY_MAX_IMAGE_PIXELS``
+    environment variable, else :data:`DEFAULT_MAX_PIXELS`; Pillow itself refuses
+    more than twice ``PIL.Image.MAX_IMAGE_PIXELS`` whatever the limit). The first
+    frame of an animated image is used and the EXIF orientation applied. Every
+    mode is converted to ``L`` (1 channel) or ``RGB`` (3 channels): palette and
+    CMYK through Pillow's conversions (no ICC colour management); 16-bit grayscale scaled to 8 bits (value / 257; Pillow's
     own conversion would clip at 255); 32-bit float pixels clipped to 0-255;
     images with transparency (RGBA, LA, PA, palette or RGB with a transparent
     colour) composited on **black**. Black is chosen because encoders store fully
@@ -59,6 +61,7 @@ import math
 import os
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,6 +85,8 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".webp", "
 """File extensions read as images, compared case-insensitively (GIF: its first frame)."""
 DEFAULT_MAX_PIXELS: int = 64_000_000
 """Images with more pixels than this are refused before decoding (a decompression bomb guard)."""
+MAX_PIXELS_ENV = "SEDEPLOY_MAX_IMAGE_PIXELS"
+"""Environment variable that replaces :data:`DEFAULT_MAX_PIXELS` for every command."""
 INTERPOLATIONS: dict[str, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
@@ -106,6 +111,7 @@ _HIGH_BIT_DEPTH_DIVISORS = {
 _FALLBACK_DEFAULTS = ModelDefaults()
 
 _decode_lock = threading.Lock()
+_open_lock = threading.Lock()
 _decode_count = 0
 
 _Item = TypeVar("_Item")
@@ -312,9 +318,25 @@ def to_channels(image: Image.Image, channels: int) -> Image.Image:
     return image.convert(target)
 
 
-def load_image(
-    path: str | os.PathLike[str], channels: int, max_pixels: int = DEFAULT_MAX_PIXELS
-) -> Image.Image:
+def max_pixels_limit(max_pixels: int | None = None) -> int:
+    """The pixel limit in force: ``max_pixels`` if given, else ``$SEDEPLOY_MAX_IMAGE_PIXELS``, else the default."""
+    if max_pixels is not None:
+        value, source = max_pixels, "max_pixels"
+    else:
+        text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+        if not text:
+            return DEFAULT_MAX_PIXELS
+        try:
+            value = int(text.replace("_", ""))
+        except ValueError:
+            value = 0
+        source = f"{MAX_PIXELS_ENV}={text!r}"
+    if value < 1:
+        raise ConfigError(f"{source} is not a positive whole number of pixels; use e.g. {DEFAULT_MAX_PIXELS}")
+    return value
+
+
+def load_image(path: str | os.PathLike[str], channels: int, max_pixels: int | None = None) -> Image.Image:
     """Decode one image file as ``L`` (``channels == 1``) or ``RGB`` (``channels == 3``), upright.
 
     Raises :class:`ImageTooLargeError` when the header declares more than
@@ -322,8 +344,13 @@ def load_image(
     for anything else that stops the file from becoming an image.
     """
     _check_channels(channels)
+    max_pixels = max_pixels_limit(max_pixels)
     try:
-        handle = Image.open(path)
+        # max_pixels is the policy: Pillow's own size warning would only print two stray lines. Opening reads
+        # just the header; the lock keeps concurrent loads from racing on the process's warning filters.
+        with _open_lock, warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            handle = Image.open(path)
     except Image.DecompressionBombError as error:
         raise ImageTooLargeError(path, f"too large ({error})", "shrink the image") from None
     except Exception as error:
@@ -336,7 +363,7 @@ def load_image(
             raise ImageTooLargeError(
                 path,
                 f"too large ({width}x{height} = {width * height} pixels, more than max_pixels={max_pixels})",
-                "shrink the image or raise the pixel limit",
+                f"shrink the image or raise the pixel limit ({MAX_PIXELS_ENV})",
             )
         try:
             _count_decode()
@@ -532,7 +559,7 @@ def load_image_set(
     *,
     limit: int | None = None,
     seed: int = 0,
-    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_pixels: int | None = None,
     workers: int | None = None,
     cache_dir: str | os.PathLike[str] | None = None,
     progress: bool = False,
@@ -545,6 +572,7 @@ def load_image_set(
     """
     _check_channels(channels)
     _check_preprocessing(preprocessing, channels)
+    max_pixels = max_pixels_limit(max_pixels)
     if limit is not None and limit < 1:
         raise ConfigError(f"the number of images must be at least 1, got {limit}")
     if workers is not None and workers < 1:

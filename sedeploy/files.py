@@ -11,8 +11,9 @@ import hashlib
 import json
 import os
 import secrets
-from collections.abc import Iterator
-from contextlib import contextmanager
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +52,11 @@ def check_writable(path: str | os.PathLike[str]) -> None:
 
 @contextmanager
 def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` when the block ends without error."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` when the block ends without error.
+
+    Any exception, ``KeyboardInterrupt`` and ``SystemExit`` included (the CLI turns
+    SIGTERM into one), removes the temporary file and leaves ``path`` as it was.
+    """
     path = Path(path)
     temp_path = temp_path_beside(path)
     try:
@@ -59,6 +64,68 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(temp_path, path)
     finally:
         temp_path.unlink(missing_ok=True)
+
+
+@contextmanager
+def folder_lock(folder: str | os.PathLike[str]) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on ``folder`` itself while the block runs.
+
+    Locking the folder's own descriptor needs no lock file, so nothing is left
+    behind; the lock goes with the descriptor, also when the process dies. On a
+    system without ``fcntl`` the block runs unlocked.
+    """
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def commit_files(moves: Sequence[tuple[Path, Path]]) -> None:
+    """Rename each staged file onto its destination as one unit: under the destination folders' locks.
+
+    Two writers committing to the same paths (an artifact and its manifest) each
+    publish their whole set, one after the other, so the result is one writer's
+    complete set, never a mix. An interruption (SIGINT, or SIGTERM through the CLI)
+    in the middle still completes the remaining renames before it propagates.
+    """
+    folders = sorted({str(Path(destination).parent.resolve()) for _, destination in moves})
+    with ExitStack() as locks:
+        for folder in folders:
+            locks.enter_context(folder_lock(folder))
+        pending = list(moves)
+        try:
+            while pending:
+                os.replace(*pending[0])
+                pending.pop(0)
+        except (KeyboardInterrupt, SystemExit):
+            for staged, destination in pending:
+                try:
+                    os.replace(staged, destination)
+                except OSError:
+                    Path(staged).unlink(missing_ok=True)
+            raise
+
+
+TEST_DELAY_PREFIX = "SEDEPLOY_TEST_DELAY_"
+
+
+def pause_for_tests(stage: str) -> None:
+    """Sleep ``$SEDEPLOY_TEST_DELAY_<STAGE>`` seconds, if set: a test-only hook that holds a stage open.
+
+    The interruption tests use it to signal a run while its temporary files
+    exist (stages: ``CALIBRATE`` before calibration, ``PUBLISH`` before a build's
+    staged files are renamed into place). Unset, it costs one environment lookup.
+    """
+    seconds = os.environ.get(TEST_DELAY_PREFIX + stage.upper())
+    if seconds:
+        time.sleep(float(seconds))
 
 
 def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:

@@ -14,18 +14,39 @@ import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from sedeploy import __version__
 from sedeploy.errors import BadInputError
-from sedeploy.files import sha256_of_file, write_json_atomic
+from sedeploy.files import commit_files, folder_lock, sha256_of_file, temp_path_beside, write_json_atomic
 
 MANIFEST_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
 PRECISIONS = ("fp32", "fp16", "int8")
 ARTIFACT_FORMATS = ("onnx", "tensorrt_plan", "openvino_ir")
+_FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
+    "artifact": str,
+    "artifact_sha256": str,
+    "artifact_format": str,
+    "backend": str,
+    "backend_version": str,
+    "precision": str,
+    "source_onnx_sha256": str,
+    "source_metadata": dict,
+    "device": dict,
+    "recipe": dict,
+    "calibration": (dict, type(None)),
+    "engine": (dict, type(None)),
+    "build_options": dict,
+    "build_seconds": (int, float),
+    "sedeploy_version": str,
+    "created": str,
+    "manifest_version": int,
+}
+"""Each field's JSON type: a manifest read from disk is checked against it before anyone uses it."""
 
 
 class ManifestError(BadInputError):
@@ -77,6 +98,10 @@ class BuildManifest:
     manifest_version: int = MANIFEST_VERSION
 
     def __post_init__(self) -> None:
+        for name, expected in _FIELD_TYPES.items():
+            value = getattr(self, name)
+            if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
+                raise ValueError(f"{name} has the wrong type ({type(value).__name__})")
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if self.artifact_format not in ARTIFACT_FORMATS:
@@ -106,13 +131,91 @@ class BuildManifest:
             ) from None
 
     def check_artifact(self, artifact: str | os.PathLike[str]) -> None:
-        """Fail unless ``artifact``'s bytes are the ones this manifest describes."""
+        """Fail unless ``artifact``'s bytes are the ones this manifest describes (a streaming sha256)."""
         actual = sha256_of_file(artifact)
         if actual != self.artifact_sha256:
             raise ManifestError(
                 f"{artifact} does not match its manifest (sha256 {actual[:12]}... != {self.artifact_sha256[:12]}...): "
-                "the file was changed or truncated after the build; rebuild it"
+                "the file was changed or truncated after the build; rebuild it, or pass verify_hash=False "
+                "to load it unchecked"
             )
+
+
+def checked_manifest(
+    artifact: str | os.PathLike[str], *, verify_hash: bool = True, required: bool = False
+) -> BuildManifest | None:
+    """The manifest beside ``artifact``, after checking that the file is the one it describes.
+
+    No manifest: None (an artifact sedeploy did not build, e.g. an exported ONNX),
+    or a :class:`ManifestError` when ``required``. A manifest that cannot be read
+    or whose ``artifact_sha256`` differs from the file's is always refused;
+    ``verify_hash=False`` skips the hash (large engines in hot paths) but still
+    reads and checks the manifest itself.
+    """
+    if not required and not manifest_path(artifact).is_file():
+        return None
+    try:
+        return _read_and_check(artifact, verify_hash)
+    except ManifestError:
+        # A build may be publishing this artifact right now (file renamed, manifest not yet): look once more
+        # after it finished. The lock is the one publishing holds (files.commit_files).
+        try:
+            with folder_lock(Path(artifact).parent):
+                return _read_and_check(artifact, verify_hash)
+        except OSError:  # the folder cannot be opened for locking: the first answer stands
+            pass
+        raise
+
+
+def _read_and_check(artifact: str | os.PathLike[str], verify_hash: bool) -> BuildManifest:
+    manifest = read_manifest(artifact)
+    if verify_hash:
+        manifest.check_artifact(artifact)
+    return manifest
+
+
+def commit_with_manifests(
+    staged: Sequence[tuple[Path, Path]], manifests: Sequence[tuple[BuildManifest, Path]]
+) -> None:
+    """Publish staged artifact files and their manifests as one unit (see :func:`sedeploy.files.commit_files`).
+
+    ``staged``: (temporary file, destination) pairs, already complete;
+    ``manifests``: (manifest, artifact destination). Each manifest is written to a
+    temporary file first; then every file is renamed into place under the
+    destination folder's lock, so racing builds never leave one build's artifact
+    with another's manifest. Temporary files are removed whatever happens.
+    """
+    temps: list[Path] = []
+    try:
+        moves = list(staged)
+        for manifest, artifact in manifests:
+            destination = manifest_path(artifact)
+            temp = temp_path_beside(destination)
+            temps.append(temp)
+            temp.write_text(json.dumps(manifest.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            moves.append((temp, destination))
+        commit_files(moves)
+    finally:
+        for temp, _ in staged:
+            temp.unlink(missing_ok=True)
+        for temp in temps:
+            temp.unlink(missing_ok=True)
+
+
+def write_with_manifest(artifact: str | os.PathLike[str], data: bytes, manifest: BuildManifest) -> Path:
+    """Write ``data`` to ``artifact`` and ``manifest`` beside it, atomically as a pair; returns the manifest path.
+
+    The manifest's ``artifact_sha256`` must be the hash of ``data``.
+    """
+    artifact = Path(artifact)
+    staged = temp_path_beside(artifact)
+    try:
+        staged.write_bytes(data)
+    except BaseException:
+        staged.unlink(missing_ok=True)
+        raise
+    commit_with_manifests([(staged, artifact)], [(manifest, artifact)])
+    return manifest_path(artifact)
 
 
 def write_manifest(manifest: BuildManifest, artifact: str | os.PathLike[str]) -> Path:
@@ -129,7 +232,7 @@ def read_manifest(artifact: str | os.PathLike[str]) -> BuildManifest:
         )
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ManifestError(f"cannot read manifest {path} ({error}); rebuild the artifact") from None
     if not isinstance(data, dict):
         raise ManifestError(f"manifest {path} is not a JSON object; rebuild the artifact")

@@ -35,7 +35,7 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +117,23 @@ class ModelMetadata:
     @property
     def gmacs(self) -> float:
         return self.macs / 1e9
+
+    def input_mismatch(self, name: str, shape: Sequence[int | str | None]) -> str | None:
+        """How a graph input (``name``, ``shape`` with symbolic or unknown dims) differs from this record, or None.
+
+        A file whose graph and metadata disagree was edited after export; every
+        later stage would feed it the wrong tensor, so it is refused up front.
+        """
+        expected = "N," + ",".join(str(dim) for dim in self.input_size)
+        if name != self.input_name:
+            return f"its input is named {name!r} but its sedeploy metadata says {self.input_name!r}"
+        if len(shape) != 1 + len(self.input_size):
+            return f"its input {name!r} has rank {len(shape)} but its sedeploy metadata says ({expected})"
+        for got, want in zip(shape[1:], self.input_size, strict=True):
+            if isinstance(got, int) and got != want:
+                shown = ",".join(str(dim) if isinstance(dim, int) else "?" for dim in shape)
+                return f"its input {name!r} has shape ({shown}) but its sedeploy metadata says ({expected})"
+        return None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (tuples become lists), with ``gmacs`` added."""

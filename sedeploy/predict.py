@@ -21,7 +21,7 @@ import numpy as np
 from tqdm import tqdm
 
 from sedeploy.backends.base import Classification, Runner, classify_logits
-from sedeploy.data import SkippedFile, list_images
+from sedeploy.data import IMAGE_EXTENSIONS, SkippedFile, list_images
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.runtime import load
 
@@ -160,9 +160,15 @@ def _predict(
                 classes = classify_logits(runner(np.stack(rows)), top_k, metadata.labels)
                 predictions.extend(Prediction(str(path), c) for path, c in zip(paths, classes, strict=True))
             bar.update(min(size, len(files) - start))
-    if not predictions:
+    if not files and not skipped:
         raise BadInputError(
-            f"no readable image among the inputs ({len(files)} file(s) found, {len(skipped)} skipped); "
+            f"no image files among the inputs (folders hold no {', '.join(IMAGE_EXTENSIONS)} files); "
+            "give image files or folders of images"
+        )
+    if not predictions:
+        first = f" (first: {skipped[0].path}: {skipped[0].reason})" if skipped else ""
+        raise BadInputError(
+            f"no readable image among the inputs ({len(files)} file(s) found, {len(skipped)} skipped{first}); "
             "give image files or folders of images"
         )
     return PredictReport(name, runner.describe(), top_k, tuple(predictions), tuple(skipped))

@@ -19,6 +19,8 @@ calibration cache in sedeploy's JSON and TensorRT's legacy text format.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import inspect
 import io
 import json
@@ -36,7 +38,7 @@ import numpy as np
 import onnx
 
 from sedeploy.errors import BadInputError, ConfigError, SedeployError
-from sedeploy.files import atomic_output, sha256_of_file, write_json_atomic
+from sedeploy.files import atomic_output, commit_files, pause_for_tests, sha256_of_file, temp_path_beside
 from sedeploy.optional import import_optional
 
 logger = logging.getLogger(__name__)
@@ -147,13 +149,19 @@ class CalibrationRanges:
     dataset_sha256: str
     images: int
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
+    images_sha256: str | None = None
+    """SHA-256 of the preprocessed image array the ranges were measured on (same files with other
+    preprocessing give other ranges); None in caches written before it was recorded, which never match."""
 
-    def matches(self, model_sha256: str, dataset_sha256: str, recipe: Int8Recipe) -> bool:
-        """True when these ranges were computed for this model, data and recipe."""
+    def matches(
+        self, model_sha256: str, dataset_sha256: str, recipe: Int8Recipe, images_sha256: str | None = None
+    ) -> bool:
+        """True when these ranges were computed for this model, data (files and, if given, pixels) and recipe."""
         key = recipe.cache_key()
         return (
             self.model_sha256 == model_sha256
             and self.dataset_sha256 == dataset_sha256
+            and (images_sha256 is None or self.images_sha256 == images_sha256)
             and self.method == key["method"]
             and self.percentile == key["percentile"]
             and self.symmetric == key["symmetric"]
@@ -173,6 +181,7 @@ class CalibrationRanges:
             "model_sha256": self.model_sha256,
             "dataset_sha256": self.dataset_sha256,
             "images": self.images,
+            "images_sha256": self.images_sha256,
             "ranges": {name: [low, high] for name, (low, high) in sorted(self.ranges.items())},
             "amax": dict(sorted(self.amax().items())),
         }
@@ -195,6 +204,7 @@ class CalibrationRanges:
                 dataset_sha256=data["dataset_sha256"],
                 images=int(data["images"]),
                 ranges={name: (float(low), float(high)) for name, (low, high) in data["ranges"].items()},
+                images_sha256=data.get("images_sha256"),
             )
         except FileNotFoundError:
             return None
@@ -286,6 +296,7 @@ def calibrate(
     progress: bool = False,
 ) -> CalibrationRanges:
     """Run ONNX Runtime's calibrator for ``recipe`` on ``images`` and return the activation ranges."""
+    pause_for_tests("calibrate")
     quantization = _ort_quantization()
     if len(images) == 0:
         raise BadInputError("no calibration images; give a folder of images with --calib-dir")
@@ -621,12 +632,34 @@ def _save(model: onnx.ModelProto, output_path: Path) -> None:
 
 
 def write_calibration_cache(ranges: CalibrationRanges, path: Path) -> Path:
-    """Write ``ranges`` as sedeploy's JSON cache at ``path`` and TensorRT's text cache beside it (``.trt.cache``)."""
-    write_json_atomic(path, ranges.to_dict())
+    """Write ``ranges`` as sedeploy's JSON cache at ``path`` and TensorRT's text cache beside it (``.trt.cache``).
+
+    Both are staged and renamed into place as one unit, so they always hold the same ranges.
+    """
     trt_cache = path.with_suffix(".trt.cache")
-    with atomic_output(trt_cache) as temp_path:
-        temp_path.write_text(tensorrt_calibration_cache(ranges), encoding="utf-8")
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for destination in (path, trt_cache):
+            staged.append((temp_path_beside(destination), destination))
+        text = json.dumps(ranges.to_dict(), indent=2, sort_keys=True) + "\n"
+        staged[0][0].write_text(text, encoding="utf-8")
+        staged[1][0].write_text(tensorrt_calibration_cache(ranges), encoding="utf-8")
+        commit_files(staged)
+    finally:
+        for temp, _ in staged:
+            temp.unlink(missing_ok=True)
     return path
+
+
+def images_sha256(images: np.ndarray) -> str:
+    """SHA-256 of a preprocessed image batch: its dtype, shape and bytes.
+
+    A 512-image 224x224 float32 set (308 MB) hashes in about 0.45 s here.
+    """
+    array = np.ascontiguousarray(images)
+    digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(array.data)
+    return digest.hexdigest()
 
 
 def calibrate_cached(
@@ -645,13 +678,15 @@ def calibrate_cached(
     written to the cache (sedeploy JSON plus TensorRT's text format) atomically.
     """
     cache_path = cache_path or calibration_cache_path(model_path, recipe)
+    pixels = images_sha256(images)
     if not recalibrate:
         cached = CalibrationRanges.read(cache_path)
-        if cached is not None and cached.matches(sha256_of_file(model_path), dataset_sha256, recipe):
+        if cached is not None and cached.matches(sha256_of_file(model_path), dataset_sha256, recipe, pixels):
             logger.info("reusing calibration cache %s", cache_path)
             return cached, True
     started = time.perf_counter()
     ranges = calibrate(model_path, images, input_name, recipe, dataset_sha256, progress)
+    ranges = dataclasses.replace(ranges, images_sha256=pixels)
     logger.info(
         "calibrated %d tensors on %d images in %.1f s",
         len(ranges.ranges),

@@ -53,9 +53,20 @@ def artifact_backend(path: str | os.PathLike[str]) -> str:
 
 
 def load(
-    path: str | os.PathLike[str], backend: str | None = None, device: str | int | None = None, **options: Any
+    path: str | os.PathLike[str],
+    backend: str | None = None,
+    device: str | int | None = None,
+    *,
+    verify_hash: bool = True,
+    **options: Any,
 ) -> Runner:
     """Open ``path`` as a runner: ``runner(batch)``, ``runner.classify(images)``, ``with``/``close()``.
+
+    ``verify_hash``: an artifact with a build manifest beside it is refused
+    (:class:`~sedeploy.manifest.ManifestError`) unless its sha256 matches the
+    manifest's; ``False`` skips hashing (large engines in hot paths) but still
+    reads the manifest. Files without a manifest (an exported ONNX, a weights
+    file) have nothing to verify; a TensorRT engine must have one.
 
     ``backend``: ``onnxruntime``, ``tensorrt``, ``openvino`` or ``torch`` (default:
     from the artifact, see the module docstring). ``device``: ONNX Runtime ``cpu``,
@@ -81,15 +92,21 @@ def load(
     if kind == "tensorrt":
         from sedeploy.backends.tensorrt import TensorRTRunner
 
-        return _construct(TensorRTRunner, path, device=_cuda_index(device), **options)
+        return _construct(
+            TensorRTRunner, path, device=_cuda_index(device), verify_hash=verify_hash, **options
+        )
     if kind == "onnxruntime":
         from sedeploy.backends.onnxruntime import OnnxRuntimeRunner
 
-        return _construct(OnnxRuntimeRunner, path, device=_text_device(device), **options)
+        return _construct(
+            OnnxRuntimeRunner, path, device=_text_device(device), verify_hash=verify_hash, **options
+        )
     if kind == "openvino":
         from sedeploy.backends.openvino import OpenVinoRunner
 
-        return _construct(OpenVinoRunner, path, device=_text_device(device), **options)
+        return _construct(
+            OpenVinoRunner, path, device=_text_device(device), verify_hash=verify_hash, **options
+        )
     from sedeploy.backends.torch import TorchRunner
 
     return _construct(TorchRunner, path, device=_text_device(device), **options)

@@ -782,6 +782,8 @@ def _check_model(folder: Path) -> ModelCheck:
 def check_repository(repository: str | os.PathLike[str]) -> RepositoryCheck:
     """Validate every model folder of a repository: its config against Triton's schema, its files against the config."""
     repository = Path(repository)
+    if not repository.exists():
+        raise BadInputError(f"model repository {repository} does not exist; give the folder given to -o")
     if not repository.is_dir():
         raise BadInputError(f"model repository {repository} is not a folder; give the folder given to -o")
     folders = sorted(p for p in repository.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -46,7 +46,7 @@ from sedeploy.data import load_image_set
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import sha256_of_file
 from sedeploy.manifest import BuildManifest, ManifestError, read_manifest
-from sedeploy.metadata import ModelMetadata
+from sedeploy.metadata import ModelMetadata, load_onnx
 from sedeploy.runtime import artifact_backend, load
 
 logger = logging.getLogger(__name__)
@@ -200,7 +200,7 @@ def detect_precision(artifact: str | os.PathLike[str]) -> str:
         return manifest.precision
     if artifact_backend(path) != "onnxruntime":
         return "fp32"
-    proto = onnx.load(str(path), load_external_data=False)
+    proto = load_onnx(path)
     if any(node.op_type in _QUANTIZED_OPS for node in proto.graph.node):
         return "int8"
     if any(init.data_type == onnx.TensorProto.FLOAT16 for init in proto.graph.initializer):
@@ -357,6 +357,8 @@ def verify(
     if max_top1_drop is not None and not 0 <= max_top1_drop <= 100:
         raise ConfigError(f"--max-top1-drop is in percentage points, 0 to 100; got {max_top1_drop}")
     artifact_path = Path(artifact)
+    if not artifact_path.exists():
+        raise BadInputError(f"artifact {artifact_path} does not exist; check the path")
     reference_path = Path(reference) if reference is not None else find_reference(artifact_path)
     precision = detect_precision(artifact_path)
     defaults = DEFAULT_THRESHOLDS[precision]

@@ -3,7 +3,9 @@ telemetry stays off, and a missing extra is one line."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -124,3 +126,50 @@ def test_onnx_only_recipe_flags_are_refused_not_ignored(trained_digits, tmp_path
             ),
         )
     assert sorted(path.name for path in tmp_path.iterdir()) == ["digits.onnx"]
+
+
+def test_auto_on_a_cpu_builds_both_probes_them_and_records_the_choice(trained_digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = tmp_path / "digits.onnx"
+    shutil.copy(trained_digits.onnx_path, model)
+    result = build_engine(model, BuildOptions(precision="fp32", probe_seconds=0.2))
+    probe = result.probe
+    assert probe is not None and result.backend == probe["winner"]
+    loser = "onnxruntime" if result.backend == "openvino" else "openvino"
+    assert re.search(rf"\d\.\d\dx (faster|slower) than {loser} at batch 8 \(", result.backend_reason)
+    assert result.backend_reason.startswith(f"auto: {result.backend} is ")
+    assert f"on this machine; using {result.backend}; TensorRT not used" in result.backend_reason
+    assert "TensorRT not used" in result.backend_reason
+    for backend in ("onnxruntime", "openvino"):
+        assert all(probe["images_per_s"][backend][batch] > 0 for batch in ("1", "8"))
+    ratio = probe["openvino_vs_onnxruntime"]
+    assert (ratio["1"] * ratio["8"] > 1) == (result.backend == "openvino")  # geometric mean decides
+    names = [path.name for path in result.artifacts]
+    assert sorted(names) == ["digits.openvino.xml", "digits.ort.onnx"]
+    assert result.artifact.name == (
+        "digits.openvino.xml" if result.backend == "openvino" else "digits.ort.onnx"
+    )
+    for path in result.artifacts:  # both kept, both manifests carry the probe and still match their files
+        manifest = read_manifest(path)
+        assert manifest.build_options["backend"] == "auto"
+        assert manifest.build_options["auto_probe"]["winner"] == result.backend
+        with sedeploy.load(path) as runner:
+            assert runner.manifest is not None
+
+
+def test_auto_cli_probes_the_batch_asked_for(trained_digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = tmp_path / "digits.onnx"
+    shutil.copy(trained_digits.onnx_path, model)
+    result = CliRunner().invoke(cli, ["build-engine", str(model), "--probe-batch", "4", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["probe"]["batches"] == [4] and report["backend"] == report["probe"]["winner"]
+    assert f"at batch 4 on this machine; using {report['backend']}" in report["backend_reason"]
+
+
+def test_auto_with_an_onnx_only_flag_stays_on_onnxruntime(trained_digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = tmp_path / "digits.onnx"
+    shutil.copy(trained_digits.onnx_path, model)
+    result = build_engine(model, BuildOptions(precision="fp32"), output=tmp_path / "fast.onnx")
+    assert result.backend == "onnxruntime" and result.probe is None
+    assert "OpenVINO not probed: -o given (use --backend openvino for an IR)" in result.backend_reason
+    assert not list(tmp_path.glob("*.xml"))

@@ -38,7 +38,9 @@ def int8_artifacts(
             scale = initializers[scale_name]
             original = numpy_helper.to_array(scale)
             # np.asarray: numpy 1.x turns a 0-d array times a number into a scalar of another dtype
-            scale.CopyFrom(numpy_helper.from_array(np.asarray(original * 100, dtype=original.dtype), scale_name))
+            scale.CopyFrom(
+                numpy_helper.from_array(np.asarray(original * 100, dtype=original.dtype), scale_name)
+            )
             scaled.add(scale_name)
     assert scaled, "the INT8 file has no activation scales to break"
     broken = tmp_path_factory.mktemp("broken") / "digits.int8-broken.onnx"

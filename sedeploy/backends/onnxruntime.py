@@ -17,6 +17,8 @@ import logging
 import os
 import tempfile
 from collections import defaultdict
+from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +27,7 @@ import numpy as np
 from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import atomic_output
-from sedeploy.manifest import BuildManifest, ManifestError, manifest_path, read_manifest
+from sedeploy.manifest import checked_manifest, manifest_path
 from sedeploy.metadata import PREFIX, ModelMetadata
 from sedeploy.optional import import_optional
 
@@ -75,28 +77,62 @@ def default_providers() -> list[str]:
     return ["CUDAExecutionProvider", "CPUExecutionProvider"] if has_cuda() else ["CPUExecutionProvider"]
 
 
-def session_options(
-    threads: int | None = None, optimization_level: str = "all", optimized_model_path: Path | None = None
-) -> Any:
-    """Session options: intra-op threads = the cores this process may use unless given, graph optimization level.
+EXECUTION_MODES = ("sequential", "parallel")
+CPU_SESSION_CONFIG: dict[str, str] = {
+    # benchmarks/results/ort_settings.md, rows "spinning on" (ONNX Runtime's default): 0.50-0.72x of spinning
+    # off for INT8 at batch 1 and 8 in two runs on 2 shared cores; spinning threads also steal the cores from
+    # the next session in the process (the benchmark trap in FACTS.md) and from other processes.
+    "session.intra_op.allow_spinning": "0",
+}
+"""ONNX Runtime session config entries sedeploy sets by default; ``session_config=`` overrides each one."""
 
-    One inter-op thread: the graph is a chain, and concurrent callers already
-    bring their own parallelism.
+
+def session_options(
+    threads: int | None = None,
+    optimization_level: str = "all",
+    optimized_model_path: Path | None = None,
+    *,
+    config: Mapping[str, str] | None = None,
+    execution_mode: str = "sequential",
+) -> Any:
+    """Session options: sedeploy's measured defaults, each overridable (benchmarks/results/ort_settings.md).
+
+    ``threads``: intra-op threads, default the cores this process may use (rows
+    "threads cores+1": one more thread lost 0.67-0.78x on INT8 at batch 1).
+    ``optimization_level``: default ``all`` (rows "level extended": 0.52-0.68x on
+    INT8; ``all`` adds the NHWC transform). ``config``: ONNX Runtime session config
+    entries over :data:`CPU_SESSION_CONFIG` (rows "dynamic block base 4": 0.72-1.09x,
+    so left unset). ``execution_mode``: ``sequential`` (rows "parallel mode":
+    0.70-1.03x on INT8; the network is a chain). One inter-op thread: concurrent
+    callers bring their own parallelism.
     """
     ort = onnxruntime()
     if optimization_level not in OPTIMIZATION_LEVELS:
         raise ConfigError(
             f"unknown optimization level {optimization_level!r}; valid values: {', '.join(OPTIMIZATION_LEVELS)}"
         )
+    if execution_mode not in EXECUTION_MODES:
+        raise ConfigError(
+            f"unknown execution mode {execution_mode!r}; valid values: {', '.join(EXECUTION_MODES)}"
+        )
+    if threads is not None and threads < 1:
+        raise ConfigError(f"threads must be at least 1, got {threads}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or usable_cores()
     options.inter_op_num_threads = 1
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL if execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
     options.graph_optimization_level = {
         "disable": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
         "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
         "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
         "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
     }[optimization_level]
+    for key, value in {**CPU_SESSION_CONFIG, **(config or {})}.items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise ConfigError(f"ONNX Runtime session config entries are strings, got {key!r}: {value!r}")
+        options.add_session_config_entry(key, value)
     if optimized_model_path is not None:
         options.optimized_model_filepath = str(optimized_model_path)
     return options
@@ -208,19 +244,6 @@ def _provider_name(provider: Any) -> str:
     return provider[0] if isinstance(provider, tuple) else str(provider)
 
 
-def _valid_manifest(path: Path) -> BuildManifest | None:
-    """The build manifest beside ``path`` if there is one and it describes this file; None (with a warning) if not."""
-    if not manifest_path(path).is_file():
-        return None
-    try:
-        manifest = read_manifest(path)
-        manifest.check_artifact(path)
-    except ManifestError as error:
-        logger.warning("ignoring the manifest of %s: %s", path, error)
-        return None
-    return manifest
-
-
 class OnnxRuntimeRunner(Runner):
     """Runs an ONNX file (exported, precision or ONNX Runtime-optimized) in an ONNX Runtime session.
 
@@ -228,10 +251,23 @@ class OnnxRuntimeRunner(Runner):
     the usable cores). ``optimization_level``: default ``all``, or ``disable`` for
     an artifact that a build already optimized for the same providers (its
     manifest says so), which starts faster. ``providers`` overrides ``device``
-    with an explicit ONNX Runtime provider list. The session serves concurrent
+    with an explicit ONNX Runtime provider list. A build manifest beside the file
+    must describe it: a mismatching sha256 or an unreadable manifest is a
+    :class:`~sedeploy.manifest.ManifestError`; ``verify_hash=False`` skips the hash
+    (not the manifest); a file without a manifest (an exported ONNX) is not
+    checked. The session serves concurrent
     callers (``InferenceSession.run`` is thread-safe; each call binds its own
     buffers). ``provider`` is the provider the session actually uses; ``fallback``
     says why it differs from the one asked for, or is None.
+
+    CPU tuning (defaults measured in benchmarks/results/ort_settings.md):
+    ``session_config`` adds or overrides ONNX Runtime session config entries
+    (:data:`CPU_SESSION_CONFIG`); ``execution_mode`` ``sequential`` or ``parallel``;
+    ``sessions`` > 1 is split-batch mode (CPU only): that many more sessions share
+    the threads, and a batch of two or more is cut into that many pieces run side
+    by side on Python threads (``InferenceSession.run`` releases the GIL); a single
+    image still runs on the main session with all threads. It costs a session's
+    memory per piece.
     """
 
     backend = "onnxruntime"
@@ -244,22 +280,33 @@ class OnnxRuntimeRunner(Runner):
         threads: int | None = None,
         optimization_level: str | None = None,
         providers: list[Any] | None = None,
+        session_config: Mapping[str, str] | None = None,
+        execution_mode: str = "sequential",
+        sessions: int = 1,
+        verify_hash: bool = True,
     ) -> None:
         ort = onnxruntime()
         self.model_path = Path(model_path)
+        if self.model_path.is_dir():
+            raise BadInputError(f"{self.model_path} is a folder; give the .onnx file inside it")
         if not self.model_path.is_file():
             raise BadInputError(f"ONNX file {self.model_path} does not exist; check the path")
         if threads is not None and threads < 1:
             raise ConfigError(f"threads must be at least 1, got {threads}")
-        self.manifest = _valid_manifest(self.model_path)
+        if sessions < 1:
+            raise ConfigError(f"sessions must be at least 1, got {sessions}")
+        self._split_sessions: list[Any] = []
+        self._pool: ThreadPoolExecutor | None = None
+        self.manifest = checked_manifest(self.model_path, verify_hash=verify_hash)
         requested, self._device_id = (list(providers), 0) if providers else providers_for(device)
         if optimization_level is None:
             optimization_level = self._default_optimization_level(requested)
+        options = session_options(
+            threads, optimization_level, config=session_config, execution_mode=execution_mode
+        )
         try:
             self._session = ort.InferenceSession(
-                str(self.model_path),
-                sess_options=session_options(threads, optimization_level),
-                providers=requested,
+                str(self.model_path), sess_options=options, providers=requested
             )
         except Exception as error:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
@@ -283,6 +330,24 @@ class OnnxRuntimeRunner(Runner):
                 )
             logger.warning("%s; check the GPU and its CUDA libraries", self.fallback)
         self._bind_io = self.provider in (CUDA, TENSORRT)
+        if sessions > 1:
+            if self.provider != CPU:
+                self._session = None
+                raise ConfigError(
+                    f"sessions={sessions} (split-batch) is a CPU mode; {self.provider} runs this model"
+                )
+            split_options = session_options(
+                max(1, (threads or usable_cores()) // sessions),
+                optimization_level,
+                config=session_config,
+                execution_mode=execution_mode,
+            )
+            self._split_sessions = [
+                ort.InferenceSession(str(self.model_path), sess_options=split_options, providers=requested)
+                for _ in range(sessions)
+            ]
+            self._pool = ThreadPoolExecutor(sessions - 1, thread_name_prefix="sedeploy-ort-split")
+        self.sessions = sessions
 
         inputs, outputs = self._session.get_inputs(), self._session.get_outputs()
         if len(inputs) != 1 or len(outputs) != 1:
@@ -291,6 +356,10 @@ class OnnxRuntimeRunner(Runner):
                 "sedeploy runs image classifiers with one of each"
             )
         self.metadata = self._read_metadata()
+        problem = self.metadata.input_mismatch(inputs[0].name, inputs[0].shape) if self.metadata else None
+        if problem is not None:
+            self._session = None
+            raise BadInputError(f"{self.model_path}: {problem}; export it again with sedeploy export")
         fixed_batch = inputs[0].shape[0] if isinstance(inputs[0].shape[0], int) else None
         max_batch = fixed_batch or (self.metadata.max_batch if self.metadata else None)
         self.input_spec = _spec(inputs[0], max_batch)
@@ -302,7 +371,10 @@ class OnnxRuntimeRunner(Runner):
         if self.manifest is None:
             return "all"
         device = self.manifest.device
-        built_for = [_provider_name(provider) for provider in device.get("providers", [])]
+        providers = device.get("providers")
+        built_for = (
+            [_provider_name(provider) for provider in providers] if isinstance(providers, list) else []
+        )
         same_providers = built_for == [_provider_name(provider) for provider in requested]
         return "disable" if device.get("optimization_level") == "all" and same_providers else "all"
 
@@ -321,8 +393,23 @@ class OnnxRuntimeRunner(Runner):
             raise RunnerClosedError(f"this {self.backend} runner is closed; load the model again")
         if self._bind_io:
             return self._infer_bound(session, batch)
+        if self._pool is not None and len(batch) > 1:
+            return self._infer_split(batch)
         outputs = session.run([self.output_spec.name], {self.input_spec.name: batch})
         return np.asarray(outputs[0])
+
+    def _infer_split(self, batch: np.ndarray) -> np.ndarray:
+        """Split-batch: the first piece on this thread, the others on the pool, each in its own session."""
+        assert self._pool is not None
+        first_session, *others = self._split_sessions
+        pieces = np.array_split(batch, min(len(batch), len(self._split_sessions)))
+        names, feed_name = [self.output_spec.name], self.input_spec.name
+        futures = [
+            self._pool.submit(other.run, names, {feed_name: piece})
+            for other, piece in zip(others, pieces[1:], strict=False)
+        ]
+        first = first_session.run(names, {feed_name: pieces[0]})[0]
+        return np.concatenate([np.asarray(first), *(np.asarray(future.result()[0]) for future in futures)])
 
     def _infer_bound(self, session: Any, batch: np.ndarray) -> np.ndarray:
         """One batch through device buffers: input copied once to the GPU, output allocated there, then copied back."""
@@ -336,6 +423,10 @@ class OnnxRuntimeRunner(Runner):
 
     def _release(self) -> None:
         self._session = None
+        self._split_sessions = []
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
 
 def _spec(node: Any, max_batch: int | None) -> TensorSpec:

@@ -72,6 +72,28 @@ def _telemetry_off() -> Iterator[None]:
             os.environ["NNCF_CI"] = previous_env
 
 
+@contextlib.contextmanager
+def _nncf_output_to_stderr() -> Iterator[None]:
+    """Send NNCF's log lines and progress bar to stderr while it runs, so stdout stays the caller's (``--json``).
+
+    NNCF logs through its own stdout handler and draws its progress bar on
+    ``sys.stdout``; both are pointed at stderr for the call and restored after.
+    """
+    handlers = [
+        handler
+        for handler in logging.getLogger("nncf").handlers
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout
+    ]
+    for handler in handlers:
+        handler.setStream(sys.stderr)
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for handler in handlers:
+            handler.setStream(sys.stdout)
+
+
 def openvino() -> ModuleType:
     """The openvino module with telemetry off, or a MissingDependencyError naming the extra."""
     with _telemetry_off():
@@ -134,13 +156,14 @@ def build_ir(
             raise ConfigError("the OpenVINO INT8 build needs calibration images (--calib-dir)")
         quantizer = nncf()
         dataset = quantizer.Dataset([images[i : i + 1] for i in range(len(images))])
-        model = quantizer.quantize(
-            model,
-            dataset,
-            preset=quantizer.QuantizationPreset.PERFORMANCE,
-            subset_size=len(images),
-            ignored_scope=quantizer.IgnoredScope(names=list(float_nodes)) if float_nodes else None,
-        )
+        with _nncf_output_to_stderr():
+            model = quantizer.quantize(
+                model,
+                dataset,
+                preset=quantizer.QuantizationPreset.PERFORMANCE,
+                subset_size=len(images),
+                ignored_scope=quantizer.IgnoredScope(names=list(float_nodes)) if float_nodes else None,
+            )
         recipe.update(
             tool=f"nncf {quantizer.__version__}", preset="performance", float_nodes=list(float_nodes)
         )
@@ -174,21 +197,26 @@ def ir_manifest(xml: Path, started: float, device: dict[str, Any], **common: Any
     )
 
 
-def check_ir(xml: Path) -> BuildManifest | None:
-    """The manifest of ``xml`` after checking both files' hashes against it; None (logged) when there is none."""
+def check_ir(xml: Path, verify_hash: bool = True) -> BuildManifest | None:
+    """The manifest of ``xml`` after checking both files' hashes against it; None (logged) when there is none.
+
+    ``verify_hash=False`` reads the manifest but skips both hashes.
+    """
     if not manifest_path(xml).is_file():
         logger.warning(
             "%s has no sedeploy manifest: its files are not checked and it carries no metadata", xml
         )
         return None
     manifest = read_manifest(xml)
+    if not verify_hash:
+        return manifest
     manifest.check_artifact(xml)
     weights = xml.with_suffix(".bin")
     expected = (manifest.engine or {}).get("weights_sha256")
     if expected and (not weights.is_file() or sha256_of_file(weights) != expected):
         raise ManifestError(
             f"{weights} is missing or does not match the manifest of {xml.name}: the IR was changed after the "
-            "build; rebuild it"
+            "build; rebuild it, or pass verify_hash=False to load it unchecked"
         )
     return manifest
 
@@ -199,7 +227,7 @@ class OpenVinoRunner(Runner):
     ``hint``: ``latency`` (default; one stream, all cores on each call) or
     ``throughput`` (several streams; a batch is split across async infer requests).
     ``threads``: inference threads (default: OpenVINO's). The manifest beside the
-    IR is checked on load (hashes of ``.xml`` and ``.bin``) and supplies the
+    IR is checked on load (hashes of ``.xml`` and ``.bin``; ``verify_hash=False`` skips them) and supplies the
     metadata; concurrent callers each take their own infer request.
     """
 
@@ -212,6 +240,7 @@ class OpenVinoRunner(Runner):
         device: str | None = None,
         hint: str = "latency",
         threads: int | None = None,
+        verify_hash: bool = True,
     ) -> None:
         ov = openvino()
         self.model_path = Path(model_path)
@@ -224,7 +253,7 @@ class OpenVinoRunner(Runner):
             raise ConfigError(f"unknown OpenVINO hint {hint!r}; valid values: {', '.join(HINTS)}")
         if threads is not None and threads < 1:
             raise ConfigError(f"threads must be at least 1, got {threads}")
-        self.manifest = check_ir(self.model_path)
+        self.manifest = check_ir(self.model_path, verify_hash)
         self.precision = self.manifest.precision if self.manifest else "fp32"
         self.metadata: ModelMetadata | None = (
             ModelMetadata.from_dict(self.manifest.source_metadata, str(manifest_path(self.model_path)))

@@ -21,6 +21,7 @@ logic (profiles, manifest decisions, batch splitting) runs without them.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
@@ -39,7 +40,7 @@ from sedeploy import cuda_memory
 from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.errors import BadInputError, SedeployError
 from sedeploy.files import atomic_output, sha256_of_file
-from sedeploy.manifest import BuildManifest, ManifestError, manifest_path, read_manifest, write_manifest
+from sedeploy.manifest import BuildManifest, ManifestError, manifest_path, read_manifest, write_with_manifest
 from sedeploy.metadata import ModelMetadata, read_metadata
 from sedeploy.optional import import_optional
 
@@ -144,7 +145,7 @@ def version_tuple(version: str) -> tuple[int, ...]:
     for part in version.split("."):
         digits = ""
         for char in part:
-            if not char.isdigit():
+            if char not in "0123456789":  # not str.isdigit: it accepts "²", which int() refuses
                 break
             digits += char
         if not digits:
@@ -155,10 +156,10 @@ def version_tuple(version: str) -> tuple[int, ...]:
 
 def compute_capability_tuple(capability: str | Sequence[int]) -> tuple[int, int]:
     """``"8.6"`` or ``[8, 6]`` -> ``(8, 6)``."""
-    parts = capability.split(".") if isinstance(capability, str) else list(capability)
     try:
+        parts = capability.split(".") if isinstance(capability, str) else list(capability)
         major, minor = (int(part) for part in parts)
-    except ValueError:
+    except (TypeError, ValueError):  # a manifest's value may be any JSON
         raise ManifestError(
             f"compute capability {capability!r} is not MAJOR.MINOR; rebuild the engine"
         ) from None
@@ -631,8 +632,7 @@ def build_engine(
                     f"TensorRT {trt.__version__} could not build an engine from {onnx_path} "
                     "(its errors are in the log above); fix them or try a smaller --batch or larger --workspace"
                 )
-            with atomic_output(output_path) as temp_path:
-                temp_path.write_bytes(bytes(memoryview(serialized)))
+            engine_bytes = bytes(memoryview(serialized))  # written with its manifest below, as one unit
             if cache_path is not None:
                 _save_timing_cache(config, cache_path)
     finally:
@@ -644,7 +644,7 @@ def build_engine(
     seconds = time.perf_counter() - started
     manifest = BuildManifest(
         artifact=output_path.name,
-        artifact_sha256=sha256_of_file(output_path),
+        artifact_sha256=hashlib.sha256(engine_bytes).hexdigest(),
         artifact_format="tensorrt_plan",
         backend="tensorrt",
         backend_version=trt.__version__,
@@ -673,7 +673,7 @@ def build_engine(
         },
         build_seconds=round(seconds, 3),
     )
-    written = write_manifest(manifest, output_path)
+    written = write_with_manifest(output_path, engine_bytes, manifest)
     logger.info("wrote %s and %s in %.1f s", output_path, written, seconds)
     return EngineBuildResult(
         output_path, written, manifest, Path(timing_cache) if timing_cache else None, seconds
@@ -757,7 +757,9 @@ class TensorRTRunner(Runner):
     ``contexts`` execution contexts (each with its own stream and buffers) serve
     that many concurrent callers; more callers wait. ``cuda_graph=True`` captures
     one CUDA graph per batch size after its first run, and falls back to direct
-    launches where capture fails. ``device`` is the CUDA device index.
+    launches where capture fails. ``device`` is the CUDA device index. The manifest
+    is required; ``verify_hash=False`` skips hashing the engine against it (the
+    version and GPU checks still run).
     """
 
     backend = "tensorrt"
@@ -769,10 +771,8 @@ class TensorRTRunner(Runner):
         device: int = 0,
         contexts: int = 2,
         cuda_graph: bool = False,
+        verify_hash: bool = True,
     ) -> None:
-        _require_tensorrt()
-        import tensorrt as trt
-
         if contexts < 1:
             raise BadInputError(f"contexts must be at least 1, got {contexts}")
         self.engine_path = Path(engine_path)
@@ -780,8 +780,13 @@ class TensorRTRunner(Runner):
             raise BadInputError(
                 f"engine {self.engine_path} does not exist; build it with sedeploy build-engine"
             )
+        # The manifest is checked before TensorRT is needed: a wrong file is named as such on any machine.
         self.manifest = read_manifest(self.engine_path)
-        self.manifest.check_artifact(self.engine_path)
+        if verify_hash:  # hashing a large engine costs a read of the file; hot paths may skip it
+            self.manifest.check_artifact(self.engine_path)
+        _require_tensorrt()
+        import tensorrt as trt
+
         self.cuda_graph = cuda_graph
         self._pool: queue.Queue[_ExecutionSlot] = queue.Queue()
         self._pool_lock = threading.Lock()
@@ -802,6 +807,8 @@ class TensorRTRunner(Runner):
                 f"sedeploy build-engine MODEL.onnx --backend tensorrt"
             )
         self.provider = f"TensorRT {trt.__version__} on {gpu.name}"
+        self.gpu_name = gpu.name
+        """The CUDA device's name: bench looks its published peak up by it."""
         self.metadata = (
             ModelMetadata.from_dict(self.manifest.source_metadata, str(manifest_path(self.engine_path)))
             if self.manifest.source_metadata
@@ -892,18 +899,69 @@ class TensorRTRunner(Runner):
         if run_rows > len(rows):
             pinned[len(rows) :] = 0
         buffers.upload(self._input_name, run_rows)
+        self._prepare(slot, run_rows)
+        self._launch(slot, run_rows)
+        buffers.download(self._output_name, run_rows)
+
+    def _prepare(self, slot: _ExecutionSlot, run_rows: int) -> None:
+        """Set the context's input shape and tensor addresses for a run of ``run_rows`` (host side only)."""
         context = slot.context
         if not context.set_input_shape(self._input_name, (run_rows, *self.input_spec.shape[1:])):
             raise EngineRunError(f"the engine rejects a batch of {run_rows}")
-        for name, address in buffers.addresses().items():
+        for name, address in slot.buffers.addresses().items():
             context.set_tensor_address(name, address)
+
+    def _launch(self, slot: _ExecutionSlot, run_rows: int) -> None:
+        """Queue the engine alone on the slot's stream: its captured graph when there is one, else a direct run."""
+        stream = slot.buffers.stream
         graph = slot.graphs.get(run_rows) if slot.last_rows == run_rows else None
         if graph is not None:
-            graph.launch(buffers.stream)
-        elif not context.execute_async_v3(buffers.stream.handle):
+            graph.launch(stream)
+        elif not slot.context.execute_async_v3(stream.handle):
             raise EngineRunError(f"TensorRT failed to run a batch of {run_rows}; see the log")
         slot.last_rows = run_rows
-        buffers.download(self._output_name, run_rows)
+
+    def time_compute(self, batch: int, iterations: int, warmup: int = 2) -> list[float]:
+        """Seconds of GPU time per call of the engine alone at ``batch`` rows, from CUDA events.
+
+        Events are recorded on the runner's own stream just before and after the
+        engine launch (the chunks a call of ``batch`` rows runs); the input stays on
+        the GPU and nothing is copied back, so a call's end-to-end time minus this
+        is the host<->device copies and the host-side overhead.
+        """
+        if batch < 1 or iterations < 1 or warmup < 0:
+            raise BadInputError(
+                f"time_compute needs batch >= 1, iterations >= 1, warmup >= 0 (got {batch}, {iterations}, {warmup})"
+            )
+        chunks = plan_chunks(batch, self._min_batch, self._max_batch)
+        slot = self._acquire()
+        try:
+            with self._cuda:
+                buffers = slot.buffers
+                largest = max(chunk.run_rows for chunk in chunks)
+                buffers.host[self._input_name].rows(largest)[:] = 0
+                buffers.upload(self._input_name, largest)  # once, outside the timed span
+                start, end = cuda_memory.Event(), cuda_memory.Event()
+                try:
+                    seconds = []
+                    for index in range(warmup + iterations):
+                        total_ms = 0.0
+                        for chunk in chunks:
+                            self._prepare(slot, chunk.run_rows)
+                            start.record(buffers.stream)
+                            self._launch(slot, chunk.run_rows)
+                            end.record(buffers.stream)
+                            end.synchronize()
+                            total_ms += end.milliseconds_since(start)
+                            self._maybe_capture(slot, chunk.run_rows)
+                        if index >= warmup:
+                            seconds.append(total_ms / 1e3)
+                finally:
+                    start.free()
+                    end.free()
+        finally:
+            self._give_back(slot)
+        return seconds
 
     def _collect(self, slot: _ExecutionSlot, rows: int) -> np.ndarray:
         """Wait for the slot's stream and copy the first ``rows`` outputs out of pinned memory."""
