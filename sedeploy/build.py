@@ -271,6 +271,8 @@ def build_engine(
         if not_probed is None:
             return _build_auto_cpu(model_path, options, progress, started, backend_reason)
         backend_reason = f"{backend_reason}; {not_probed}"
+    if output is not None:
+        _check_output_suffix(Path(output), backend)
     logger.info("backend %s (%s)", backend, backend_reason)
     input_name = metadata.input_name if metadata else _input_name(proto)
     target = options.target or ("tensorrt" if backend == "tensorrt" or ort_backend.has_cuda() else "cpu")
@@ -352,6 +354,19 @@ def build_engine(
         fidelity=fidelity,
         calibration=calibration,
         seconds=time.perf_counter() - started,
+    )
+
+
+def _check_output_suffix(output: Path, backend: str) -> None:
+    """Refuse an ``-o`` whose suffix :func:`sedeploy.load` would open with another backend than the one building it."""
+    from sedeploy.runtime import artifact_backend
+
+    suffixes = {"onnxruntime": ".onnx", "tensorrt": ".engine", "openvino": ".xml"}
+    if output.suffix.lower() in (".onnx", ".engine", ".plan", ".xml") and artifact_backend(output) == backend:
+        return
+    raise ConfigError(
+        f"-o {output} is not a {backend} artifact name; end it with {suffixes[backend]} "
+        f"(or pick the backend with --backend)"
     )
 
 

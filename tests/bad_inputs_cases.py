@@ -544,6 +544,21 @@ CASES: list[Case] = [
         "choose a writable output path",
         "the ONNX file, the regular file in the way",
     ),
+    Case(
+        "build-output-wrong-suffix",
+        "build-engine",
+        lambda a, d: [
+            "build-engine",
+            str(copy(a.onnx, d)),
+            "--backend",
+            "onnxruntime",
+            "-o",
+            str(d / "model.xml"),
+        ],
+        2,
+        "end it with .onnx",
+        "the ONNX file",
+    ),
     # predict
     Case(
         "predict-artifact-missing",

@@ -23,7 +23,7 @@ SPIN = "session.intra_op.allow_spinning"
 def test_session_defaults_are_the_measured_ones() -> None:
     ort = ort_backend.onnxruntime()
     options = ort_backend.session_options()
-    assert options.get_session_config_entry(SPIN) == "0"
+    assert options.get_session_config_entry(SPIN) == "1"
     assert options.intra_op_num_threads == ort_backend.usable_cores()
     assert options.inter_op_num_threads == 1
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
@@ -35,10 +35,10 @@ def test_every_setting_can_be_overridden() -> None:
     options = ort_backend.session_options(
         3,
         "extended",
-        config={SPIN: "1", "session.dynamic_block_base": "4"},
+        config={SPIN: "0", "session.dynamic_block_base": "4"},
         execution_mode="parallel",
     )
-    assert options.get_session_config_entry(SPIN) == "1"
+    assert options.get_session_config_entry(SPIN) == "0"
     assert options.get_session_config_entry("session.dynamic_block_base") == "4"
     assert options.intra_op_num_threads == 3
     assert options.execution_mode == ort.ExecutionMode.ORT_PARALLEL
@@ -80,7 +80,7 @@ def test_runner_settings_reach_the_session_and_keep_the_logits(int8_model: Path,
     with sedeploy.load(
         int8_model,
         device="cpu",
-        session_config={SPIN: "1"},
+        session_config={SPIN: "0"},
         execution_mode="parallel",
         optimization_level="extended",
     ) as tuned:

@@ -79,10 +79,12 @@ def default_providers() -> list[str]:
 
 EXECUTION_MODES = ("sequential", "parallel")
 CPU_SESSION_CONFIG: dict[str, str] = {
-    # benchmarks/results/ort_settings.md, rows "spinning on" (ONNX Runtime's default): 0.50-0.72x of spinning
-    # off for INT8 at batch 1 and 8 in two runs on 2 shared cores; spinning threads also steal the cores from
-    # the next session in the process (the benchmark trap in FACTS.md) and from other processes.
-    "session.intra_op.allow_spinning": "0",
+    # ONNX Runtime's own default, kept on purpose: benchmarks/results/ort_settings.md, rows "spinning off",
+    # measured on a quiet machine: turning spinning off gives 0.88-0.95x for INT8 at batch 1 and 8 (0.91-0.99x
+    # FP32), in two runs. On a host whose cores other busy processes share, spinning workers fight them: there, runs under
+    # load measured spinning off at 1.4-2x, so pass session_config={"session.intra_op.allow_spinning": "0"}.
+    # bench is immune either way (it pauses between samples: benchmarks/results/bench_spin_check.md).
+    "session.intra_op.allow_spinning": "1",
 }
 """ONNX Runtime session config entries sedeploy sets by default; ``session_config=`` overrides each one."""
 
@@ -97,13 +99,14 @@ def session_options(
 ) -> Any:
     """Session options: sedeploy's measured defaults, each overridable (benchmarks/results/ort_settings.md).
 
+    Figures are SE-ResNet-50 INT8 at batch 1 / 8 against the default, two quiet runs.
     ``threads``: intra-op threads, default the cores this process may use (rows
-    "threads cores+1": one more thread lost 0.67-0.78x on INT8 at batch 1).
-    ``optimization_level``: default ``all`` (rows "level extended": 0.52-0.68x on
-    INT8; ``all`` adds the NHWC transform). ``config``: ONNX Runtime session config
-    entries over :data:`CPU_SESSION_CONFIG` (rows "dynamic block base 4": 0.72-1.09x,
+    "threads cores+1": 0.46-1.02x; with spinning workers an extra thread fights for a core).
+    ``optimization_level``: default ``all`` (rows "level extended": 0.60-0.66x;
+    ``all`` adds the NHWC transform). ``config``: ONNX Runtime session config
+    entries over :data:`CPU_SESSION_CONFIG` (rows "dynamic block base 4": 0.98-1.04x,
     so left unset). ``execution_mode``: ``sequential`` (rows "parallel mode":
-    0.70-1.03x on INT8; the network is a chain). One inter-op thread: concurrent
+    0.99-1.03x; the network is a chain). One inter-op thread: concurrent
     callers bring their own parallelism.
     """
     ort = onnxruntime()
