@@ -453,21 +453,23 @@ def _build_auto_cpu(
         "artifacts": {name: str(path) for name, path in runs.items()},
         "machine": report.machine["description"],
     }
-    for result in built.values():
-        for path, manifest in zip(result.artifacts, result.manifests, strict=True):
-            write_manifest(
-                replace(
-                    manifest, build_options={**manifest.build_options, "backend": "auto", "auto_probe": probe}
-                ),
-                path,
+    recorded: dict[str, tuple[BuildManifest, ...]] = {}
+    for name, result in built.items():
+        recorded[name] = tuple(
+            replace(
+                manifest, build_options={**manifest.build_options, "backend": "auto", "auto_probe": probe}
             )
+            for manifest in result.manifests
+        )
+        for path, manifest in zip(result.artifacts, recorded[name], strict=True):
+            write_manifest(manifest, path)
     chosen, other = built[winner], built[loser]
     return BuildResult(
         backend=winner,
         backend_reason=f"{decision}; {reason}",
         precision=options.precision,
         artifacts=chosen.artifacts + other.artifacts,
-        manifests=chosen.manifests + other.manifests,
+        manifests=recorded[winner] + recorded[loser],
         fidelity=chosen.fidelity,
         calibration=chosen.calibration,
         seconds=time.perf_counter() - started,
