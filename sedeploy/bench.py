@@ -390,6 +390,11 @@ class _Target:
     backend: str
     gmacs: float
     gpu_name: str | None = None
+    on_cpu: bool = True
+    """False for a runner on a GPU whose model is unknown (ONNX Runtime's CUDA provider): no roof, not the CPU's."""
+
+
+_GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
 def _open_target(
@@ -407,9 +412,9 @@ def _open_target(
         precision = detect_precision(path)
         runner = loader(path, threads=threads) if threads and _takes_threads(path) else loader(path)
     macs = runner.metadata.macs if runner.metadata is not None else 0
-    return _Target(
-        path, label, runner, precision, runner.backend, macs / 1e9, getattr(runner, "gpu_name", None)
-    )
+    gpu_name = getattr(runner, "gpu_name", None)
+    on_cpu = gpu_name is None and getattr(runner, "provider", None) not in _GPU_PROVIDERS
+    return _Target(path, label, runner, precision, runner.backend, macs / 1e9, gpu_name, on_cpu)
 
 
 def _takes_threads(path: str) -> bool:
@@ -583,7 +588,7 @@ def _profiles(
 
 
 def _roof_probes(targets: Sequence[_Target], threads: int | None, seconds: float) -> dict[str, float]:
-    kinds = sorted({"int8" if t.precision == "int8" else "fp32" for t in targets if t.gpu_name is None})
+    kinds = sorted({"int8" if t.precision == "int8" else "fp32" for t in targets if t.on_cpu})
     probes = {}
     for kind in kinds:
         probes[kind] = gemm_probe(kind, threads, seconds)
@@ -594,6 +599,8 @@ def _roof_probes(targets: Sequence[_Target], threads: int | None, seconds: float
 def _roof_for(target: _Target, probes: dict[str, float]) -> float | None:
     if target.gpu_name is not None:
         return gpu_peak_gflops(target.gpu_name, target.precision)
+    if not target.on_cpu:
+        return None
     return probes.get("int8" if target.precision == "int8" else "fp32")
 
 

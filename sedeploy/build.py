@@ -26,7 +26,7 @@ from sedeploy.backends import onnxruntime as ort_backend
 from sedeploy.compare import Comparison, compare_logits
 from sedeploy.data import CalibrationSet, load_image_set, preprocessing_for
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
-from sedeploy.files import check_writable, pause_for_tests, sha256_of_file, temp_path_beside
+from sedeploy.files import check_writable, folder_lock, pause_for_tests, sha256_of_file, temp_path_beside
 from sedeploy.manifest import (
     BuildManifest,
     commit_with_manifests,
@@ -320,7 +320,11 @@ def build_engine(
             from sedeploy.backends import tensorrt as trt_backend
 
             if staged_path is not None:
-                os.replace(staged_path, precision_path)  # TensorRT builds from the precision ONNX in place
+                # TensorRT builds from the precision ONNX in place. A manifest beside it from an earlier
+                # ONNX Runtime build describes other bytes now: it goes in the same locked step.
+                with folder_lock(precision_path.parent):
+                    os.replace(staged_path, precision_path)
+                    manifest_path(precision_path).unlink(missing_ok=True)
             engine_path = Path(output) if output else precision_path.with_suffix(".engine")
             legacy: dict[str, Any] = {}
             if options.implicit_int8:
@@ -462,7 +466,9 @@ def _build_auto_cpu(
             for manifest in result.manifests
         )
         for path, manifest in zip(result.artifacts, recorded[name], strict=True):
-            write_manifest(manifest, path)
+            with folder_lock(path.parent):  # only if no other build published this path since
+                if sha256_of_file(path) == manifest.artifact_sha256:
+                    write_manifest(manifest, path)
     chosen, other = built[winner], built[loser]
     return BuildResult(
         backend=winner,

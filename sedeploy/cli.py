@@ -32,7 +32,13 @@ from sedeploy.errors import SedeployError
 from sedeploy.export import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_onnx
 from sedeploy.files import check_writable, write_json_atomic
 from sedeploy.info import model_info
-from sedeploy.loadtest import DEFAULT_DURATION_S, DEFAULT_MAX_REQUESTS, loadtest, parse_concurrency
+from sedeploy.loadtest import (
+    DEFAULT_DURATION_S,
+    DEFAULT_MAX_REQUESTS,
+    DEFAULT_TOLERANCE,
+    loadtest,
+    parse_concurrency,
+)
 from sedeploy.predict import predict
 from sedeploy.quantize import CALIBRATION_METHODS, DEFAULT_PERCENTILE, FLAVOURS
 from sedeploy.serving import (
@@ -893,6 +899,13 @@ def serve_command(
     help="Requests per level at most.",
 )
 @click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Images per request.")
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_TOLERANCE,
+    show_default=True,
+    help="Largest difference from a request's answer alone that still counts as equal (GPU backends: 1e-3).",
+)
 @click.option("--metrics-url", help="Triton's metrics endpoint, used when the statistics API is restricted.")
 @click.option("--access-token", envvar="TRITON_ACCESS_TOKEN", help="Token for a restricted statistics API.")
 @click.option("--allow-remote", is_flag=True, help="Allow a server that is not on a loopback address.")
@@ -908,6 +921,7 @@ def loadtest_command(
     duration: float,
     max_requests: int,
     batch: int,
+    tolerance: float,
     metrics_url: str | None,
     access_token: str | None,
     allow_remote: bool,
@@ -923,6 +937,7 @@ def loadtest_command(
         duration_s=duration,
         max_requests=max_requests,
         batch=batch,
+        tolerance=tolerance,
         access_token=access_token,
         metrics_url=metrics_url,
         allow_remote=allow_remote,

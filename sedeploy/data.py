@@ -66,7 +66,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, BinaryIO, TypeVar
 
 import numpy as np
 import onnx
@@ -336,14 +336,19 @@ def max_pixels_limit(max_pixels: int | None = None) -> int:
     return value
 
 
-def load_image(path: str | os.PathLike[str], channels: int, max_pixels: int | None = None) -> Image.Image:
-    """Decode one image file as ``L`` (``channels == 1``) or ``RGB`` (``channels == 3``), upright.
+def load_image(
+    path: str | os.PathLike[str] | BinaryIO, channels: int, max_pixels: int | None = None
+) -> Image.Image:
+    """Decode one image (a path, or an open binary file such as ``io.BytesIO``) as ``L`` or ``RGB``, upright.
+
+    ``channels`` 1 gives ``L``, 3 gives ``RGB``.
 
     Raises :class:`ImageTooLargeError` when the header declares more than
     ``max_pixels`` pixels (nothing is decoded then) and :class:`UnreadableImageError`
     for anything else that stops the file from becoming an image.
     """
     _check_channels(channels)
+    name = path if isinstance(path, (str, os.PathLike)) else "image bytes"
     max_pixels = max_pixels_limit(max_pixels)
     try:
         # max_pixels is the policy: Pillow's own size warning would only print two stray lines. Opening reads
@@ -352,16 +357,16 @@ def load_image(path: str | os.PathLike[str], channels: int, max_pixels: int | No
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             handle = Image.open(path)
     except Image.DecompressionBombError as error:
-        raise ImageTooLargeError(path, f"too large ({error})", "shrink the image") from None
+        raise ImageTooLargeError(name, f"too large ({error})", "shrink the image") from None
     except Exception as error:
         raise UnreadableImageError(
-            path, f"not a readable image ({type(error).__name__}: {error})", "replace or remove the file"
+            name, f"not a readable image ({type(error).__name__}: {error})", "replace or remove the file"
         ) from None
     with handle:
         width, height = handle.size
         if width * height > max_pixels:
             raise ImageTooLargeError(
-                path,
+                name,
                 f"too large ({width}x{height} = {width * height} pixels, more than max_pixels={max_pixels})",
                 f"shrink the image or raise the pixel limit ({MAX_PIXELS_ENV})",
             )
@@ -373,7 +378,7 @@ def load_image(path: str | os.PathLike[str], channels: int, max_pixels: int | No
             return to_channels(upright, channels)
         except Exception as error:
             raise UnreadableImageError(
-                path,
+                name,
                 f"corrupt, truncated or unsupported image ({type(error).__name__}: {error})",
                 "replace or remove the file",
             ) from None

@@ -69,6 +69,8 @@ DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_TOP_K = 5
+DEFAULT_MAX_IMAGES_PER_REQUEST = 64
+"""Image endpoint cap when the artifact names no max batch: one request cannot make the server decode without end."""
 IMAGE_MODEL_SUFFIX = "_images"
 """The image endpoint of model ``NAME`` is ``NAME_images``."""
 IMAGE_INPUT = "image"
@@ -261,25 +263,31 @@ def _tensor_infer(runner: Runner, model: ServedModel) -> Callable[..., dict[str,
     return infer
 
 
-def _decode(data: bytes, index: int) -> Any:
-    """One encoded image as a PIL image; a :class:`BadInputError` naming the image if it is not one."""
-    from PIL import Image
+def _decode(data: bytes, index: int, channels: int) -> Any:
+    """One encoded image through the shared loader (pixel limit, EXIF rotation, odd modes), as a PIL image.
+
+    A :class:`BadInputError` naming the image if it is not one or is over the pixel limit.
+    """
+    from sedeploy.data import BadImageError, load_image
 
     try:
-        image = Image.open(io.BytesIO(data))
-        image.load()
-    except Exception as error:
+        return load_image(io.BytesIO(data), channels)
+    except BadImageError as error:
         raise BadInputError(
-            f"image {index} ({len(data)} bytes) is not a decodable image ({type(error).__name__}); "
-            "send the file's bytes (PNG, JPEG, ...)"
+            f"image {index} ({len(data)} bytes): {error.reason}; send the file's bytes (PNG, JPEG, ...)"
         ) from None
-    return image
 
 
 def _image_infer(
     runner: Runner, labels: Sequence[str] | None, top_k: int
 ) -> Callable[[list[Any]], list[Any]]:
-    """The image endpoint's callable: per request, decode, preprocess with the artifact's own settings, classify."""
+    """The image endpoint's callable: per request, decode, preprocess with the artifact's own settings, classify.
+
+    A request may hold up to the model's max batch of images, so one request cannot make the server decode
+    an unbounded number of them.
+    """
+    channels = runner.metadata.in_chans if runner.metadata is not None else 3
+    max_images = runner.input_spec.max_batch or DEFAULT_MAX_IMAGES_PER_REQUEST
 
     def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
         responses = []
@@ -292,7 +300,11 @@ def _image_infer(
                 k = int(np.asarray(request[TOP_K_INPUT]).reshape(-1)[0])
                 if k < 1:
                     raise BadInputError(f"top_k must be at least 1, got {k}")
-            images = [_decode(bytes(item), index) for index, item in enumerate(encoded)]
+            if encoded.size > max_images:
+                raise BadInputError(
+                    f"the request holds {encoded.size} images; send at most {max_images} per request"
+                )
+            images = [_decode(bytes(item), index, channels) for index, item in enumerate(encoded)]
             classes = classify_logits(runner(runner.preprocess(images)), k, labels)
             responses.append(
                 {

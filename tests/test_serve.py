@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from bad_inputs_cases import png_header_only
 from click.testing import CliRunner
 from digits import TrainedDigits
 from PIL import Image
@@ -198,7 +199,7 @@ def test_bad_requests_fail_alone(server: Server, trained_digits: TrainedDigits, 
 
 
 def test_image_endpoint_preprocesses_on_the_server(
-    server: Server, artifacts: dict[str, Path], trained_digits: TrainedDigits
+    server: Server, artifacts: dict[str, Path], trained_digits: TrainedDigits, tmp_path: Path
 ) -> None:
     client = _client(server, "http")
     folder = trained_digits.test_dir
@@ -217,7 +218,15 @@ def test_image_endpoint_preprocesses_on_the_server(
 
     _expect_error(
         lambda: _classify_request(client, "digits_fp32_images", [files[0].read_bytes(), b"\x89PNG broken"]),
-        r"image 1 \(11 bytes\) is not a decodable image",
+        r"image 1 \(11 bytes\): not a readable image",
+    )
+    # The server decodes through the shared loader: an image over the pixel limit is refused before decoding,
+    # and one request cannot hold more images than the model's max batch.
+    bomb = png_header_only(tmp_path / "bomb.png", 9000, 9000).read_bytes()
+    _expect_error(lambda: _classify_request(client, "digits_fp32_images", [bomb]), r"image 0 .*too large")
+    _expect_error(
+        lambda: _classify_request(client, "digits_fp32_images", [files[0].read_bytes()] * 33),
+        "send at most 32 per request",
     )
     # An empty request fails inside PyTriton's own serializer (its message is PyTriton's), but only that request.
     _expect_error(lambda: _classify_request(client, "digits_fp32_images", []), "digits_fp32_images")
@@ -380,3 +389,18 @@ def test_sigterm_under_load_stops_everything(artifacts: dict[str, Path]) -> None
     assert elapsed < 15
     assert "stopped (SIGTERM)" in (process.stderr.read() if process.stderr else "")
     assert not [pid for pid in children if _running(pid)], children
+
+
+def test_loadtest_tolerance_and_a_statistics_source_that_changes_mid_level() -> None:
+    from sedeploy.loadtest import _BatchCounter, _Tally
+
+    strict, loose = _Tally(), _Tally(tolerance=1e-3)
+    for tally in (strict, loose):
+        tally.answered(0.01, 5e-4)  # e.g. a GPU kernel chosen for another batch size
+    assert (strict.mismatches, loose.mismatches) == (1, 0)
+    counter = _BatchCounter.__new__(_BatchCounter)
+    # statistics before the level, metrics after it (the statistics API refused the second read)
+    assert counter.difference({1: 3}, (10.0, 4.0)) == (None, None)
+    assert counter.difference({1: 3}, {1: 5, 4: 2}) == ({1: 2, 4: 2}, 2.5)  # 2 runs of 1 and 2 of 4
+    with pytest.raises(ConfigError, match="--tolerance"):
+        loadtest("http://127.0.0.1:9", "m", tolerance=-1.0)

@@ -40,7 +40,14 @@ from sedeploy import cuda_memory
 from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.errors import BadInputError, SedeployError
 from sedeploy.files import atomic_output, sha256_of_file
-from sedeploy.manifest import BuildManifest, ManifestError, manifest_path, read_manifest, write_with_manifest
+from sedeploy.manifest import (
+    BuildManifest,
+    ManifestError,
+    checked_manifest,
+    manifest_path,
+    read_manifest,
+    write_with_manifest,
+)
 from sedeploy.metadata import ModelMetadata, read_metadata
 from sedeploy.optional import import_optional
 
@@ -781,9 +788,10 @@ class TensorRTRunner(Runner):
                 f"engine {self.engine_path} does not exist; build it with sedeploy build-engine"
             )
         # The manifest is checked before TensorRT is needed: a wrong file is named as such on any machine.
-        self.manifest = read_manifest(self.engine_path)
-        if verify_hash:  # hashing a large engine costs a read of the file; hot paths may skip it
-            self.manifest.check_artifact(self.engine_path)
+        # verify_hash=False: hashing a large engine costs a read of the file; hot paths may skip it.
+        manifest = checked_manifest(self.engine_path, verify_hash=verify_hash, required=True)
+        assert manifest is not None  # required=True raises instead of returning None
+        self.manifest = manifest
         _require_tensorrt()
         import tensorrt as trt
 
