@@ -680,7 +680,7 @@ def _thresholds_help(field: str, unit: str) -> str:
 )
 @click.option(
     "--data",
-    type=click.Path(exists=True),
+    type=click.Path(),
     help="Image folder (class sub-folders give labels) or .npy of preprocessed inputs (default: synthetic).",
 )
 @click.option(

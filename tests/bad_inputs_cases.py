@@ -786,6 +786,14 @@ CASES: list[Case] = [
         "the artifact, its manifest, its source ONNX, the folder's files",
     ),
     Case(
+        "verify-data-missing",
+        "verify",
+        lambda a, d: ["verify", str(_verify_pair(a, d)), "--data", str(d / "no-such-folder")],
+        1,
+        "does not exist",
+        "the artifact, its manifest, its source ONNX",
+    ),
+    Case(
         "verify-json-output-unwritable",
         "verify",
         lambda a, d: [
