@@ -30,6 +30,7 @@ from sedeploy.files import check_writable, folder_lock, pause_for_tests, sha256_
 from sedeploy.manifest import (
     BuildManifest,
     commit_with_manifests,
+    cpu_features,
     describe_host,
     manifest_path,
     write_manifest,
@@ -647,7 +648,7 @@ def _publish_onnxruntime(
     build's manifest.
     """
     providers = ort_backend.default_providers()
-    device = {"description": describe_host(), "providers": providers}
+    device = {"description": describe_host(), "providers": providers, "cpu_features": cpu_features()}
     artifacts: list[Path] = []
     manifests: list[BuildManifest] = []
     staged: list[tuple[Path, Path]] = []

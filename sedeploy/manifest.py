@@ -66,6 +66,27 @@ def describe_host() -> str:
     )
 
 
+CPU_FEATURES = (
+    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
+    "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm", "bf16",
+)  # fmt: skip
+"""The CPU instruction-set flags that decide which kernels (and blocked layouts) a CPU runtime picks."""
+
+
+def cpu_features() -> list[str]:
+    """This CPU's :data:`CPU_FEATURES` flags from ``/proc/cpuinfo`` (sorted); empty where that cannot be read."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return []
+    flags: set[str] = set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            flags.update(value.split())
+    return sorted(flags.intersection(CPU_FEATURES))
+
+
 @dataclass(frozen=True)
 class BuildManifest:
     """What an artifact is and how it was built.

@@ -129,3 +129,26 @@ def test_auto_without_openvino_stays_on_onnxruntime_and_says_why(  # type: ignor
     assert result.backend == "onnxruntime" and result.probe is None
     assert "OpenVINO not probed: not installed (pip install 'sedeploy[openvino]')" in result.backend_reason
     assert [path.name for path in result.artifacts] == ["digits.ort.onnx"]
+
+
+def test_an_optimized_graph_is_refused_on_a_cpu_with_other_instruction_sets(
+    int8_model: Path, tmp_path: Path
+) -> None:
+    """Level ``all`` bakes the build CPU's blocked layouts into ``.ort.onnx``; another kind of CPU must rebuild."""
+    import json
+
+    from sedeploy.manifest import ManifestError, cpu_features, manifest_path
+
+    optimized = int8_model.with_name(int8_model.stem + ".ort.onnx")
+    manifest = json.loads(manifest_path(optimized).read_text())
+    assert manifest["device"]["cpu_features"] == cpu_features()
+    sedeploy.load(optimized, device="cpu").close()  # built here: loads
+
+    moved = tmp_path / optimized.name
+    shutil.copy(optimized, moved)
+    manifest["device"]["cpu_features"] = ["avx2", "fma"]  # as if built on an AVX2-only CPU
+    manifest_path(moved).write_text(json.dumps(manifest))
+    with pytest.raises(
+        ManifestError, match=r"optimized by ONNX Runtime for a CPU with avx2 fma; .* rebuild it here"
+    ):
+        sedeploy.load(moved, device="cpu")

@@ -27,7 +27,7 @@ import numpy as np
 from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import atomic_output
-from sedeploy.manifest import checked_manifest, manifest_path
+from sedeploy.manifest import BuildManifest, ManifestError, checked_manifest, cpu_features, manifest_path
 from sedeploy.metadata import PREFIX, ModelMetadata
 from sedeploy.optional import import_optional
 
@@ -301,6 +301,7 @@ class OnnxRuntimeRunner(Runner):
         self._split_sessions: list[Any] = []
         self._pool: ThreadPoolExecutor | None = None
         self.manifest = checked_manifest(self.model_path, verify_hash=verify_hash)
+        _check_optimized_for_this_cpu(self.model_path, self.manifest)
         requested, self._device_id = (list(providers), 0) if providers else providers_for(device)
         if optimization_level is None:
             optimization_level = self._default_optimization_level(requested)
@@ -430,6 +431,25 @@ class OnnxRuntimeRunner(Runner):
         if self._pool is not None:
             self._pool.shutdown(wait=True)
             self._pool = None
+
+
+def _check_optimized_for_this_cpu(path: Path, manifest: BuildManifest | None) -> None:
+    """Refuse a graph ONNX Runtime optimized at level ``all`` on a CPU with other instruction sets.
+
+    Level ``all`` bakes the build machine's blocked layouts (NCHWc block size follows AVX2 / AVX-512) into
+    the saved graph, so it is specific to that kind of CPU. Manifests without ``cpu_features`` are not checked.
+    """
+    if manifest is None or manifest.device.get("optimization_level") != "all":
+        return
+    built_on = manifest.device.get("cpu_features")
+    if not isinstance(built_on, list) or not built_on or not all(isinstance(flag, str) for flag in built_on):
+        return
+    here = cpu_features()
+    if here and sorted(built_on) != here:
+        raise ManifestError(
+            f"{path} was optimized by ONNX Runtime for a CPU with {' '.join(sorted(built_on))}; this CPU has "
+            f"{' '.join(here)}; rebuild it here with sedeploy build-engine, or load the portable source ONNX"
+        )
 
 
 def _spec(node: Any, max_batch: int | None) -> TensorSpec:
