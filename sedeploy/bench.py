@@ -39,6 +39,7 @@ from sedeploy.backends.base import Runner
 from sedeploy.backends.onnxruntime import usable_cores
 from sedeploy.errors import ConfigError
 from sedeploy.files import atomic_output, write_json_atomic
+from sedeploy.manifest import cpu_features
 from sedeploy.optional import import_optional
 
 logger = logging.getLogger(__name__)
@@ -276,20 +277,23 @@ class BenchReport:
         return self.to_markdown()
 
 
+REPORTED_CPU_FEATURES = frozenset(
+    {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "avx_vnni"}
+)
+"""The instruction sets a report names: the ones that decide FP32, INT8 and BF16 kernel speed."""
+
+
 def describe_machine() -> dict[str, Any]:
     """CPU model, cores, instruction sets and library versions, for reports."""
-    cpu_model, flags = platform.processor() or platform.machine(), set()
+    cpu_model = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and cpu_model in ("", platform.machine(), platform.processor()):
+            if line.startswith("model name"):
                 cpu_model = line.split(":", 1)[1].strip()
-            if line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
+                break
     except OSError:
         pass
-    interesting = sorted(
-        flags & {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "avx_vnni"}
-    )
+    interesting = [flag for flag in cpu_features() if flag in REPORTED_CPU_FEATURES]
     versions = {"sedeploy": __version__, "python": platform.python_version(), "numpy": np.__version__}
     for distribution in ("onnxruntime", "onnxruntime-gpu", "torch", "openvino", "nncf", "tensorrt", "pycuda"):
         try:  # the installed distribution's version, without importing it

@@ -648,7 +648,7 @@ def _publish_onnxruntime(
     build's manifest.
     """
     providers = ort_backend.default_providers()
-    device = {"description": describe_host(), "providers": providers, "cpu_features": cpu_features()}
+    device = {"description": describe_host(), "providers": providers, "cpu_features": list(cpu_features())}
     artifacts: list[Path] = []
     manifests: list[BuildManifest] = []
     staged: list[tuple[Path, Path]] = []

@@ -10,6 +10,7 @@ runs. It lives at ``<artifact file name>.manifest.json`` (``model.engine`` ->
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import platform
@@ -73,18 +74,22 @@ CPU_FEATURES = (
 """The CPU instruction-set flags that decide which kernels (and blocked layouts) a CPU runtime picks."""
 
 
-def cpu_features() -> list[str]:
-    """This CPU's :data:`CPU_FEATURES` flags from ``/proc/cpuinfo`` (sorted); empty where that cannot be read."""
+@functools.cache
+def cpu_features() -> tuple[str, ...]:
+    """This CPU's :data:`CPU_FEATURES` flags from ``/proc/cpuinfo`` (sorted); empty where that cannot be read.
+
+    Read once per process: every optimized-graph load compares against it.
+    """
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return []
+        return ()
     flags: set[str] = set()
     for line in text.splitlines():
         key, _, value = line.partition(":")
         if key.strip() in ("flags", "Features"):
             flags.update(value.split())
-    return sorted(flags.intersection(CPU_FEATURES))
+    return tuple(sorted(flags.intersection(CPU_FEATURES)))
 
 
 @dataclass(frozen=True)

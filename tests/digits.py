@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 import sedeploy
+from sedeploy.build import BuildOptions
 from sedeploy.data import load_image_set
 from sedeploy.export import export_onnx
 from sedeploy.metadata import Preprocessing
@@ -88,3 +89,9 @@ def train_digits(root: Path, epochs: int = 4, seed: int = 0) -> TrainedDigits:
         test_labels=test.labels,
         torch_accuracy=accuracy,
     )
+
+
+def cpu_int8_options(calib_dir: Path, **extra: object) -> BuildOptions:
+    """INT8 (cpu flavour) for ONNX Runtime calibrated on ``calib_dir``: the build most tests start from."""
+    settings: dict = {"precision": "int8", "backend": "onnxruntime", "target": "cpu", **extra}
+    return BuildOptions(calib_dir=calib_dir, **settings)

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from digits import cpu_int8_options
 from PIL import Image
 
 from sedeploy.build import BuildOptions, build_engine
@@ -32,14 +33,7 @@ def workdir(trained_digits, tmp_path: Path) -> tuple[Path, Path]:  # type: ignor
 
 
 def _int8(calib: Path, **extra: object) -> BuildOptions:
-    settings: dict = {
-        "precision": "int8",
-        "backend": "onnxruntime",
-        "target": "cpu",
-        "calib_size": 64,
-        **extra,
-    }
-    return BuildOptions(calib_dir=calib, **settings)
+    return cpu_int8_options(calib, **{"calib_size": 64, **extra})
 
 
 def test_manifest_describes_each_artifact(workdir: tuple[Path, Path]) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from digits import cpu_int8_options
 from onnx import numpy_helper
 
 import sedeploy
@@ -96,14 +97,7 @@ def test_openvino_ir_checks_both_files_unless_verify_hash_is_false(built: tuple[
 
 
 def _int8_options(calib: Path, **extra: object) -> BuildOptions:
-    settings: dict = {
-        "precision": "int8",
-        "backend": "onnxruntime",
-        "target": "cpu",
-        "calib_size": 32,
-        **extra,
-    }
-    return BuildOptions(calib_dir=calib, **settings)
+    return cpu_int8_options(calib, **{"calib_size": 32, **extra})
 
 
 def test_calibration_cache_is_not_reused_for_another_model(built: tuple[Path, Path, Path]) -> None:

@@ -19,8 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
+from digits import cpu_int8_options
 
-from sedeploy.build import BuildOptions, build_engine
+from sedeploy.build import build_engine
 from sedeploy.files import commit_files, sha256_of_file, temp_path_beside
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -110,14 +111,7 @@ def previous_int8_build(trained_digits, tmp_path: Path) -> Path:  # type: ignore
     model = tmp_path / "model" / "digits.onnx"
     model.parent.mkdir()
     shutil.copy(trained_digits.onnx_path, model)
-    options = BuildOptions(
-        precision="int8",
-        backend="onnxruntime",
-        target="cpu",
-        calib_dir=trained_digits.calib_dir,
-        calib_size=32,
-    )
-    build_engine(model, options)
+    build_engine(model, cpu_int8_options(trained_digits.calib_dir, calib_size=32))
     return model
 
 

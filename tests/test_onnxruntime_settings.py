@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from digits import cpu_int8_options
 
 import sedeploy
 from sedeploy.backends import onnxruntime as ort_backend
@@ -63,14 +64,7 @@ def int8_model(trained_digits, tmp_path_factory: pytest.TempPathFactory) -> Path
     folder = tmp_path_factory.mktemp("ort-settings")
     model = folder / "digits.onnx"
     shutil.copy(trained_digits.onnx_path, model)
-    options = BuildOptions(
-        precision="int8",
-        backend="onnxruntime",
-        target="cpu",
-        calib_dir=trained_digits.calib_dir,
-        calib_size=64,
-    )
-    return build_engine(model, options).artifacts[0]
+    return build_engine(model, cpu_int8_options(trained_digits.calib_dir, calib_size=64)).artifacts[0]
 
 
 def test_runner_settings_reach_the_session_and_keep_the_logits(int8_model: Path, trained_digits) -> None:  # type: ignore[no-untyped-def]
@@ -141,7 +135,7 @@ def test_an_optimized_graph_is_refused_on_a_cpu_with_other_instruction_sets(
 
     optimized = int8_model.with_name(int8_model.stem + ".ort.onnx")
     manifest = json.loads(manifest_path(optimized).read_text())
-    assert manifest["device"]["cpu_features"] == cpu_features()
+    assert manifest["device"]["cpu_features"] == list(cpu_features())
     sedeploy.load(optimized, device="cpu").close()  # built here: loads
 
     moved = tmp_path / optimized.name

@@ -445,7 +445,7 @@ def _check_optimized_for_this_cpu(path: Path, manifest: BuildManifest | None) ->
     if not isinstance(built_on, list) or not built_on or not all(isinstance(flag, str) for flag in built_on):
         return
     here = cpu_features()
-    if here and sorted(built_on) != here:
+    if here and tuple(sorted(built_on)) != here:
         raise ManifestError(
             f"{path} was optimized by ONNX Runtime for a CPU with {' '.join(sorted(built_on))}; this CPU has "
             f"{' '.join(here)}; rebuild it here with sedeploy build-engine, or load the portable source ONNX"
