@@ -37,7 +37,7 @@ from sedeploy.backends.base import Runner
 from sedeploy.bench import BenchReport, bench
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.export import export_onnx
-from sedeploy.quantize import find_se_blocks
+from sedeploy.graphs.se_blocks import find_se_blocks
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -67,7 +67,7 @@ def synthetic_images(folder: Path, count: int, size: int = 256, seed: int = 0) -
 def squeeze_as_reduce_mean(source: Path, output: Path) -> int:
     """Undo the SE rewrite: each SE block's ``GlobalAveragePool`` back to ``ReduceMean`` over H, W (keepdims).
 
-    The file the exporter wrote before :mod:`sedeploy.rewrite` existed, for the before/after profile.
+    The file the exporter wrote before :mod:`sedeploy.graphs.rewrite` existed, for the before/after profile.
     """
     model = onnx.load(str(source))
     axes_name = "sedeploy_bench_hw_axes"
@@ -171,9 +171,10 @@ def prepare(work: Path = WORK, rebuild: bool = False, openvino: bool = True) -> 
 
 def build_ir_float_se(source: Path, calib: Path, xml: Path) -> Path:
     """OpenVINO INT8 with every SE block (squeeze, both FCs, gate, scale) left in float by NNCF's ignored scope."""
+    from sedeploy.artifacts.manifest import write_manifest
     from sedeploy.backends import openvino as ov_backend
     from sedeploy.build import _calibration_set  # the calibration set exactly as build-engine reads it
-    from sedeploy.manifest import describe_host, write_manifest
+    from sedeploy.host import describe_host
 
     started = time.perf_counter()
     proto = onnx.load(str(source), load_external_data=False)

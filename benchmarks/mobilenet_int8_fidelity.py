@@ -15,10 +15,10 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from sedeploy.bench import describe_machine
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.export import export_onnx
-from sedeploy.quantize import CALIBRATION_METHODS, FLAVOURS
+from sedeploy.host import describe_machine
+from sedeploy.precision.quantize import CALIBRATION_METHODS, FLAVOURS
 from sedeploy.train import TrainConfig, train, write_digits_imagefolder
 from sedeploy.verify import verify
 

@@ -22,6 +22,7 @@ from typing import Any
 from edge_cpu import RESULTS, WORK, bench_variants, prepare
 
 from sedeploy.backends import onnxruntime as ort_backend
+from sedeploy.host import usable_cores
 
 SPIN = "session.intra_op.allow_spinning"
 
@@ -33,7 +34,7 @@ SETTINGS: dict[str, tuple[str, dict[str, Any]]] = {
         "graph optimization level extended instead of all",
         {"optimization_level": "extended"},
     ),
-    "threads cores+1": ("intra-op threads = usable cores + 1", {"threads": ort_backend.usable_cores() + 1}),
+    "threads cores+1": ("intra-op threads = usable cores + 1", {"threads": usable_cores() + 1}),
     "parallel mode": ("execution_mode parallel", {"execution_mode": "parallel"}),
     "dynamic block base 4": (
         "session.dynamic_block_base=4",
@@ -72,7 +73,7 @@ def main() -> None:
         f"{args.rounds} interleaved rounds x {args.seconds:g} s per row and batch, all rows in one run. "
         f"Command: `python benchmarks/ort_settings.py --seconds {args.seconds:g} --rounds {args.rounds}`.",
         "Default = sedeploy's `session_options()`: level all, intra-op threads = usable cores "
-        f"({ort_backend.usable_cores()}), sequential, spinning on (ONNX Runtime's default). Each row changes one thing; ratio to the "
+        f"({usable_cores()}), sequential, spinning on (ONNX Runtime's default). Each row changes one thing; ratio to the "
         "default row of the same precision and batch.",
         "",
         "| precision | setting | change | batch 1 img/s | vs default | batch 8 img/s | vs default |",

@@ -5,7 +5,7 @@ Usage: python benchmarks/serve_loadtest.py [--duration 8] [--out benchmarks/resu
 Builds the FP32 ONNX and the CPU INT8 ONNX of models/digits_se_resnet with the
 library (``export_onnx``, ``build_engine``) into benchmarks/.work/serve/ (git-ignored),
 serves both from one server (models ``digits_fp32`` and ``digits_int8``) with the
-default dynamic batcher, and runs ``sedeploy.loadtest.loadtest`` at concurrency 1, 4
+default dynamic batcher, and runs ``sedeploy.serving.loadtest.loadtest`` at concurrency 1, 4
 and 16 (one image per request) against each, over HTTP. Writes the table and the
 machine's description to ``--out`` (Markdown) and the same with every figure as
 JSON beside it.
@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 import sedeploy
-from sedeploy.bench import describe_machine
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.demo import find_example
 from sedeploy.export import export_onnx
 from sedeploy.files import write_json_atomic
-from sedeploy.loadtest import LoadtestReport, loadtest
-from sedeploy.serving import serve
+from sedeploy.host import describe_machine
+from sedeploy.serving.loadtest import LoadtestReport, loadtest
+from sedeploy.serving.server import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "benchmarks" / ".work" / "serve"

@@ -25,11 +25,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sedeploy.checkpoint import build_model
+from sedeploy.artifacts.metadata import Preprocessing
 from sedeploy.data import load_image_set
 from sedeploy.info import model_info
-from sedeploy.metadata import Preprocessing
-from sedeploy.registry import model_defaults
+from sedeploy.models.checkpoint import build_model
+from sedeploy.models.registry import model_defaults
 from sedeploy.train import (
     CHECKPOINT_NAME,
     CURVES_NAME,

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-__version__ = "0.1.0"  # first: submodules (manifest) read it while the package imports
-
-from sedeploy.checkpoint import save_checkpoint
-from sedeploy.complexity import Complexity, estimate_complexity
+from sedeploy._version import __version__
+from sedeploy.artifacts.metadata import ModelMetadata, read_metadata
 from sedeploy.errors import (
     BadInputError,
     ConfigError,
@@ -17,10 +15,11 @@ from sedeploy.errors import (
     WeightsMismatchError,
 )
 from sedeploy.export import ExportResult, export_onnx
-from sedeploy.metadata import ModelMetadata, read_metadata
-from sedeploy.registry import ModelDefaults, create_model, list_models
+from sedeploy.models.checkpoint import save_checkpoint
+from sedeploy.models.complexity import Complexity, estimate_complexity
+from sedeploy.models.registry import ModelDefaults, create_model, list_models
 from sedeploy.runtime import load
-from sedeploy.serving import serve
+from sedeploy.serving.server import serve
 
 __all__ = [
     "BadInputError",

@@ -2,7 +2,7 @@
 
 Per artifact and batch size: images/s, latency mean/p50/p90/p99, the model's
 GMACs and GFLOPs per image (from its ONNX metadata, i.e. the one estimator in
-:mod:`sedeploy.complexity`), achieved GFLOP/s and the share of the device's roof.
+:mod:`sedeploy.models.complexity`), achieved GFLOP/s and the share of the device's roof.
 On CPUs the roof is measured in the same run by a short ONNX Runtime GEMM probe
 in the artifact's precision (FP32 GEMM; u8 x s8 integer GEMM for INT8), before
 and after the timings, keeping the higher figure; on
@@ -19,10 +19,8 @@ where TensorRT and a GPU are present) and benches them against PyTorch eager.
 
 from __future__ import annotations
 
-import importlib.metadata
 import logging
 import os
-import platform
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -34,12 +32,12 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from sedeploy import __version__
+from sedeploy._version import __version__
+from sedeploy.artifacts.naming import artifact_path
 from sedeploy.backends.base import Runner
-from sedeploy.backends.onnxruntime import usable_cores
 from sedeploy.errors import ConfigError
 from sedeploy.files import atomic_output, write_json_atomic
-from sedeploy.manifest import cpu_features
+from sedeploy.host import describe_machine, usable_cores
 from sedeploy.optional import import_optional
 
 logger = logging.getLogger(__name__)
@@ -277,40 +275,6 @@ class BenchReport:
         return self.to_markdown()
 
 
-REPORTED_CPU_FEATURES = frozenset(
-    {"avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_int8", "amx_bf16", "avx_vnni"}
-)
-"""The instruction sets a report names: the ones that decide FP32, INT8 and BF16 kernel speed."""
-
-
-def describe_machine() -> dict[str, Any]:
-    """CPU model, cores, instruction sets and library versions, for reports."""
-    cpu_model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    interesting = [flag for flag in cpu_features() if flag in REPORTED_CPU_FEATURES]
-    versions = {"sedeploy": __version__, "python": platform.python_version(), "numpy": np.__version__}
-    for distribution in ("onnxruntime", "onnxruntime-gpu", "torch", "openvino", "nncf", "tensorrt", "pycuda"):
-        try:  # the installed distribution's version, without importing it
-            versions[distribution] = importlib.metadata.version(distribution)
-        except importlib.metadata.PackageNotFoundError:
-            continue
-    cores = os.cpu_count() or 1
-    return {
-        "description": f"{cpu_model}, {cores} cores, {platform.system()} {platform.machine()}"
-        + (f", {' '.join(interesting)}" if interesting else ""),
-        "cpu": cpu_model,
-        "cores": cores,
-        "instruction_sets": interesting,
-        "versions": versions,
-    }
-
-
 def _gemm_model(kind: str, size: int) -> onnx.ModelProto:
     if kind == "int8":
         a = helper.make_tensor_value_info("a", TensorProto.UINT8, [size, size])
@@ -404,7 +368,9 @@ _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 def _open_target(
     artifact: str | os.PathLike[str] | Candidate, loader: Callable[..., Runner], threads: int | None
 ) -> _Target:
-    from sedeploy.verify import detect_precision  # the one precision rule: manifest, else the graph
+    from sedeploy.artifacts.precision import (
+        detect_precision,  # the one precision rule: manifest, else the graph
+    )
 
     if isinstance(artifact, Candidate):
         runner = artifact.open(threads)
@@ -422,7 +388,7 @@ def _open_target(
 
 
 def _takes_threads(path: str) -> bool:
-    from sedeploy.runtime import artifact_backend
+    from sedeploy.artifacts.naming import artifact_backend
 
     return artifact_backend(path) in ("onnxruntime", "openvino")
 
@@ -675,7 +641,7 @@ class CompareBuild:
 
     @property
     def name(self) -> str:
-        from sedeploy.quantize import precision_suffix
+        from sedeploy.artifacts.naming import precision_suffix
 
         return f"{self.backend} {precision_suffix(self.precision, self.flavour)}"
 
@@ -707,19 +673,6 @@ _ONNX_RECIPE_OPTIONS = frozenset({"calib_method", "percentile", "quantize_se", "
 """Build options that shape the ONNX Q/DQ recipe, which OpenVINO's NNCF build refuses."""
 
 
-def expected_artifact(model_path: Path, backend: str, precision: str, flavour: str | None) -> Path:
-    """The file :func:`sedeploy.build.build_engine` writes (and runs) for this build with default output names."""
-    from sedeploy.quantize import default_output
-
-    if backend == "openvino":
-        suffix = "" if precision == "fp32" else f".{precision}"
-        return model_path.with_name(f"{model_path.stem}{suffix}.openvino.xml")
-    precision_path = model_path if precision == "fp32" else default_output(model_path, precision, flavour)
-    if backend == "tensorrt":
-        return precision_path.with_suffix(".engine")
-    return precision_path.with_name(precision_path.stem + ".ort.onnx")
-
-
 def _reusable(
     artifact: Path,
     source_sha256: str,
@@ -731,15 +684,15 @@ def _reusable(
     extra_options: dict[str, Any],
 ) -> str | None:
     """Why ``artifact`` must be (re)built, or None when its manifest says it is this build of this source."""
-    from sedeploy.manifest import ManifestError, read_manifest
+    from sedeploy.artifacts.manifest import ManifestError, checked_manifest
 
     if not artifact.is_file():
         return "not built yet"
     try:
-        manifest = read_manifest(artifact)
-        manifest.check_artifact(artifact)
+        manifest = checked_manifest(artifact, required=True)
     except ManifestError as error:
         return str(error)
+    assert manifest is not None
     if manifest.source_onnx_sha256 != source_sha256:
         return "built from another version of the model"
     if manifest.backend != backend or manifest.precision != precision:
@@ -767,7 +720,7 @@ def _engine_problem(manifest: Any) -> str | None:
     """Why a TensorRT engine does not run here (other TensorRT or GPU), or None."""
     import tensorrt as trt
 
-    from sedeploy import cuda_memory
+    from sedeploy.backends import cuda_memory
     from sedeploy.backends.tensorrt import engine_compatibility_problem
 
     return engine_compatibility_problem(
@@ -801,10 +754,10 @@ def prepare_compare(
     """
     from tqdm import tqdm
 
+    from sedeploy.artifacts.metadata import load_onnx, metadata_or_none
     from sedeploy.backends import tensorrt as trt_backend
     from sedeploy.build import DEFAULT_CALIBRATION_SIZE, BuildOptions, build_engine
     from sedeploy.files import sha256_of_file
-    from sedeploy.metadata import load_onnx, metadata_or_none
 
     source = Path(model_path)
     if source.suffix.lower() != ".onnx" or not source.is_file():
@@ -812,7 +765,7 @@ def prepare_compare(
     proto = load_onnx(source)
     if metadata_or_none(proto) is None:
         raise ConfigError(f"{source} has no sedeploy metadata; export it with `sedeploy export` first")
-    from sedeploy.verify import detect_precision
+    from sedeploy.artifacts.precision import detect_precision
 
     source_precision = detect_precision(source)
     if source_precision != "fp32":
@@ -836,7 +789,7 @@ def prepare_compare(
     builds = []
     bar = tqdm(plan, desc="compare", unit="build", disable=not progress, leave=False)
     for backend, precision, flavour in bar:
-        artifact = expected_artifact(source, backend, precision, flavour)
+        artifact = artifact_path(source, backend, precision, flavour)
         extra = {
             key: value
             for key, value in (build_options or {}).items()
@@ -858,10 +811,9 @@ def prepare_compare(
             **extra,
         )
         result = build_engine(source, options, progress=progress)
-        built = result.artifacts[-1]  # the optimized ONNX Runtime graph, the engine, or the IR: what runs
-        if built != artifact:
-            raise ConfigError(f"build_engine wrote {built}, expected {artifact}; report this as a bug")
-        builds.append(CompareBuild(backend, precision, flavour, built, reused=False, seconds=result.seconds))
+        builds.append(
+            CompareBuild(backend, precision, flavour, artifact, reused=False, seconds=result.seconds)
+        )
     bar.close()
     return builds, notes
 
@@ -877,7 +829,7 @@ def torch_candidate(
     was exported from) the model has random weights: the same shapes and
     operations, hence the same speed, but not the same outputs.
     """
-    from sedeploy.metadata import read_metadata
+    from sedeploy.artifacts.metadata import read_metadata
 
     metadata = read_metadata(model_path)
     source = str(weights) if weights is not None else metadata.arch

@@ -21,29 +21,28 @@ from typing import Any
 import numpy as np
 import onnx
 
-from sedeploy import __version__
+from sedeploy._version import __version__
+from sedeploy.artifacts import naming
+from sedeploy.artifacts.manifest import (
+    BuildManifest,
+    commit_with_manifests,
+    manifest_path,
+    write_manifest,
+)
+from sedeploy.artifacts.metadata import ModelMetadata, load_onnx, metadata_or_none
 from sedeploy.backends import onnxruntime as ort_backend
 from sedeploy.compare import Comparison, compare_logits
 from sedeploy.data import CalibrationSet, load_image_set, preprocessing_for
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import check_writable, folder_lock, pause_for_tests, sha256_of_file, temp_path_beside
-from sedeploy.manifest import (
-    BuildManifest,
-    commit_with_manifests,
-    cpu_features,
-    describe_host,
-    manifest_path,
-    write_manifest,
-)
-from sedeploy.metadata import ModelMetadata, load_onnx, metadata_or_none
-from sedeploy.quantize import (
+from sedeploy.host import cpu_features, describe_host
+from sedeploy.precision.quantize import (
     DEFAULT_FP16_BLOCK_LIST,
     DEFAULT_PERCENTILE,
     Int8Recipe,
     PrecisionError,
     calibrate_cached,
     convert_fp16,
-    default_output,
     quantize_int8,
 )
 
@@ -294,7 +293,7 @@ def build_engine(
         precision_path = (
             Path(output)
             if output and backend == "onnxruntime"
-            else default_output(model_path, options.precision, flavour)
+            else naming.precision_onnx_path(model_path, options.precision, flavour)
         )
         # Written and checked under a temporary name, renamed into place only once it passed.
         staged_path = temp_path_beside(precision_path)
@@ -326,7 +325,7 @@ def build_engine(
                 with folder_lock(precision_path.parent):
                     os.replace(staged_path, precision_path)
                     manifest_path(precision_path).unlink(missing_ok=True)
-            engine_path = Path(output) if output else precision_path.with_suffix(".engine")
+            engine_path = Path(output) if output else naming.engine_path(precision_path)
             legacy: dict[str, Any] = {}
             if options.implicit_int8:
                 assert calibration_set is not None
@@ -364,10 +363,12 @@ def build_engine(
 
 def _check_output_suffix(output: Path, backend: str) -> None:
     """Refuse an ``-o`` whose suffix :func:`sedeploy.load` would open with another backend than the one building it."""
-    from sedeploy.runtime import artifact_backend
 
     suffixes = {"onnxruntime": ".onnx", "tensorrt": ".engine", "openvino": ".xml"}
-    if output.suffix.lower() in (".onnx", ".engine", ".plan", ".xml") and artifact_backend(output) == backend:
+    if (
+        output.suffix.lower() in (".onnx", ".engine", ".plan", ".xml")
+        and naming.artifact_backend(output) == backend
+    ):
         return
     raise ConfigError(
         f"-o {output} is not a {backend} artifact name; end it with {suffixes[backend]} "
@@ -497,8 +498,7 @@ def _build_openvino(
     """The OpenVINO IR of the FP32 ONNX: NNCF quantizes INT8 from the FP32 graph on the calibration set."""
     from sedeploy.backends import openvino as ov_backend
 
-    suffix = "" if options.precision == "fp32" else f".{options.precision}"
-    xml = Path(output) if output else model_path.with_name(f"{model_path.stem}{suffix}.openvino.xml")
+    xml = Path(output) if output else naming.openvino_path(model_path, options.precision)
     images = calibration_set.images if calibration_set is not None else None
     input_name = metadata.input_name if metadata else _input_name(proto)
     stem = [node.name for node in proto.graph.node if node.op_type == "Conv" and node.input[0] == input_name]
@@ -643,7 +643,7 @@ def _publish_onnxruntime(
 
     ``staged_path`` is the checked precision ONNX under its temporary name (None
     for FP32). Everything is staged first and renamed into place together under
-    the folder's lock (:func:`~sedeploy.manifest.commit_with_manifests`), so an
+    the folder's lock (:func:`~sedeploy.artifacts.manifest.commit_with_manifests`), so an
     interrupted or concurrent build never leaves an artifact beside another
     build's manifest.
     """
@@ -659,7 +659,7 @@ def _publish_onnxruntime(
     optimized_path = (
         Path(output)
         if output and staged_path is None  # FP32: the optimized graph is what -o names
-        else precision_path.with_name(precision_path.stem + ".ort.onnx")
+        else naming.optimized_onnx_path(precision_path)
     )
     optimized_staged = temp_path_beside(optimized_path)
     staged.append((optimized_staged, optimized_path))

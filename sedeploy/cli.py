@@ -17,7 +17,7 @@ from typing import Any
 
 import click
 
-from sedeploy import __version__
+from sedeploy._version import __version__
 from sedeploy.bench import bench, compare, write_reports
 from sedeploy.build import (
     BACKENDS,
@@ -26,22 +26,22 @@ from sedeploy.build import (
     BuildOptions,
     build_engine,
 )
-from sedeploy.checkpoint import LAYOUTS
 from sedeploy.demo import DEFAULT_OUT, run_demo
 from sedeploy.errors import SedeployError
 from sedeploy.export import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_onnx
 from sedeploy.files import check_writable, write_json_atomic
 from sedeploy.info import model_info
-from sedeploy.loadtest import (
+from sedeploy.models.checkpoint import LAYOUTS
+from sedeploy.precision.quantize import CALIBRATION_METHODS, DEFAULT_PERCENTILE, FLAVOURS
+from sedeploy.predict import predict
+from sedeploy.serving.loadtest import (
     DEFAULT_DURATION_S,
     DEFAULT_MAX_REQUESTS,
     DEFAULT_TOLERANCE,
     loadtest,
     parse_concurrency,
 )
-from sedeploy.predict import predict
-from sedeploy.quantize import CALIBRATION_METHODS, DEFAULT_PERCENTILE, FLAVOURS
-from sedeploy.serving import (
+from sedeploy.serving.server import (
     DEFAULT_GRPC_PORT,
     DEFAULT_HOST,
     DEFAULT_HTTP_PORT,
@@ -49,6 +49,13 @@ from sedeploy.serving import (
     DEFAULT_TOP_K,
     serve,
     serve_forever,
+)
+from sedeploy.serving.triton import (
+    DEFAULT_QUEUE_DELAY_US,
+    KINDS,
+    ServingOptions,
+    check_repository,
+    write_repository,
 )
 from sedeploy.train import (
     DEVICES,
@@ -59,7 +66,6 @@ from sedeploy.train import (
     train,
     train_with_plain_twin,
 )
-from sedeploy.triton import DEFAULT_QUEUE_DELAY_US, KINDS, ServingOptions, check_repository, write_repository
 from sedeploy.verify import DEFAULT_IMAGES, DEFAULT_SYNTHETIC, DEFAULT_THRESHOLDS, verify
 
 

@@ -74,10 +74,10 @@ import PIL
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from sedeploy.artifacts.metadata import ModelMetadata, Preprocessing, load_onnx, metadata_or_none
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import atomic_output, sha256_of_file
-from sedeploy.metadata import ModelMetadata, Preprocessing, load_onnx, metadata_or_none
-from sedeploy.registry import ModelDefaults
+from sedeploy.models.registry import ModelDefaults
 
 logger = logging.getLogger(__name__)
 

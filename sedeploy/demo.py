@@ -27,13 +27,13 @@ from typing import Any
 import onnx
 from tqdm import tqdm
 
-from sedeploy import __version__
+from sedeploy._version import __version__
+from sedeploy.artifacts.naming import precision_suffix
 from sedeploy.bench import BenchReport, bench, write_reports
 from sedeploy.build import BuildOptions, build_engine, choose_backend
 from sedeploy.errors import BadInputError, MissingDependencyError
 from sedeploy.export import export_onnx
 from sedeploy.files import atomic_output, check_writable, write_json_atomic
-from sedeploy.quantize import precision_suffix
 from sedeploy.verify import VerifyReport, verify
 
 logger = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ The graph comes from PyTorch's dynamo-based exporter (``torch.onnx.export(...,
 dynamo=True)``) with a dynamic batch axis and the fixed names ``input`` and
 ``logits``; its optimizer folds every BatchNorm into the preceding convolution.
 The file is then checked (``onnx.checker`` full check, shape inference, names and
-the symbolic batch axis) after :mod:`sedeploy.rewrite` turns each SE squeeze into a
+the symbolic batch axis) after :mod:`sedeploy.graphs.rewrite` turns each SE squeeze into a
 ``GlobalAveragePool``, compared against PyTorch in ONNX Runtime, and only then
 renamed into place, so a failed or interrupted export never leaves a partial or
 unchecked file, nor replaces a good one.
@@ -21,10 +21,8 @@ allows (8), so an older parser does not reject it on the IR version alone.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
-import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -35,15 +33,22 @@ import onnx
 import torch
 from torch import nn
 
-from sedeploy.checkpoint import Checkpoint, build_model, load_weights, read_checkpoint
+from sedeploy.artifacts.metadata import (
+    ModelMetadata,
+    Preprocessing,
+    channel_order_for,
+    read_labels,
+    write_metadata,
+)
 from sedeploy.compare import Comparison, compare_logits
-from sedeploy.complexity import estimate_complexity
 from sedeploy.errors import ConfigError, ExportError, ParityError
 from sedeploy.files import atomic_output
-from sedeploy.metadata import ModelMetadata, Preprocessing, channel_order_for, read_labels, write_metadata
+from sedeploy.graphs.rewrite import se_squeeze_to_global_pool
+from sedeploy.models.checkpoint import Checkpoint, build_model, load_weights, read_checkpoint
+from sedeploy.models.complexity import estimate_complexity
+from sedeploy.models.factory import load_model_factory
+from sedeploy.models.registry import ModelDefaults
 from sedeploy.optional import import_optional
-from sedeploy.registry import ModelDefaults
-from sedeploy.rewrite import se_squeeze_to_global_pool
 
 logger = logging.getLogger(__name__)
 
@@ -101,44 +106,6 @@ class ExportResult:
         else:
             lines.append("  parity check skipped")
         return "\n".join(lines)
-
-
-def load_model_factory(target: str, **options: Any) -> nn.Module:
-    """Call ``package.module:factory`` (with ``options`` as keyword arguments) and return its ``nn.Module``.
-
-    The current folder is importable during the call, as with ``python -m``.
-    """
-    module_name, sep, attribute = target.partition(":")
-    if not sep or not module_name or not attribute:
-        raise ConfigError(f"--model {target!r} is not package.module:factory, e.g. mypkg.nets:build_model")
-    added = os.getcwd() not in sys.path
-    if added:
-        sys.path.insert(0, os.getcwd())
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as error:
-        raise ConfigError(
-            f"--model {target}: cannot import {module_name} ({error}); install it or run from its folder"
-        ) from None
-    finally:
-        if added:
-            sys.path.remove(os.getcwd())
-    factory: Any = module
-    for part in attribute.split("."):
-        factory = getattr(factory, part, None)
-    if not callable(factory):
-        raise ConfigError(f"--model {target}: {module_name} has no callable {attribute}")
-    try:
-        model = factory(**options)
-    except TypeError as error:
-        raise ConfigError(
-            f"--model {target}: calling {attribute} failed ({error}); check its options"
-        ) from None
-    if not isinstance(model, nn.Module):
-        raise ConfigError(
-            f"--model {target}: {attribute} returned a {type(model).__name__}, not an nn.Module"
-        )
-    return model
 
 
 def _first_conv_channels(model: nn.Module) -> int | None:
@@ -342,7 +309,7 @@ def export_onnx(
 
     ``model`` is a zoo name (``se_resnet50``), a ``package.module:factory`` target
     (called with ``options`` as keyword arguments), or an ``nn.Module``. For zoo
-    names, ``weights`` may be in any layout :mod:`sedeploy.checkpoint` converts and
+    names, ``weights`` may be in any layout :mod:`sedeploy.models.checkpoint` converts and
     ``num_classes``/``in_chans``/``options`` build the model; for other modules the
     weights are loaded by name as they are, ``in_chans`` picks the input channels
     (default: the first convolution's) and ``num_classes`` is checked against the
@@ -351,7 +318,7 @@ def export_onnx(
     ``check`` is off, the file must match PyTorch in ONNX Runtime at batch 1 and a
     larger batch (cosine >= 0.99999, identical top-1) or nothing is written.
     """
-    from sedeploy import __version__
+    from sedeploy._version import __version__
 
     started = time.perf_counter()
     if opset < DEFAULT_OPSET:

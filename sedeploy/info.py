@@ -7,9 +7,9 @@ from typing import Any
 
 import torch
 
-from sedeploy.complexity import Complexity, estimate_complexity
-from sedeploy.registry import create_model, get_entry, model_defaults
-from sedeploy.senet import SE_OPTION_NAMES
+from sedeploy.models.complexity import Complexity, estimate_complexity
+from sedeploy.models.registry import create_model, get_entry, model_defaults
+from sedeploy.models.senet import SE_OPTION_NAMES
 
 _SE_ONLY_OPTIONS = (*SE_OPTION_NAMES, "se_stages")
 """Options a plain twin does not take; it shares all others with its SE model."""

@@ -20,36 +20,13 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
+from sedeploy.artifacts.naming import artifact_backend
 from sedeploy.backends.base import Runner
-from sedeploy.errors import BadInputError, ConfigError
+from sedeploy.errors import ConfigError
 
 BACKENDS = ("onnxruntime", "tensorrt", "openvino", "torch")
-ENGINE_SUFFIXES = (".engine", ".plan")
-ONNX_SUFFIXES = (".onnx",)
-OPENVINO_SUFFIXES = (".xml",)
-WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
-
-
-def artifact_backend(path: str | os.PathLike[str]) -> str:
-    """The backend that runs ``path`` by its kind: ``tensorrt``, ``onnxruntime``, ``openvino`` or ``torch``."""
-    name = str(path)
-    suffix = Path(name).suffix.lower()
-    if suffix in ENGINE_SUFFIXES:
-        return "tensorrt"
-    if suffix in ONNX_SUFFIXES:
-        return "onnxruntime"
-    if suffix in OPENVINO_SUFFIXES:
-        return "openvino"
-    if suffix in WEIGHTS_SUFFIXES or Path(name).is_file():
-        return "torch"
-    if suffix or os.sep in name:
-        raise BadInputError(
-            f"{name} does not exist and is not an architecture name; give an .onnx, .engine/.plan, .xml or weights file"
-        )
-    return "torch"  # an architecture name or package.module:factory
 
 
 def load(
@@ -63,7 +40,7 @@ def load(
     """Open ``path`` as a runner: ``runner(batch)``, ``runner.classify(images)``, ``with``/``close()``.
 
     ``verify_hash``: an artifact with a build manifest beside it is refused
-    (:class:`~sedeploy.manifest.ManifestError`) unless its sha256 matches the
+    (:class:`~sedeploy.artifacts.manifest.ManifestError`) unless its sha256 matches the
     manifest's; ``False`` skips hashing (large engines in hot paths) but still
     reads the manifest. Files without a manifest (an exported ONNX, a weights
     file) have nothing to verify; a TensorRT engine must have one.

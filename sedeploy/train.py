@@ -21,7 +21,7 @@ Training
 
 Outputs (in ``output_dir``)
     ``model.safetensors``: the best epoch's weights (highest validation accuracy,
-    ties to the lower validation loss), written by :func:`sedeploy.checkpoint.save_checkpoint`
+    ties to the lower validation loss), written by :func:`sedeploy.models.checkpoint.save_checkpoint`
     so ``sedeploy export ARCH --weights`` reads arch and options from it;
     ``model.json``: arch, options, input size, labels, preprocessing, the settings,
     the metrics of every epoch and the export command; ``labels.txt``: one class
@@ -54,14 +54,20 @@ from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from tqdm import tqdm
 
-from sedeploy.checkpoint import convert_layout, load_weights, merge_options, read_checkpoint, save_checkpoint
+from sedeploy.artifacts.metadata import Preprocessing
 from sedeploy.data import CalibrationSet, ImageSetError, list_images, load_image_set
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import atomic_output, write_json_atomic
-from sedeploy.metadata import Preprocessing
+from sedeploy.models.checkpoint import (
+    convert_layout,
+    load_weights,
+    merge_options,
+    read_checkpoint,
+    save_checkpoint,
+)
+from sedeploy.models.registry import create_model, get_entry, model_defaults
+from sedeploy.models.senet import SE_OPTION_NAMES
 from sedeploy.optional import import_optional
-from sedeploy.registry import create_model, get_entry, model_defaults
-from sedeploy.senet import SE_OPTION_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +98,7 @@ class TrainConfig:
 
     ``options`` are the model's own options (``in_chans`` and ``num_classes`` are
     set from ``in_chans`` and the data). ``weights`` initialises the model from a
-    checkpoint in any layout :mod:`sedeploy.checkpoint` reads (fine-tuning): a
+    checkpoint in any layout :mod:`sedeploy.models.checkpoint` reads (fine-tuning): a
     classifier of another class count is re-initialised and an RGB first
     convolution is summed into one channel for ``in_chans=1``.
     """
@@ -647,7 +653,7 @@ def _write_record(
     best_epoch: int,
 ) -> None:
     """Write model.json, labels.txt and curves.png for the run so far."""
-    from sedeploy import __version__
+    from sedeploy._version import __version__
 
     defaults = model_defaults(model)
     assert defaults is not None

@@ -37,17 +37,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 from tqdm import tqdm
 
+from sedeploy.artifacts.manifest import matching_manifest
+from sedeploy.artifacts.metadata import ModelMetadata
+from sedeploy.artifacts.naming import artifact_backend
+from sedeploy.artifacts.precision import detect_precision
 from sedeploy.backends.base import Runner
 from sedeploy.compare import Comparison, compare_logits, top1_accuracy
 from sedeploy.data import load_image_set
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import sha256_of_file
-from sedeploy.manifest import BuildManifest, ManifestError, read_manifest
-from sedeploy.metadata import ModelMetadata, load_onnx
-from sedeploy.runtime import artifact_backend, load
+from sedeploy.runtime import load
 
 logger = logging.getLogger(__name__)
 
@@ -71,14 +72,6 @@ DEFAULT_IMAGES = 512
 DEFAULT_SYNTHETIC = 64
 DEFAULT_BATCH = 32
 TOP_K = 5
-_QUANTIZED_OPS = {
-    "QuantizeLinear",
-    "DequantizeLinear",
-    "QLinearConv",
-    "QLinearMatMul",
-    "ConvInteger",
-    "MatMulInteger",
-}
 
 
 @dataclass(frozen=True)
@@ -192,35 +185,10 @@ def _mark(ok: bool) -> str:
     return "ok" if ok else "FAIL"
 
 
-def detect_precision(artifact: str | os.PathLike[str]) -> str:
-    """``fp32``/``fp16``/``int8``: from the build manifest when it describes the file, else from the ONNX graph."""
-    path = Path(artifact)
-    manifest = _manifest_of(path)
-    if manifest is not None:
-        return manifest.precision
-    if artifact_backend(path) != "onnxruntime":
-        return "fp32"
-    proto = load_onnx(path)
-    if any(node.op_type in _QUANTIZED_OPS for node in proto.graph.node):
-        return "int8"
-    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in proto.graph.initializer):
-        return "fp16"
-    return "fp32"
-
-
-def _manifest_of(path: Path) -> BuildManifest | None:
-    try:
-        manifest = read_manifest(path)
-        manifest.check_artifact(path)
-    except ManifestError:
-        return None
-    return manifest
-
-
 def find_reference(artifact: str | os.PathLike[str]) -> Path:
     """The FP32 ONNX ``artifact`` was built from: the file beside it whose sha256 its manifest records."""
     path = Path(artifact)
-    manifest = _manifest_of(path)
+    manifest = matching_manifest(path)
     fix = "give --reference FP32.onnx, WEIGHTS or ARCH"
     if manifest is None:
         raise ConfigError(f"{path} has no build manifest that names its source model; {fix}")

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 
 import sedeploy
+from sedeploy.artifacts.metadata import Preprocessing
 from sedeploy.build import BuildOptions
 from sedeploy.data import load_image_set
 from sedeploy.export import export_onnx
-from sedeploy.metadata import Preprocessing
 from sedeploy.train import write_digits_imagefolder
 
 IMAGE_SIZE = 32

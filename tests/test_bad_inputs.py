@@ -30,12 +30,12 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 import sedeploy
-from sedeploy import cuda_memory
+from sedeploy.backends import cuda_memory
 from sedeploy.build import BuildOptions, build_engine
-from sedeploy.checkpoint import save_checkpoint
 from sedeploy.cli import cli
 from sedeploy.data import images_decoded
 from sedeploy.export import export_onnx
+from sedeploy.models.checkpoint import save_checkpoint
 
 _LOG_LINE = re.compile(r"^(DEBUG|INFO|WARNING) [\w.]+: ")
 Snapshot = dict[str, tuple[str, int]]

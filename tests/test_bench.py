@@ -13,6 +13,7 @@ import onnx
 import pytest
 from PIL import Image
 
+from sedeploy.artifacts.manifest import read_manifest
 from sedeploy.backends.base import Runner, TensorSpec
 from sedeploy.bench import (
     BenchRow,
@@ -27,7 +28,6 @@ from sedeploy.bench import (
 )
 from sedeploy.errors import ConfigError
 from sedeploy.files import sha256_of_file
-from sedeploy.manifest import read_manifest
 
 
 def test_latency_statistics_on_synthetic_timings() -> None:

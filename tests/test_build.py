@@ -13,12 +13,12 @@ import pytest
 from digits import cpu_int8_options
 from PIL import Image
 
+from sedeploy.artifacts.manifest import manifest_path, read_manifest
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.data import images_decoded
 from sedeploy.errors import BadInputError
 from sedeploy.files import sha256_of_file
-from sedeploy.manifest import manifest_path, read_manifest
-from sedeploy.quantize import Int8Recipe, calibration_cache_path
+from sedeploy.precision.quantize import Int8Recipe, calibration_cache_path
 
 
 @pytest.fixture

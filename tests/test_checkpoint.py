@@ -12,15 +12,15 @@ from safetensors.torch import save_file
 from torch import nn
 
 from sedeploy import create_model
-from sedeploy.checkpoint import (
+from sedeploy.errors import BadInputError, ConfigError, UnsafeCheckpointError, WeightsMismatchError
+from sedeploy.files import sha256_of_file
+from sedeploy.models.checkpoint import (
     build_model,
     convert_layout,
     detect_layout,
     read_checkpoint,
     save_checkpoint,
 )
-from sedeploy.errors import BadInputError, ConfigError, UnsafeCheckpointError, WeightsMismatchError
-from sedeploy.files import sha256_of_file
 
 IMAGE = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import sedeploy
-from sedeploy.complexity import estimate_complexity
+from sedeploy.models.complexity import estimate_complexity
 
 # The paper's Table (224x224, 1000 classes, r=16): "GFLOPs" there are GMACs; params in millions.
 PAPER_TABLE = {
@@ -65,7 +65,7 @@ def test_counts_match_a_hand_count_for_one_se_block() -> None:
         def __init__(self) -> None:
             super().__init__()
             self.conv = nn.Conv2d(3, 32, 3, padding=1, bias=False)
-            self.se = sedeploy.senet.SqueezeExcite(32, reduction=4)
+            self.se = sedeploy.models.senet.SqueezeExcite(32, reduction=4)
             self.fc = nn.Linear(32, 10)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -21,15 +21,15 @@ import pytest
 from onnx import numpy_helper
 
 import sedeploy
-from sedeploy.backends.onnxruntime import create_session
-from sedeploy.files import sha256_of_file, temp_path_beside
-from sedeploy.manifest import (
+from sedeploy.artifacts.manifest import (
     BuildManifest,
     ManifestError,
     checked_manifest,
     commit_with_manifests,
     read_manifest,
 )
+from sedeploy.backends.onnxruntime import create_session
+from sedeploy.files import sha256_of_file, temp_path_beside
 
 THREADS = 16
 SOAK_SECONDS = float(os.environ.get("SEDEPLOY_SOAK_SECONDS", "3"))

@@ -12,6 +12,7 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
+from sedeploy.artifacts.metadata import ModelMetadata, Preprocessing, write_metadata
 from sedeploy.data import (
     IMAGE_EXTENSIONS,
     ImageSetError,
@@ -26,7 +27,6 @@ from sedeploy.data import (
     preprocessing_for,
 )
 from sedeploy.errors import BadInputError, ConfigError
-from sedeploy.metadata import ModelMetadata, Preprocessing, write_metadata
 
 SMALL = Preprocessing(
     resize=(8,), crop=(8, 8), crop_pct=1.0, mean=(0.5,), std=(0.5,), interpolation="bilinear"

@@ -16,14 +16,14 @@ from onnx.reference import ReferenceEvaluator
 from reference_nets import randomize
 
 from sedeploy import create_model, estimate_complexity
-from sedeploy.checkpoint import save_checkpoint
+from sedeploy.artifacts.metadata import read_metadata
 from sedeploy.cli import cli
 from sedeploy.compare import Comparison, compare_logits
 from sedeploy.errors import ConfigError, ParityError
 from sedeploy.export import DEFAULT_OPSET, MIN_COSINE, count_batchnorms, export_onnx
 from sedeploy.files import sha256_of_file
-from sedeploy.metadata import read_metadata
-from sedeploy.senet import Bottleneck, ResNet, SEOptions
+from sedeploy.models.checkpoint import save_checkpoint
+from sedeploy.models.senet import Bottleneck, ResNet, SEOptions
 
 TINY_MODULE = textwrap.dedent(
     """
@@ -179,7 +179,7 @@ def test_round_trip_of_each_family(tmp_path, arch, options, size):
         assert metadata.arch == arch
         assert metadata.weights_sha256 == sha256_of_file(weights) and metadata.weights_layout == "sedeploy"
     else:
-        assert metadata.arch == "sedeploy.senet:ResNet" and metadata.weights_sha256 is None
+        assert metadata.arch == "sedeploy.models.senet:ResNet" and metadata.weights_sha256 is None
     complexity = estimate_complexity(source, (3, size, size))
     assert (metadata.params, metadata.macs) == (complexity.params, complexity.macs)
 

@@ -23,6 +23,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from sedeploy.artifacts.manifest import BuildManifest, manifest_path, read_manifest
+from sedeploy.artifacts.metadata import ModelMetadata, load_onnx, metadata_or_none, read_metadata
 from sedeploy.backends.tensorrt import (
     BatchProfile,
     engine_compatibility_problem,
@@ -31,8 +33,6 @@ from sedeploy.backends.tensorrt import (
 )
 from sedeploy.data import load_image
 from sedeploy.errors import SedeployError
-from sedeploy.manifest import BuildManifest, manifest_path, read_manifest
-from sedeploy.metadata import ModelMetadata, load_onnx, metadata_or_none, read_metadata
 
 T = TypeVar("T")
 FUZZ = settings(

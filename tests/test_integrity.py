@@ -13,10 +13,10 @@ from digits import cpu_int8_options
 from onnx import numpy_helper
 
 import sedeploy
+from sedeploy.artifacts.manifest import ManifestError, manifest_path, read_manifest
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.files import sha256_of_file
-from sedeploy.manifest import ManifestError, manifest_path, read_manifest
-from sedeploy.quantize import CalibrationRanges, Int8Recipe, calibration_cache_path
+from sedeploy.precision.quantize import CalibrationRanges, Int8Recipe, calibration_cache_path
 
 
 @pytest.fixture

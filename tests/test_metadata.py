@@ -9,8 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from sedeploy.errors import BadInputError
-from sedeploy.metadata import (
+from sedeploy.artifacts.metadata import (
     PREFIX,
     ModelMetadata,
     Preprocessing,
@@ -19,7 +18,8 @@ from sedeploy.metadata import (
     read_metadata,
     write_metadata,
 )
-from sedeploy.registry import ModelDefaults
+from sedeploy.errors import BadInputError
+from sedeploy.models.registry import ModelDefaults
 
 
 def _tiny_model() -> onnx.ModelProto:

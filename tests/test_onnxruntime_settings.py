@@ -17,6 +17,7 @@ from sedeploy.backends import onnxruntime as ort_backend
 from sedeploy.backends.base import RunnerClosedError
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.errors import ConfigError
+from sedeploy.host import usable_cores
 
 SPIN = "session.intra_op.allow_spinning"
 
@@ -25,7 +26,7 @@ def test_session_defaults_are_the_measured_ones() -> None:
     ort = ort_backend.onnxruntime()
     options = ort_backend.session_options()
     assert options.get_session_config_entry(SPIN) == "1"
-    assert options.intra_op_num_threads == ort_backend.usable_cores()
+    assert options.intra_op_num_threads == usable_cores()
     assert options.inter_op_num_threads == 1
     assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -131,7 +132,8 @@ def test_an_optimized_graph_is_refused_on_a_cpu_with_other_instruction_sets(
     """Level ``all`` bakes the build CPU's blocked layouts into ``.ort.onnx``; another kind of CPU must rebuild."""
     import json
 
-    from sedeploy.manifest import ManifestError, cpu_features, manifest_path
+    from sedeploy.artifacts.manifest import ManifestError, manifest_path
+    from sedeploy.host import cpu_features
 
     optimized = int8_model.with_name(int8_model.stem + ".ort.onnx")
     manifest = json.loads(manifest_path(optimized).read_text())

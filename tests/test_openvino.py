@@ -15,10 +15,10 @@ import pytest
 from click.testing import CliRunner
 
 import sedeploy
+from sedeploy.artifacts.manifest import ManifestError, read_manifest
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.cli import cli
 from sedeploy.errors import MissingDependencyError
-from sedeploy.manifest import ManifestError, read_manifest
 from sedeploy.verify import verify
 
 openvino = pytest.importorskip(

@@ -10,11 +10,12 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+from sedeploy.artifacts.metadata import read_metadata
 from sedeploy.backends import onnxruntime as ort_backend
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.compare import compare_logits, top1_accuracy
-from sedeploy.metadata import read_metadata
-from sedeploy.quantize import CALIBRATION_METHODS, FLAVOURS, find_se_blocks, lint_tensorrt_qdq
+from sedeploy.graphs.se_blocks import find_se_blocks
+from sedeploy.precision.quantize import CALIBRATION_METHODS, FLAVOURS, lint_tensorrt_qdq
 
 
 def _logits(path: Path, images: np.ndarray) -> np.ndarray:

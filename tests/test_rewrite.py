@@ -12,8 +12,8 @@ from onnx import TensorProto, helper, numpy_helper
 from sedeploy.backends import onnxruntime as ort_backend
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.export import MIN_COSINE, export_onnx
-from sedeploy.quantize import find_se_blocks
-from sedeploy.rewrite import se_squeeze_to_global_pool
+from sedeploy.graphs.rewrite import se_squeeze_to_global_pool
+from sedeploy.graphs.se_blocks import find_se_blocks
 
 
 def _op_of(graph: onnx.GraphProto) -> dict[str, str]:

@@ -12,14 +12,14 @@ from digits import TrainedDigits
 from PIL import Image
 
 import sedeploy
+from sedeploy.artifacts.metadata import ModelMetadata, read_metadata
 from sedeploy.backends.base import RunnerClosedError
 from sedeploy.backends.onnxruntime import OnnxRuntimeRunner
 from sedeploy.backends.torch import TorchRunner
 from sedeploy.build import BuildOptions, build_engine
-from sedeploy.checkpoint import save_checkpoint
 from sedeploy.compare import compare_logits
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
-from sedeploy.metadata import ModelMetadata, read_metadata
+from sedeploy.models.checkpoint import save_checkpoint
 from sedeploy.runtime import load
 from sedeploy.verify import DEFAULT_THRESHOLDS, verify
 

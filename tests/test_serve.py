@@ -30,9 +30,9 @@ import sedeploy
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.cli import cli
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
-from sedeploy.loadtest import _metrics_counts, loadtest, parse_url
-from sedeploy.serving import ServeError, Server, _described, free_port
-from sedeploy.triton import ServingOptions, model_config, read_artifact
+from sedeploy.serving.loadtest import _metrics_counts, loadtest, parse_url
+from sedeploy.serving.server import ServeError, Server, _described, free_port
+from sedeploy.serving.triton import ServingOptions, model_config, read_artifact
 
 pytest.importorskip("pytriton", reason="the serve extra (nvidia-pytriton) is not installed")
 httpclient = pytest.importorskip("tritonclient.http")
@@ -392,7 +392,7 @@ def test_sigterm_under_load_stops_everything(artifacts: dict[str, Path]) -> None
 
 
 def test_loadtest_tolerance_and_a_statistics_source_that_changes_mid_level() -> None:
-    from sedeploy.loadtest import _BatchCounter, _Tally
+    from sedeploy.serving.loadtest import _BatchCounter, _Tally
 
     strict, loose = _Tally(), _Tally(tolerance=1e-3)
     for tally in (strict, loose):

@@ -12,7 +12,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from sedeploy import cuda_memory
+from sedeploy.artifacts.precision import graph_precision
+from sedeploy.backends import cuda_memory
 from sedeploy.backends import tensorrt as trt_backend
 from sedeploy.backends.tensorrt import (
     BatchProfile,
@@ -22,7 +23,6 @@ from sedeploy.backends.tensorrt import (
     check_implicit_int8_supported,
     engine_compatibility_problem,
     format_parser_errors,
-    infer_precision,
     join_outputs,
     parse_batch_profile,
     plan_chunks,
@@ -323,14 +323,14 @@ def _graph_model(nodes: list[onnx.NodeProto], initializers: list[onnx.TensorProt
     return helper.make_model(graph)
 
 
-def test_infer_precision() -> None:
+def test_graph_precision() -> None:
     fp32 = _graph_model([helper.make_node("Relu", ["x"], ["y"])], [])
-    assert infer_precision(fp32) == "fp32"
+    assert graph_precision(fp32) == "fp32"
     half_weight = helper.make_tensor(
         "w", TensorProto.FLOAT16, [4], np.ones(4, np.float16).tobytes(), raw=True
     )
     fp16 = _graph_model([helper.make_node("Relu", ["x"], ["y"])], [half_weight])
-    assert infer_precision(fp16) == "fp16"
+    assert graph_precision(fp16) == "fp16"
     scale = helper.make_tensor("s", TensorProto.FLOAT, [], [0.1])
     qdq = _graph_model(
         [
@@ -339,7 +339,7 @@ def test_infer_precision() -> None:
         ],
         [scale],
     )
-    assert infer_precision(qdq) == "int8"
+    assert graph_precision(qdq) == "int8"
 
 
 def test_implicit_int8_allowed_where_the_release_has_calibrators() -> None:
@@ -371,11 +371,15 @@ def no_gpu_stack(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_modules_import_without_tensorrt_or_pycuda(
     no_gpu_stack: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for name in ("sedeploy.backends.tensorrt", "sedeploy.cuda_memory"):
+    for name in [
+        name
+        for name in sys.modules
+        if name.startswith(("sedeploy.backends.tensorrt", "sedeploy.backends.cuda_memory"))
+    ]:
         monkeypatch.delitem(sys.modules, name)
     backend = importlib.import_module("sedeploy.backends.tensorrt")
     assert str(backend.resolve_batch_profile(None, 16)) == "1:8:16"
-    assert importlib.import_module("sedeploy.cuda_memory").nbytes_for((2, 3), "float32") == 24
+    assert importlib.import_module("sedeploy.backends.cuda_memory").nbytes_for((2, 3), "float32") == 24
 
 
 def test_build_without_tensorrt_names_the_extra(no_gpu_stack: None, tmp_path: Any) -> None:
@@ -387,8 +391,8 @@ def test_build_without_tensorrt_names_the_extra(no_gpu_stack: None, tmp_path: An
 
 
 def test_runner_without_tensorrt_names_the_extra(no_gpu_stack: None, tmp_path: Any) -> None:
+    from sedeploy.artifacts.manifest import BuildManifest, write_manifest
     from sedeploy.files import sha256_of_file
-    from sedeploy.manifest import BuildManifest, write_manifest
 
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"a plan")  # the manifest is checked first, so it must describe the file

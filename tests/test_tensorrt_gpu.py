@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from sedeploy import create_model, cuda_memory
+from sedeploy.artifacts.manifest import read_manifest, write_manifest
 from sedeploy.compare import compare_logits
-from sedeploy.manifest import read_manifest, write_manifest
 
 pytestmark = pytest.mark.gpu
 

@@ -10,11 +10,11 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from sedeploy.checkpoint import read_checkpoint
+from sedeploy.artifacts.metadata import read_metadata
 from sedeploy.cli import cli
 from sedeploy.errors import ConfigError
 from sedeploy.export import export_onnx
-from sedeploy.metadata import read_metadata
+from sedeploy.models.checkpoint import read_checkpoint
 from sedeploy.train import (
     TrainConfig,
     TrainingError,

@@ -13,14 +13,14 @@ from click.testing import CliRunner
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
+from sedeploy.artifacts.manifest import BuildManifest, read_manifest, write_manifest
+from sedeploy.artifacts.metadata import read_metadata
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.cli import cli
 from sedeploy.errors import ConfigError
 from sedeploy.export import export_onnx
 from sedeploy.files import sha256_of_file
-from sedeploy.manifest import BuildManifest, read_manifest, write_manifest
-from sedeploy.metadata import read_metadata
-from sedeploy.triton import (
+from sedeploy.serving.triton import (
     ModelExistsError,
     ServingOptions,
     TritonConfigError,

@@ -12,9 +12,10 @@ from click.testing import CliRunner
 from digits import TrainedDigits
 from onnx import numpy_helper
 
+from sedeploy.artifacts.precision import detect_precision
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.cli import cli
-from sedeploy.verify import DEFAULT_THRESHOLDS, detect_precision, find_reference, verify
+from sedeploy.verify import DEFAULT_THRESHOLDS, find_reference, verify
 
 
 @pytest.fixture(scope="module")

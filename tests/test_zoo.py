@@ -8,7 +8,7 @@ from torch import nn
 
 import sedeploy
 from sedeploy.errors import ConfigError
-from sedeploy.senet import Bottleneck, SqueezeExcite
+from sedeploy.models.senet import Bottleneck, SqueezeExcite
 
 SE_MODELS = [
     "se_resnet18",

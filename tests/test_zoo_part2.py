@@ -11,9 +11,9 @@ from torch import nn
 
 import sedeploy
 from sedeploy.cli import cli
-from sedeploy.complexity import estimate_complexity
 from sedeploy.errors import ConfigError
-from sedeploy.senet import SqueezeExcite
+from sedeploy.models.complexity import estimate_complexity
+from sedeploy.models.senet import SqueezeExcite
 
 
 def _meta_model(name: str, **options: object) -> nn.Module:
@@ -150,8 +150,8 @@ def test_unknown_option_values_fail_with_one_line(name: str, options: dict, frag
 
 
 def test_chair_classifier_exports_and_parity_checks_at_native_size(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from sedeploy.artifacts.metadata import read_metadata
     from sedeploy.export import export_onnx
-    from sedeploy.metadata import read_metadata
 
     result = export_onnx("chair_se_resnet", output=tmp_path / "chair.onnx", max_batch=2)
     assert [check.samples for check in result.parity] == [1, 2]

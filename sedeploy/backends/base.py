@@ -6,7 +6,7 @@ A runner holds its resources (session, engine, buffers) from construction until
 ``close()``; closing twice is harmless, calling a closed runner fails clearly.
 
 On top of the raw call the base offers what a production pipeline wants, built
-on :mod:`sedeploy.data` and the runner's :class:`~sedeploy.metadata.ModelMetadata`:
+on :mod:`sedeploy.data` and the runner's :class:`~sedeploy.artifacts.metadata.ModelMetadata`:
 ``preprocess(images)`` (paths, PIL images or pixel arrays, with the artifact's own
 preprocessing) and ``classify(images, top_k)`` (labels and probabilities).
 """
@@ -29,7 +29,7 @@ from sedeploy.errors import BadInputError, ConfigError, SedeployError
 if TYPE_CHECKING:
     from PIL import Image
 
-    from sedeploy.metadata import ModelMetadata
+    from sedeploy.artifacts.metadata import ModelMetadata
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ class Runner(ABC):
     """Base of every backend's runner.
 
     Subclasses set ``input_spec``, ``output_spec`` and ``metadata`` (a
-    :class:`~sedeploy.metadata.ModelMetadata`, or None for a model without
+    :class:`~sedeploy.artifacts.metadata.ModelMetadata`, or None for a model without
     sedeploy metadata) in their constructor and implement ``_infer`` (one
     checked batch of at most ``input_spec.max_batch`` rows -> logits) and
     ``_release`` (free everything). ``backend`` names the backend; ``provider``

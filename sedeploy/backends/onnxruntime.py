@@ -24,11 +24,12 @@ from typing import Any
 
 import numpy as np
 
+from sedeploy.artifacts.manifest import BuildManifest, ManifestError, checked_manifest, manifest_path
+from sedeploy.artifacts.metadata import PREFIX, ModelMetadata
 from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import atomic_output
-from sedeploy.manifest import BuildManifest, ManifestError, checked_manifest, cpu_features, manifest_path
-from sedeploy.metadata import PREFIX, ModelMetadata
+from sedeploy.host import cpu_features, usable_cores
 from sedeploy.optional import import_optional
 
 logger = logging.getLogger(__name__)
@@ -62,14 +63,6 @@ def version() -> str:
 def has_cuda() -> bool:
     """True when this onnxruntime build offers the CUDA execution provider (onnxruntime-gpu)."""
     return "CUDAExecutionProvider" in onnxruntime().get_available_providers()
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (its CPU affinity, which container limits narrow), at least 1."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
 
 
 def default_providers() -> list[str]:
@@ -256,7 +249,7 @@ class OnnxRuntimeRunner(Runner):
     manifest says so), which starts faster. ``providers`` overrides ``device``
     with an explicit ONNX Runtime provider list. A build manifest beside the file
     must describe it: a mismatching sha256 or an unreadable manifest is a
-    :class:`~sedeploy.manifest.ManifestError`; ``verify_hash=False`` skips the hash
+    :class:`~sedeploy.artifacts.manifest.ManifestError`; ``verify_hash=False`` skips the hash
     (not the manifest); a file without a manifest (an exported ONNX) is not
     checked. The session serves concurrent
     callers (``InferenceSession.run`` is thread-safe; each call binds its own

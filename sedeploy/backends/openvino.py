@@ -31,11 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from sedeploy.artifacts.manifest import BuildManifest, ManifestError, checked_manifest, manifest_path
+from sedeploy.artifacts.metadata import ModelMetadata
 from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import sha256_of_file
-from sedeploy.manifest import BuildManifest, ManifestError, manifest_path, read_manifest
-from sedeploy.metadata import ModelMetadata
 from sedeploy.optional import import_optional
 
 logger = logging.getLogger(__name__)
@@ -207,10 +207,10 @@ def check_ir(xml: Path, verify_hash: bool = True) -> BuildManifest | None:
             "%s has no sedeploy manifest: its files are not checked and it carries no metadata", xml
         )
         return None
-    manifest = read_manifest(xml)
+    manifest = checked_manifest(xml, verify_hash=verify_hash, required=True)
+    assert manifest is not None
     if not verify_hash:
         return manifest
-    manifest.check_artifact(xml)
     weights = xml.with_suffix(".bin")
     expected = (manifest.engine or {}).get("weights_sha256")
     if expected and (not weights.is_file() or sha256_of_file(weights) != expected):

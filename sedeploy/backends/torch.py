@@ -1,9 +1,9 @@
 """The PyTorch reference runner: the model as trained, from a weights file, an architecture name or a module.
 
 It answers the question every other artifact is checked against: what does the
-original model say for this input? Weights load through :mod:`sedeploy.checkpoint`
+original model say for this input? Weights load through :mod:`sedeploy.models.checkpoint`
 (any supported layout, never unpickling code) into a zoo model from
-:mod:`sedeploy.registry` or a ``package.module:factory`` model; the architecture
+:mod:`sedeploy.models.registry` or a ``package.module:factory`` model; the architecture
 and options come from the weights' own sedeploy record, from an artifact's
 metadata (``metadata=``), or are given (``arch=``, ``model_options=``).
 """
@@ -20,12 +20,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from sedeploy.artifacts.metadata import ModelMetadata, Preprocessing, channel_order_for
 from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
-from sedeploy.checkpoint import build_model, load_weights, read_checkpoint
-from sedeploy.complexity import estimate_complexity
 from sedeploy.errors import BadInputError, ConfigError
-from sedeploy.metadata import ModelMetadata, Preprocessing, channel_order_for
-from sedeploy.registry import ModelDefaults, list_models, model_defaults
+from sedeploy.models.checkpoint import build_model, load_weights, read_checkpoint
+from sedeploy.models.complexity import estimate_complexity
+from sedeploy.models.registry import ModelDefaults, list_models, model_defaults
 
 logger = logging.getLogger(__name__)
 
@@ -134,7 +134,7 @@ def _create(
 ) -> tuple[nn.Module, str | None]:
     """A zoo model (``build_model``) or a ``package.module:factory`` model with ``weights`` loaded, and their sha256."""
     if ":" in arch:
-        from sedeploy.export import load_model_factory
+        from sedeploy.models.factory import load_model_factory
 
         model = load_model_factory(arch, **options)
         if weights is None:
@@ -165,7 +165,7 @@ def _torch_device(device: str | None) -> torch.device:
 
 def _derived_metadata(model: nn.Module, arch: str | None, max_batch: int | None) -> ModelMetadata:
     """Metadata as export would write it, from the model's registry defaults (opset 0: not exported)."""
-    from sedeploy import __version__
+    from sedeploy._version import __version__
 
     defaults: ModelDefaults | None = model_defaults(model)
     if defaults is None:

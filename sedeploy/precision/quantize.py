@@ -37,8 +37,10 @@ from typing import Any
 import numpy as np
 import onnx
 
+from sedeploy.artifacts import naming
 from sedeploy.errors import BadInputError, ConfigError, SedeployError
 from sedeploy.files import atomic_output, commit_files, pause_for_tests, sha256_of_file, temp_path_beside
+from sedeploy.graphs.se_blocks import find_se_blocks, graph_with_node_names
 from sedeploy.optional import import_optional
 
 logger = logging.getLogger(__name__)
@@ -50,9 +52,6 @@ CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_PERCENTILE = 99.999
 DEFAULT_FP16_BLOCK_LIST: tuple[str, ...] = ()
 """Op types kept in FP32 on top of onnxconverter-common's own block-list (non-numeric and ML ops)."""
-SE_GATES = ("Sigmoid", "HardSigmoid", "Tanh", "Relu", "Clip")
-SE_POOLS = ("ReduceMean", "ReduceMax", "GlobalAveragePool", "GlobalMaxPool")
-_SE_PATH_OPS = ("Conv", "Gemm", "MatMul", "Relu", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Add")
 TENSORRT_QUANTIZED_OPS = ("Conv", "Gemm", "Add")
 SE_QUANTIZED_OPS = ("Mul", "ReduceMean", "GlobalAveragePool", "Sigmoid")
 CALIBRATION_FORMAT = "sedeploy-calibration"
@@ -229,8 +228,7 @@ def tensorrt_calibration_cache(ranges: CalibrationRanges, calibrator: str = "Ent
 
 def calibration_cache_path(model_path: Path, recipe: Int8Recipe) -> Path:
     """Where the calibration cache of ``model_path`` for ``recipe`` lives: beside the model."""
-    mode = "symmetric" if recipe.symmetric else "asymmetric"
-    return model_path.with_name(f"{model_path.stem}.calibration.{recipe.method}.{mode}.json")
+    return naming.calibration_cache_path(model_path, recipe.method, recipe.symmetric)
 
 
 class ArrayCalibrationReader:
@@ -328,52 +326,6 @@ def calibrate(
     )
 
 
-def _graph_with_node_names(model: onnx.ModelProto) -> onnx.ModelProto:
-    for index, node in enumerate(model.graph.node):
-        if not node.name:
-            node.name = f"{node.op_type}_{index}"
-    return model
-
-
-def find_se_blocks(model: onnx.ModelProto) -> list[list[str]]:
-    """Node names of every SE block: ``Mul(x, gate(... pool(x)))`` where the gate's path leads back to a pool of x.
-
-    Each block lists its pooling, excitation (FC/conv, activation, reshape) and
-    gate nodes and the scaling Mul, so they can be kept in float.
-    """
-    producers = {output: node for node in model.graph.node for output in node.output}
-    blocks = []
-    for node in model.graph.node:
-        if node.op_type != "Mul" or len(node.input) != 2:
-            continue
-        for gate_input, scaled_input in (node.input, node.input[::-1]):
-            gate = producers.get(gate_input)
-            if gate is None or gate.op_type not in SE_GATES:
-                continue
-            path = _path_to_pool(gate, scaled_input, producers)
-            if path is not None:
-                blocks.append([*path, node.name])
-                break
-    return blocks
-
-
-def _path_to_pool(
-    gate: onnx.NodeProto, pooled: str, producers: dict[str, onnx.NodeProto]
-) -> list[str] | None:
-    path = [gate.name]
-    current = producers.get(gate.input[0]) if gate.input else None
-    for _ in range(12):
-        if current is None:
-            return None
-        path.append(current.name)
-        if current.op_type in SE_POOLS:
-            return path[::-1] if current.input[0] == pooled else None
-        if current.op_type not in _SE_PATH_OPS:
-            return None
-        current = producers.get(current.input[0])
-    return None
-
-
 def convert_fp16(
     model_path: Path,
     output_path: Path,
@@ -418,7 +370,7 @@ def quantize_int8(
     cannot take precomputed ranges (it then calibrates again, to the same ranges).
     """
     quantization = _ort_quantization()
-    model = _graph_with_node_names(_load(model_path))
+    model = graph_with_node_names(_load(model_path))
     se_blocks = find_se_blocks(model)
     excluded = [] if recipe.se_quantized else [name for block in se_blocks for name in block]
     extra_options: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": recipe.symmetric}
@@ -636,7 +588,7 @@ def write_calibration_cache(ranges: CalibrationRanges, path: Path) -> Path:
 
     Both are staged and renamed into place as one unit, so they always hold the same ranges.
     """
-    trt_cache = path.with_suffix(".trt.cache")
+    trt_cache = naming.tensorrt_calibration_cache_path(path)
     staged: list[tuple[Path, Path]] = []
     try:
         for destination in (path, trt_cache):
@@ -695,13 +647,3 @@ def calibrate_cached(
     )
     write_calibration_cache(ranges, cache_path)
     return ranges, False
-
-
-def precision_suffix(precision: str, flavour: str | None = None) -> str:
-    """File-name part for an artifact's precision: ``fp16``, ``int8-tensorrt``, ``int8-cpu``."""
-    return f"{precision}-{flavour}" if precision == "int8" and flavour else precision
-
-
-def default_output(model_path: Path, precision: str, flavour: str | None = None) -> Path:
-    """``models/x/model.onnx`` -> ``models/x/model.int8-cpu.onnx`` (beside the source)."""
-    return model_path.with_name(f"{model_path.stem}.{precision_suffix(precision, flavour)}.onnx")

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sedeploy.errors import ConfigError
-from sedeploy.registry import ModelDefaults, register_model
+from sedeploy.models.registry import ModelDefaults, register_model
 
 SE_VARIANTS = ("standard", "pre", "post", "identity", "3x3")
 """Where the SE block sits in a residual unit. ``standard``: on the residual branch's output, before the

@@ -15,8 +15,8 @@ import torch
 from torch import nn
 
 from sedeploy.errors import ConfigError
-from sedeploy.registry import ModelDefaults, register_model
-from sedeploy.senet import SEOptions, SqueezeExcite, split_options
+from sedeploy.models.registry import ModelDefaults, register_model
+from sedeploy.models.senet import SEOptions, SqueezeExcite, split_options
 
 # (output channels, stride) of the 13 depthwise-separable units, grouped by output resolution.
 _STAGES: tuple[tuple[tuple[int, int], ...], ...] = (

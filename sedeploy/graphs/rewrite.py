@@ -15,7 +15,7 @@ import logging
 import onnx
 from onnx import numpy_helper
 
-from sedeploy.quantize import find_se_blocks
+from sedeploy.graphs.se_blocks import find_se_blocks
 
 logger = logging.getLogger(__name__)
 

@@ -38,15 +38,32 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import onnx
 
 from sedeploy.errors import BadInputError
-from sedeploy.registry import ModelDefaults
 
 PREFIX = "sedeploy."
 METADATA_VERSION = 1
+
+
+class EvalConfig(Protocol):
+    """What :meth:`Preprocessing.from_defaults` reads of a model's config (``models.ModelDefaults`` has it).
+
+    A protocol, so the artifact contract does not import the zoo.
+    """
+
+    @property
+    def input_size(self) -> tuple[int, int, int]: ...
+    @property
+    def crop_pct(self) -> float: ...
+    @property
+    def mean(self) -> tuple[float, ...]: ...
+    @property
+    def std(self) -> tuple[float, ...]: ...
+    @property
+    def interpolation(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -67,8 +84,8 @@ class Preprocessing:
     interpolation: str
 
     @classmethod
-    def from_defaults(cls, defaults: ModelDefaults) -> Preprocessing:
-        """Derive the preprocessing from a model's :class:`ModelDefaults` (timm's eval transform)."""
+    def from_defaults(cls, defaults: EvalConfig) -> Preprocessing:
+        """Derive the preprocessing from a model's eval config (``models.ModelDefaults``; timm's eval transform)."""
         _, height, width = defaults.input_size
         if height == width:
             resize: tuple[int, ...] = (math.floor(height / defaults.crop_pct),)

@@ -340,7 +340,7 @@ def build_model(
 
     Returns the model in eval mode and the converted checkpoint (``None`` without weights).
     """
-    from sedeploy.registry import create_model
+    from sedeploy.models.registry import create_model
 
     if weights is None:
         model = create_model(arch, img_size=img_size, **options)

@@ -8,7 +8,7 @@ Triton adds its dynamic batcher, HTTP/gRPC endpoints and Prometheus metrics.
 Each artifact becomes two Triton models:
 
 * ``<name>``: the artifact's own tensors. Names, data types, dims and the largest
-  batch come from :func:`sedeploy.triton.model_config`, the function that writes
+  batch come from :func:`sedeploy.serving.triton.model_config`, the function that writes
   ``config.pbtxt`` for ``sedeploy triton``: one source of truth for both.
 * ``<name>_images``: encoded images (bytes) in, the top-k ``labels``, ``scores``
   and class ``indices`` out, with the artifact's own preprocessing done on the
@@ -46,11 +46,12 @@ from typing import Any
 
 import numpy as np
 
+from sedeploy.artifacts.manifest import checked_manifest
+from sedeploy.artifacts.precision import detect_precision
 from sedeploy.backends.base import Runner, classify_logits
 from sedeploy.errors import BadInputError, ConfigError, SedeployError
-from sedeploy.manifest import manifest_path, read_manifest
 from sedeploy.optional import import_optional
-from sedeploy.triton import (
+from sedeploy.serving.triton import (
     DEFAULT_QUEUE_DELAY_US,
     ONNX_PLATFORM,
     PLAN_PLATFORM,
@@ -140,7 +141,7 @@ def _numpy_dtype(tensor: TensorConfig) -> type[np.generic]:
 
 
 def _described(path: Path, runner: Runner) -> ServingArtifact:
-    """What ``path`` serves: read by :func:`sedeploy.triton.read_artifact` for the formats Triton itself
+    """What ``path`` serves: read by :func:`sedeploy.serving.triton.read_artifact` for the formats Triton itself
     serves (ONNX, TensorRT plan); for the others (OpenVINO IR, PyTorch weights) from the runner's metadata,
     the same ``sedeploy.*`` keys the ONNX carries."""
     if path.is_file() and (path.suffix.lower() == ".onnx" or runner.backend == "tensorrt"):
@@ -149,11 +150,11 @@ def _described(path: Path, runner: Runner) -> ServingArtifact:
     if metadata is None:
         raise BadInputError(f"{path} has no sedeploy metadata, so its tensors cannot be described for Triton")
     spec = runner.input_spec
-    manifest = read_manifest(path) if path.is_file() and manifest_path(path).is_file() else None
+    manifest = checked_manifest(path) if path.is_file() else None
     return ServingArtifact(
         path=path,
         platform=ONNX_PLATFORM,
-        precision=manifest.precision if manifest is not None else "fp32",
+        precision=manifest.precision if manifest is not None else detect_precision(path),
         inputs=(TensorConfig(metadata.input_name, "TYPE_FP32", tuple(metadata.input_size)),),
         outputs=(TensorConfig(metadata.output_name, "TYPE_FP32", (metadata.num_classes,)),),
         max_batch=spec.max_batch or metadata.max_batch,

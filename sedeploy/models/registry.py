@@ -70,7 +70,7 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
-ZOO_MODULES = ("sedeploy.senet", "sedeploy.preact_resnet", "sedeploy.mobilenet")
+ZOO_MODULES = ("sedeploy.models.senet", "sedeploy.models.preact_resnet", "sedeploy.models.mobilenet")
 """Modules whose import registers the zoo's models."""
 
 

@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from sedeploy.registry import model_defaults
-from sedeploy.senet import SqueezeExcite
+from sedeploy.models.registry import model_defaults
+from sedeploy.models.senet import SqueezeExcite
 
 
 @dataclass(frozen=True)

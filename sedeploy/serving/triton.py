@@ -34,10 +34,12 @@ from typing import Any
 
 import onnx
 
+from sedeploy.artifacts.manifest import BuildManifest, ManifestError, checked_manifest, manifest_path
+from sedeploy.artifacts.metadata import load_onnx, metadata_or_none
+from sedeploy.artifacts.naming import is_optimized_onnx
+from sedeploy.artifacts.precision import graph_precision
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import atomic_output, sha256_of_file
-from sedeploy.manifest import BuildManifest, ManifestError, manifest_path, read_manifest
-from sedeploy.metadata import load_onnx, metadata_or_none
 from sedeploy.optional import import_optional
 
 logger = logging.getLogger(__name__)
@@ -151,15 +153,6 @@ def _onnx_tensor(value: onnx.ValueInfoProto, source: Path) -> tuple[TensorConfig
     return TensorConfig(value.name, data_type, tuple(dims[1:])), dims[0] == -1
 
 
-def _onnx_precision(proto: onnx.ModelProto) -> str:
-    """``int8`` with Q/DQ nodes, ``fp16`` with FP16 weights, else ``fp32`` (for an ONNX without manifest)."""
-    if any(node.op_type in ("QuantizeLinear", "DequantizeLinear") for node in proto.graph.node):
-        return "int8"
-    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in proto.graph.initializer):
-        return "fp16"
-    return "fp32"
-
-
 def _read_onnx(path: Path, manifest: BuildManifest | None) -> ServingArtifact:
     proto = load_onnx(path)
     metadata = metadata_or_none(proto)
@@ -185,7 +178,7 @@ def _read_onnx(path: Path, manifest: BuildManifest | None) -> ServingArtifact:
     return ServingArtifact(
         path=path,
         platform=ONNX_PLATFORM,
-        precision=manifest.precision if manifest else _onnx_precision(proto),
+        precision=manifest.precision if manifest else graph_precision(proto),
         inputs=tuple(inputs),
         outputs=tuple(outputs),
         max_batch=metadata.max_batch,
@@ -240,10 +233,7 @@ def read_artifact(path: str | os.PathLike[str]) -> ServingArtifact:
     path = Path(path)
     if not path.is_file():
         raise BadInputError(f"artifact {path} does not exist; build one with `sedeploy build-engine`")
-    manifest: BuildManifest | None = None
-    if manifest_path(path).is_file():
-        manifest = read_manifest(path)
-        manifest.check_artifact(path)
+    manifest = checked_manifest(path)
     if manifest is not None and manifest.artifact_format == PLAN_PLATFORM:
         return _read_plan(path, manifest)
     if manifest is None and path.suffix.lower() != ".onnx":
@@ -316,7 +306,7 @@ def _instance_kind(artifacts: Sequence[ServingArtifact], options: ServingOptions
     if kind == "gpu":
         for artifact in artifacts:
             providers = (artifact.manifest.device.get("providers") or []) if artifact.manifest else []
-            if artifact.path.name.endswith(".ort.onnx") and "CUDAExecutionProvider" not in providers:
+            if is_optimized_onnx(artifact.path) and "CUDAExecutionProvider" not in providers:
                 raise ConfigError(
                     f"{artifact.path.name} is ONNX Runtime's graph optimized for {', '.join(providers) or 'CPU'} "
                     "and may hold CPU-only ops; serve the precision ONNX beside it on a GPU, or give --kind cpu"

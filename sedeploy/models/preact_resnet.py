@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from sedeploy.errors import ConfigError
-from sedeploy.registry import ModelDefaults, register_model
-from sedeploy.senet import SEOptions, SqueezeExcite, split_options
+from sedeploy.models.registry import ModelDefaults, register_model
+from sedeploy.models.senet import SEOptions, SqueezeExcite, split_options
 
 
 class PreActBlock(nn.Module):

@@ -10,17 +10,15 @@ runs. It lives at ``<artifact file name>.manifest.json`` (``model.engine`` ->
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
-import platform
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sedeploy import __version__
+from sedeploy._version import __version__
 from sedeploy.errors import BadInputError
 from sedeploy.files import commit_files, folder_lock, sha256_of_file, temp_path_beside, write_json_atomic
 
@@ -58,38 +56,6 @@ def manifest_path(artifact: str | os.PathLike[str]) -> Path:
     """Where the manifest of ``artifact`` lives."""
     artifact = Path(artifact)
     return artifact.with_name(artifact.name + MANIFEST_SUFFIX)
-
-
-def describe_host() -> str:
-    """One line naming this machine's CPU architecture, OS and core count."""
-    return (
-        f"{platform.machine()} {platform.system()} {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
-
-
-CPU_FEATURES = (
-    "sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16",
-    "avx512_fp16", "avx_vnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "sve", "i8mm", "bf16",
-)  # fmt: skip
-"""The CPU instruction-set flags that decide which kernels (and blocked layouts) a CPU runtime picks."""
-
-
-@functools.cache
-def cpu_features() -> tuple[str, ...]:
-    """This CPU's :data:`CPU_FEATURES` flags from ``/proc/cpuinfo`` (sorted); empty where that cannot be read.
-
-    Read once per process: every optimized-graph load compares against it.
-    """
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return ()
-    flags: set[str] = set()
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            flags.update(value.split())
-    return tuple(sorted(flags.intersection(CPU_FEATURES)))
 
 
 @dataclass(frozen=True)
@@ -191,6 +157,14 @@ def checked_manifest(
         except OSError:  # the folder cannot be opened for locking: the first answer stands
             pass
         raise
+
+
+def matching_manifest(artifact: str | os.PathLike[str]) -> BuildManifest | None:
+    """:func:`checked_manifest`, but None instead of an error: for callers that fall back to the file itself."""
+    try:
+        return checked_manifest(artifact)
+    except ManifestError:
+        return None
 
 
 def _read_and_check(artifact: str | os.PathLike[str], verify_hash: bool) -> BuildManifest:

@@ -1,0 +1,54 @@
+"""The one precision rule: what precision an artifact is, from its manifest where one describes it, else its graph.
+
+verify, bench, the Triton writer, serving and the TensorRT builder all ask here, so a QOperator INT8 file
+(``QLinearConv``) is ``int8`` to every one of them, as a Q/DQ file is.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import onnx
+
+from sedeploy.artifacts.manifest import matching_manifest
+from sedeploy.artifacts.metadata import load_onnx
+from sedeploy.artifacts.naming import ONNX_SUFFIXES
+
+INT8_OPS = frozenset(
+    {
+        "QuantizeLinear",
+        "DequantizeLinear",
+        "QLinearConv",
+        "QLinearMatMul",
+        "QLinearAdd",
+        "QLinearMul",
+        "QLinearGlobalAveragePool",
+        "QGemm",
+        "ConvInteger",
+        "MatMulInteger",
+        "DynamicQuantizeLinear",
+    }
+)
+"""Ops that make a graph INT8: explicit Q/DQ (TensorRT, ORT QDQ) and ONNX Runtime's QOperator format."""
+
+
+def graph_precision(model: onnx.ModelProto) -> str:
+    """``int8`` with any :data:`INT8_OPS` node, ``fp16`` with float16 weights, else ``fp32``."""
+    if any(node.op_type in INT8_OPS for node in model.graph.node):
+        return "int8"
+    if any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer):
+        return "fp16"
+    return "fp32"
+
+
+def detect_precision(artifact: str | os.PathLike[str]) -> str:
+    """``fp32``/``fp16``/``int8`` of a file: its build manifest when that describes the file, else
+    the ONNX graph (:func:`graph_precision`); ``fp32`` for another kind of file without a manifest."""
+    path = Path(artifact)
+    manifest = matching_manifest(path)
+    if manifest is not None:
+        return manifest.precision
+    if path.suffix.lower() not in ONNX_SUFFIXES:
+        return "fp32"
+    return graph_precision(load_onnx(path))

@@ -1,0 +1,453 @@
+"""TensorRT engine builder: a precision ONNX file -> a strongly typed network -> a plan with its manifest.
+
+The ONNX file's own types decide the precision (FP32, FP16-typed or Q/DQ INT8); one optimization profile covers
+the dynamic batch; a timing cache file is reused across builds. 10.x and 11.x differ: found with ``hasattr``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, SupportsInt
+
+import numpy as np
+import onnx
+
+from sedeploy.artifacts.manifest import (
+    BuildManifest,
+    manifest_path,
+    read_manifest,
+    write_with_manifest,
+)
+from sedeploy.artifacts.metadata import read_metadata
+from sedeploy.artifacts.precision import graph_precision
+from sedeploy.backends import cuda_memory
+from sedeploy.backends.tensorrt.compat import (
+    AMPERE_MAJOR,
+    OPT_LEVELS,
+    BatchProfile,
+    EngineBuildError,
+    ProgressCallback,
+    check_implicit_int8_supported,
+    compute_capability_tuple,
+    make_trt_logger,
+    require_tensorrt,
+    resolve_batch_profile,
+)
+from sedeploy.errors import BadInputError
+from sedeploy.files import atomic_output, sha256_of_file
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+    from typing_extensions import Buffer
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ParserIssue:
+    """One error the TensorRT ONNX parser reported."""
+
+    node_index: int
+    node_name: str
+    op: str
+    message: str
+
+    def describe(self) -> str:
+        where = f"node {self.node_name!r}" if self.node_name else f"node #{self.node_index}"
+        return f"{where} ({self.op or 'unknown op'}): {self.message}"
+
+
+def format_parser_errors(
+    onnx_path: str | os.PathLike[str], issues: Sequence[ParserIssue], version: str
+) -> str:
+    """One line listing every parser error, with what to do about it."""
+    listed = "; ".join(issue.describe() for issue in issues) or "no details given"
+    count = f"{len(issues)} error{'s' if len(issues) != 1 else ''}"
+    return (
+        f"TensorRT {version} cannot parse {onnx_path} ({count}): {listed}; "
+        "export the model again with sedeploy export, or use a TensorRT release that supports these ops"
+    )
+
+
+def _progress_monitor(callback: ProgressCallback) -> trt.IProgressMonitor:
+    """A TensorRT progress monitor that reports each step to ``callback``."""
+    import tensorrt as trt
+
+    class _Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.steps: dict[str, int] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: SupportsInt) -> None:
+            self.steps[phase_name] = int(num_steps)
+            callback(phase_name, 0, int(num_steps))
+
+        def step_complete(self, phase_name: str, step: SupportsInt) -> bool:
+            callback(phase_name, int(step) + 1, self.steps.get(phase_name, 0))
+            return True
+
+        def phase_finish(self, phase_name: str) -> None:
+            total = self.steps.pop(phase_name, 0)
+            callback(phase_name, total, total)
+
+    return _Monitor()
+
+
+def _entropy_calibrator(
+    batches: Iterable[np.ndarray], input_name: str, cache_path: Path | None
+) -> tuple[Any, int, tuple[int, ...]]:
+    """A legacy IInt8EntropyCalibrator2 over ``batches`` (TensorRT 10.x); returns it, its batch size and shape.
+
+    Every batch must have the first batch's shape; a shorter last batch is dropped.
+    Call only with a CUDA context pushed: the calibrator owns a pinned and a device buffer.
+    """
+    import tensorrt as trt
+
+    iterator = iter(batches)
+    first = next(iterator, None)
+    if first is None:
+        raise BadInputError("the calibration set is empty; give at least one batch of images")
+    first = np.ascontiguousarray(first, dtype=np.float32)
+    shape = tuple(int(dim) for dim in first.shape)
+
+    class _Calibrator(trt.IInt8EntropyCalibrator2):  # type: ignore[name-defined, unused-ignore]
+        def __init__(self) -> None:
+            trt.IInt8EntropyCalibrator2.__init__(self)  # type: ignore[attr-defined, unused-ignore]
+            self.pending: np.ndarray | None = first
+            self.host = cuda_memory.HostBuffer(shape, np.float32)
+            self.device = cuda_memory.DeviceBuffer(self.host.nbytes)
+            self.stream = cuda_memory.Stream()
+            self.used = 0
+
+        def get_batch_size(self) -> int:
+            return shape[0]
+
+        def get_batch(self, names: Sequence[str]) -> list[int] | None:  # type: ignore[override, unused-ignore]
+            batch = self.pending if self.pending is not None else next(iterator, None)
+            self.pending = None
+            if batch is None:
+                return None
+            batch = np.asarray(batch, dtype=np.float32)
+            if batch.shape != shape:
+                logger.info("calibration batch of shape %s dropped (expected %s)", batch.shape, shape)
+                return None
+            self.host.array[...] = batch
+            cuda_memory.copy_to_device_async(self.device, self.host.array, self.stream)
+            self.stream.synchronize()
+            self.used += 1
+            return [self.device.ptr if name == input_name else 0 for name in names]
+
+        def read_calibration_cache(self) -> bytes | None:  # type: ignore[override, unused-ignore]
+            if cache_path is not None and cache_path.is_file():
+                logger.info("reusing calibration cache %s", cache_path)
+                return cache_path.read_bytes()
+            return None
+
+        def write_calibration_cache(self, cache: Buffer) -> None:
+            if cache_path is not None:
+                with atomic_output(cache_path) as temp_path:
+                    temp_path.write_bytes(bytes(memoryview(cache)))
+
+        def free(self) -> None:
+            self.host.free()
+            self.device.free()
+            self.stream.free()
+
+    return _Calibrator(), shape[0], shape
+
+
+def _parser_issues(parser: trt.OnnxParser) -> list[ParserIssue]:
+    issues = []
+    for index in range(parser.num_errors):
+        error: trt.ParserError = parser.get_error(index)
+        issues.append(ParserIssue(error.node(), error.node_name(), error.node_operator(), error.desc()))
+    return issues
+
+
+def _network_flags(strongly_typed: bool) -> int:
+    """Network creation flags: strongly typed where the release has the flag (on 11.x it is the only mode)."""
+    import tensorrt as trt
+
+    if strongly_typed and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    return 0
+
+
+def _load_timing_cache(config: trt.IBuilderConfig, path: Path | None) -> None:
+    """Attach the timing cache stored at ``path`` (or a fresh one) to ``config``."""
+    data = path.read_bytes() if path is not None and path.is_file() else b""
+    cache = config.create_timing_cache(data)
+    if not config.set_timing_cache(cache, False):
+        logger.warning("timing cache %s is from another TensorRT or GPU; starting a fresh one", path)
+        config.set_timing_cache(config.create_timing_cache(b""), False)
+    elif data:
+        logger.info("reusing timing cache %s (%d bytes)", path, len(data))
+
+
+def _save_timing_cache(config: trt.IBuilderConfig, path: Path) -> None:
+    serialized = config.get_timing_cache().serialize()
+    with atomic_output(path) as temp_path:
+        temp_path.write_bytes(bytes(memoryview(serialized)))
+
+
+def _source_precision(onnx_path: Path) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
+    """Precision, recipe and calibration of the ONNX file: from its manifest if it has one, else from the graph."""
+    if manifest_path(onnx_path).is_file():
+        source = read_manifest(onnx_path)
+        return source.precision, dict(source.recipe), source.calibration
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    return graph_precision(model), {}, None
+
+
+@dataclass(frozen=True)
+class EngineBuildResult:
+    """What :func:`build_engine` wrote."""
+
+    engine_path: Path
+    manifest_path: Path
+    manifest: BuildManifest
+    timing_cache: Path | None
+    build_seconds: float
+
+    def to_text(self) -> str:
+        engine = self.manifest.engine or {}
+        return "\n".join(
+            [
+                f"built {self.manifest.precision} TensorRT {engine.get('tensorrt_version')} engine "
+                f"{self.engine_path} in {self.build_seconds:.1f} s",
+                f"  GPU {self.manifest.device.get('gpu_name')} "
+                f"(compute capability {self.manifest.device.get('compute_capability')}), "
+                f"batch {engine.get('profile')}, hardware-compatible {engine.get('hardware_compat')}, "
+                f"version-compatible {engine.get('version_compat')}",
+                f"  manifest {self.manifest_path}"
+                + (f", timing cache {self.timing_cache}" if self.timing_cache else ""),
+            ]
+        )
+
+
+def build_engine(
+    onnx_path: str | os.PathLike[str],
+    output_path: str | os.PathLike[str],
+    *,
+    profile: BatchProfile | str | None = None,
+    workspace: int | None = None,
+    opt_level: int | None = None,
+    timing_cache: str | os.PathLike[str] | None = None,
+    hardware_compat: bool = False,
+    version_compat: bool = False,
+    implicit_int8: Iterable[np.ndarray] | None = None,
+    calibration_cache: str | os.PathLike[str] | None = None,
+    device: int = 0,
+    progress: ProgressCallback | None = None,
+    provenance: Mapping[str, Any] | None = None,
+) -> EngineBuildResult:
+    """Build a TensorRT engine from a sedeploy ONNX file and write it with its manifest, both atomically.
+
+    ``profile``: the batch range (``"MIN:OPT:MAX"``; default 1:8:32 capped by the
+    model's max batch). ``workspace``: workspace memory limit in bytes.
+    ``opt_level``: builder optimization level 0-5. ``timing_cache``: a file read
+    before and rewritten after the build, so later builds skip known timings.
+    ``implicit_int8``: calibration batches (float32 NCHW numpy arrays) for the
+    legacy implicit INT8 path, TensorRT 10.x only, with ``calibration_cache``.
+    ``progress`` receives TensorRT's build progress where the release reports it.
+    ``provenance`` overrides what the manifest says about the source when the
+    caller made the precision ONNX itself (keys ``source_onnx_sha256``,
+    ``source_metadata``, ``precision``, ``recipe``, ``calibration``,
+    ``build_options``, as in :class:`~sedeploy.artifacts.manifest.BuildManifest`).
+    """
+    require_tensorrt()
+    import tensorrt as trt
+
+    started = time.perf_counter()
+    onnx_path = Path(onnx_path)
+    output_path = Path(output_path)
+    metadata = read_metadata(onnx_path)
+    batch = resolve_batch_profile(profile, metadata.max_batch)
+    if opt_level is not None and opt_level not in OPT_LEVELS:
+        raise BadInputError(f"optimization level must be 0 to 5, got {opt_level}")
+    if workspace is not None and workspace <= 0:
+        raise BadInputError(f"workspace must be a positive number of bytes, got {workspace}")
+    provenance = dict(provenance or {})
+    if "precision" in provenance:
+        precision = str(provenance["precision"])
+        recipe = dict(provenance.get("recipe") or {})
+        calibration = provenance.get("calibration")
+    else:
+        precision, recipe, calibration = _source_precision(onnx_path)
+    legacy_int8 = implicit_int8 is not None
+    if legacy_int8:
+        check_implicit_int8_supported(trt)
+        if precision != "fp32":
+            raise BadInputError(
+                f"--implicit-int8 calibrates an FP32 ONNX file, but {onnx_path} is {precision}; "
+                "give the FP32 export"
+            )
+    gpu = cuda_memory.device_info(device)
+    if hardware_compat and compute_capability_tuple(gpu.compute_capability)[0] < AMPERE_MAJOR:
+        raise BadInputError(
+            f"--hardware-compat needs an Ampere or newer GPU to build on; {gpu.name} has compute "
+            f"capability {gpu.compute_capability}"
+        )
+
+    cuda = cuda_memory.CudaContext(device)
+    calibrator: Any = None
+    try:
+        with cuda:
+            trt_logger = make_trt_logger()
+            builder = trt.Builder(trt_logger)
+            network = builder.create_network(_network_flags(strongly_typed=not legacy_int8))
+            parser = trt.OnnxParser(network, trt_logger)
+            if not parser.parse_from_file(str(onnx_path)):
+                raise EngineBuildError(
+                    format_parser_errors(onnx_path, _parser_issues(parser), trt.__version__)
+                )
+            input_name = network.get_input(0).name if network.num_inputs else ""
+            if network.num_inputs != 1 or input_name != metadata.input_name:
+                raise EngineBuildError(
+                    f"{onnx_path} should have the single input {metadata.input_name!r} its metadata names, "
+                    f"but TensorRT sees {network.num_inputs} input(s) starting with {input_name!r}; export it again"
+                )
+            image_shape = tuple(metadata.input_size)
+
+            config = builder.create_builder_config()
+            optimization_profile = builder.create_optimization_profile()
+            optimization_profile.set_shape(
+                input_name, (batch.min, *image_shape), (batch.opt, *image_shape), (batch.max, *image_shape)
+            )
+            config.add_optimization_profile(optimization_profile)
+            if workspace is not None:
+                config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+            if opt_level is not None:
+                config.builder_optimization_level = opt_level
+            if hardware_compat:
+                config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+            if version_compat:
+                config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+            cache_path = Path(timing_cache) if timing_cache is not None else None
+            _load_timing_cache(config, cache_path)
+            if progress is not None:
+                if hasattr(trt, "IProgressMonitor") and hasattr(config, "progress_monitor"):
+                    config.progress_monitor = _progress_monitor(progress)
+                else:
+                    logger.info("this TensorRT reports no build progress")
+
+            if implicit_int8 is not None:
+                calibration_path = Path(calibration_cache) if calibration_cache is not None else None
+                calibrator, calibration_batch, calibration_shape = _entropy_calibrator(
+                    implicit_int8, input_name, calibration_path
+                )
+                if calibration_shape[1:] != image_shape:
+                    raise BadInputError(
+                        f"calibration batches have images of shape {calibration_shape[1:]}, "
+                        f"the model takes {image_shape}"
+                    )
+                if hasattr(trt.BuilderFlag, "INT8") and hasattr(trt.BuilderFlag, "FP16"):
+                    config.set_flag(trt.BuilderFlag.INT8)
+                    config.set_flag(trt.BuilderFlag.FP16)
+                if hasattr(config, "int8_calibrator"):
+                    config.int8_calibrator = calibrator
+                if hasattr(config, "set_calibration_profile"):
+                    calibration_profile = builder.create_optimization_profile()
+                    calibration_profile.set_shape(
+                        input_name, calibration_shape, calibration_shape, calibration_shape
+                    )
+                    config.set_calibration_profile(calibration_profile)
+                precision = "int8"
+                recipe = {"flavour": "tensorrt_implicit", "fallback": "fp16"}
+                calibration = {
+                    "method": "entropy2",
+                    "batch_size": calibration_batch,
+                    "cache": str(calibration_path) if calibration_path else None,
+                }
+
+            logger.info("building TensorRT %s engine from %s, batch %s", trt.__version__, onnx_path, batch)
+            serialized = builder.build_serialized_network(network, config)
+            if serialized is None:
+                raise EngineBuildError(
+                    f"TensorRT {trt.__version__} could not build an engine from {onnx_path} "
+                    "(its errors are in the log above); fix them or try a smaller --batch or larger --workspace"
+                )
+            engine_bytes = bytes(memoryview(serialized))  # written with its manifest below, as one unit
+            if cache_path is not None:
+                _save_timing_cache(config, cache_path)
+    finally:
+        if calibrator is not None:
+            with cuda:
+                calibrator.free()
+        cuda.free()
+
+    seconds = time.perf_counter() - started
+    manifest = BuildManifest(
+        artifact=output_path.name,
+        artifact_sha256=hashlib.sha256(engine_bytes).hexdigest(),
+        artifact_format="tensorrt_plan",
+        backend="tensorrt",
+        backend_version=trt.__version__,
+        precision=precision,
+        source_onnx_sha256=provenance.get("source_onnx_sha256") or sha256_of_file(onnx_path),
+        source_metadata=provenance.get("source_metadata") or metadata.to_dict(),
+        device={
+            "description": f"{gpu.name}, compute capability {gpu.compute_capability}",
+            "gpu_name": gpu.name,
+            "compute_capability": gpu.compute_capability,
+        },
+        recipe=recipe,
+        calibration=calibration,
+        engine={
+            "tensorrt_version": trt.__version__,
+            "profile": batch.to_dict(),
+            "hardware_compat": hardware_compat,
+            "version_compat": version_compat,
+        },
+        build_options={
+            **dict(provenance.get("build_options") or {}),
+            "workspace": workspace,
+            "opt_level": opt_level,
+            "timing_cache": str(timing_cache) if timing_cache is not None else None,
+            "implicit_int8": legacy_int8,
+        },
+        build_seconds=round(seconds, 3),
+    )
+    written = write_with_manifest(output_path, engine_bytes, manifest)
+    logger.info("wrote %s and %s in %.1f s", output_path, written, seconds)
+    return EngineBuildResult(
+        output_path, written, manifest, Path(timing_cache) if timing_cache else None, seconds
+    )
+
+
+def build_engine_from_onnx(
+    onnx_path: str | os.PathLike[str],
+    engine_path: str | os.PathLike[str],
+    *,
+    common: Mapping[str, Any] | None = None,
+    started: float | None = None,
+    progress: bool | ProgressCallback = False,
+    **options: Any,
+) -> BuildManifest:
+    """:func:`build_engine` for ``sedeploy.build``: ``common`` is the provenance it already knows; returns the manifest.
+
+    ``progress=True`` logs each finished build phase; a callable receives every step.
+    ``options`` are :func:`build_engine`'s keyword options (``profile``, ``workspace``, ...).
+    """
+    callback: ProgressCallback | None
+    if callable(progress):
+        callback = progress
+    elif progress:
+        callback = _log_progress
+    else:
+        callback = None
+    result = build_engine(onnx_path, engine_path, progress=callback, provenance=common, **options)
+    if started is not None:
+        logger.info("engine ready %.1f s after the build started", time.perf_counter() - started)
+    return result.manifest
+
+
+def _log_progress(phase: str, done: int, total: int) -> None:
+    if total and done >= total:
+        logger.info("TensorRT build: %s done (%d steps)", phase, total)
