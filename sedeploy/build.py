@@ -31,6 +31,7 @@ from sedeploy.artifacts.manifest import (
 )
 from sedeploy.artifacts.metadata import ModelMetadata, load_onnx, metadata_or_none
 from sedeploy.backends import onnxruntime as ort_backend
+from sedeploy.backends.tensorrt.compat import TensorRTOptions, resolve_batch_profile
 from sedeploy.compare import Comparison, compare_logits
 from sedeploy.data import CalibrationSet, load_image_set, preprocessing_for
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
@@ -75,9 +76,9 @@ class BuildOptions:
     fp16_block_list: Sequence[str] = DEFAULT_FP16_BLOCK_LIST
     seed: int = 0
     preprocessing_overrides: dict[str, Any] = field(default_factory=dict)
-    tensorrt: dict[str, Any] = field(default_factory=dict)
-    """TensorRT builder options (``profile``, ``workspace``, ``opt_level``, ``timing_cache``,
-    ``hardware_compat``, ``version_compat``), passed to :func:`sedeploy.backends.tensorrt.build_engine`."""
+    tensorrt: TensorRTOptions = field(default_factory=TensorRTOptions)
+    """TensorRT builder options, passed to :func:`sedeploy.backends.tensorrt.build_engine`; refused with
+    another backend (a build that cannot honour them must not drop them)."""
     implicit_int8: bool = False
     """TensorRT 10.x only: calibrate with TensorRT's legacy INT8 calibrator on the FP32 graph instead of Q/DQ."""
     probe_batches: tuple[int, ...] = DEFAULT_PROBE_BATCHES
@@ -126,7 +127,7 @@ class BuildOptions:
             "fp16_block_list": list(self.fp16_block_list),
             "seed": self.seed,
             "implicit_int8": self.implicit_int8,
-            **{f"tensorrt_{key}": str(value) for key, value in self.tensorrt.items()},
+            "tensorrt": self.tensorrt.to_dict(),
         }
 
 
@@ -261,11 +262,14 @@ def build_engine(
     proto, metadata = _read_source(model_path)
     if output is not None:
         check_writable(output)
-    if "profile" in options.tensorrt:  # a bad profile is a usage error even where TensorRT is missing
-        from sedeploy.backends.tensorrt import resolve_batch_profile
-
-        resolve_batch_profile(options.tensorrt["profile"], metadata.max_batch if metadata else None)
+    if options.tensorrt.profile is not None:  # a bad profile is a usage error even where TensorRT is missing
+        resolve_batch_profile(options.tensorrt.profile, metadata.max_batch if metadata else None)
     backend, backend_reason = choose_backend(options.backend)
+    if backend != "tensorrt" and options.tensorrt.given():
+        raise ConfigError(
+            f"TensorRT options {', '.join(options.tensorrt.given())} cannot apply: this build runs on {backend} "
+            f"({backend_reason}); drop them, or build with backend='tensorrt' where TensorRT and a GPU are present"
+        )
     if options.backend == "auto" and backend == "onnxruntime":
         not_probed = _why_not_probed(options, output)
         if not_probed is None:
@@ -341,7 +345,7 @@ def build_engine(
                 common=common,
                 started=started,
                 progress=progress,
-                **options.tensorrt,
+                **options.tensorrt.builder_kwargs(),
                 **legacy,
             )
             artifacts.append(engine_path)

@@ -18,7 +18,8 @@ from typing import Any
 import click
 
 from sedeploy._version import __version__
-from sedeploy.bench import bench, compare, write_reports
+from sedeploy.backends.tensorrt.compat import TensorRTOptions
+from sedeploy.bench import bench, write_reports
 from sedeploy.build import (
     BACKENDS,
     DEFAULT_CALIBRATION_SIZE,
@@ -31,6 +32,7 @@ from sedeploy.errors import SedeployError
 from sedeploy.export import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_onnx
 from sedeploy.files import check_writable, write_json_atomic
 from sedeploy.info import model_info
+from sedeploy.ladder import compare
 from sedeploy.models.checkpoint import LAYOUTS
 from sedeploy.precision.quantize import CALIBRATION_METHODS, DEFAULT_PERCENTILE, FLAVOURS
 from sedeploy.predict import predict
@@ -388,14 +390,14 @@ def build_engine_command(
         "std": _parse_floats(std, "--std"),
         "channels": in_chans,
     }
-    tensorrt = {
-        "profile": batch_profile,
-        "workspace": workspace * 2**20 if workspace else None,
-        "opt_level": opt_level,
-        "timing_cache": timing_cache,
-        "hardware_compat": hardware_compat,
-        "version_compat": version_compat,
-    }
+    tensorrt = TensorRTOptions(
+        profile=batch_profile,
+        workspace=workspace * 2**20 if workspace else None,
+        opt_level=opt_level,
+        timing_cache=str(timing_cache) if timing_cache else None,
+        hardware_compat=hardware_compat,
+        version_compat=version_compat,
+    )
     options = BuildOptions(
         precision="int8" if int8 else "fp16" if fp16 else "fp32",
         backend=backend,
@@ -409,7 +411,7 @@ def build_engine_command(
         fp16_block_list=tuple(op for op in fp16_block_list.split(",") if op),
         seed=seed,
         preprocessing_overrides={key: value for key, value in overrides.items() if value is not None},
-        tensorrt={key: value for key, value in tensorrt.items() if value not in (None, False)},
+        tensorrt=tensorrt,
         implicit_int8=implicit_int8,
         probe_batches=tuple(probe_batches) or DEFAULT_PROBE_BATCHES,
     )

@@ -20,14 +20,13 @@ from sedeploy.bench import (
     Candidate,
     LatencyStats,
     bench,
-    compare,
     gemm_probe,
     gpu_peak_gflops,
-    prepare_compare,
     write_reports,
 )
 from sedeploy.errors import ConfigError
 from sedeploy.files import sha256_of_file
+from sedeploy.ladder import compare, prepare_compare
 
 
 def test_latency_statistics_on_synthetic_timings() -> None:

@@ -5,6 +5,7 @@ Pure logic, importable without TensorRT: what a build or a runner decides before
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
@@ -15,7 +16,7 @@ from sedeploy.artifacts.manifest import (
     ManifestError,
 )
 from sedeploy.backends import cuda_memory
-from sedeploy.errors import BadInputError, SedeployError
+from sedeploy.errors import BadInputError, ConfigError, SedeployError
 from sedeploy.optional import import_optional
 
 if TYPE_CHECKING:
@@ -33,6 +34,57 @@ AMPERE_MAJOR = 8
 """Hardware-compatible (Ampere-plus) engines need compute capability 8.0 or higher."""
 ProgressCallback = Callable[[str, int, int], None]
 """Called as ``(phase, steps done, steps in phase)`` while TensorRT builds."""
+
+
+@dataclass(frozen=True)
+class TensorRTOptions:
+    """TensorRT builder options, typed: recorded in the manifest as :meth:`to_dict` and compared as a structure.
+
+    ``profile``: the batch range ``MIN:OPT:MAX`` (default 1:8:32 capped by the model's max batch).
+    ``workspace``: workspace memory limit in bytes. ``opt_level``: builder optimization level 0-5.
+    ``timing_cache``: a file read before and merged after the build. ``hardware_compat``: an engine for every
+    Ampere-and-newer GPU; ``version_compat``: one that later TensorRT releases run.
+    """
+
+    profile: str | None = None
+    workspace: int | None = None
+    opt_level: int | None = None
+    timing_cache: str | None = None
+    hardware_compat: bool = False
+    version_compat: bool = False
+
+    def __post_init__(self) -> None:
+        if self.profile is not None:
+            parse_batch_profile(self.profile)
+        if self.opt_level is not None and self.opt_level not in OPT_LEVELS:
+            raise ConfigError(f"opt_level must be 0 to 5, got {self.opt_level}")
+        if self.workspace is not None and self.workspace <= 0:
+            raise ConfigError(f"workspace must be a positive number of bytes, got {self.workspace}")
+
+    def given(self) -> tuple[str, ...]:
+        """Names of the options set away from their defaults (what a non-TensorRT build cannot honour)."""
+        defaults = TensorRTOptions()
+        return tuple(
+            field.name
+            for field in dataclasses.fields(self)
+            if getattr(self, field.name) != getattr(defaults, field.name)
+        )
+
+    def builder_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for :func:`sedeploy.backends.tensorrt.build_engine`."""
+        return {name: getattr(self, name) for name in self.given()}
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> TensorRTOptions:
+        """The options a manifest recorded; unknown keys are refused (a newer sedeploy wrote them)."""
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f"unknown TensorRT options {sorted(unknown)}; valid: {sorted(known)}")
+        return cls(**values)
 
 
 class EngineBuildError(SedeployError):

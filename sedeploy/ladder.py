@@ -1,0 +1,297 @@
+"""The ``bench --compare`` ladder: find or build every precision of one exported model, then bench them.
+
+Above both ``build`` and ``bench`` (it builds what is missing, then measures), so ``bench`` stays measurement
+only and ``build --backend auto`` may use ``bench`` without an import circle. A build is reused when its
+manifest says it is this build of this source: the same sha256, backend, precision, flavour, calibration and
+build options, compared as :meth:`sedeploy.build.BuildOptions.to_dict` structures.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sedeploy.artifacts.naming import artifact_path, precision_suffix
+from sedeploy.backends.base import Runner
+from sedeploy.bench import DEFAULT_BATCHES, BenchReport, Candidate, bench
+from sedeploy.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CompareBuild:
+    """One artifact ``compare`` benches: what it is, where it is, and whether it was reused or built now."""
+
+    backend: str
+    precision: str
+    flavour: str | None
+    artifact: Path
+    reused: bool
+    seconds: float = 0.0
+
+    @property
+    def name(self) -> str:
+        return f"{self.backend} {precision_suffix(self.precision, self.flavour)}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "backend": self.backend,
+            "precision": self.precision,
+            "flavour": self.flavour,
+            "artifact": str(self.artifact),
+            "reused": self.reused,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+COMPARE_PLAN: tuple[tuple[str, str, str | None], ...] = (
+    ("onnxruntime", "fp32", None),
+    ("onnxruntime", "fp16", None),
+    ("onnxruntime", "int8", "cpu"),
+)
+"""(backend, precision, INT8 flavour) that ``--compare`` always benches."""
+TENSORRT_COMPARE_PLAN: tuple[tuple[str, str, str | None], ...] = (
+    ("tensorrt", "fp16", None),
+    ("tensorrt", "int8", "tensorrt"),
+)
+"""Added when TensorRT and an NVIDIA GPU are present."""
+OPENVINO_COMPARE_PLAN: tuple[tuple[str, str, str | None], ...] = (("openvino", "int8", None),)
+"""Added on request (``openvino=True``): NNCF's INT8 IR."""
+_ONNX_RECIPE_OPTIONS = frozenset({"calib_method", "percentile", "quantize_se", "target"})
+"""Build options that shape the ONNX Q/DQ recipe, which OpenVINO's NNCF build refuses."""
+
+
+def _reusable(
+    artifact: Path,
+    source_sha256: str,
+    backend: str,
+    precision: str,
+    flavour: str | None,
+    calibration: Path | None,
+    calib_size: int,
+    extra_options: dict[str, Any],
+) -> str | None:
+    """Why ``artifact`` must be (re)built, or None when its manifest says it is this build of this source."""
+    from sedeploy.artifacts.manifest import ManifestError, checked_manifest
+
+    if not artifact.is_file():
+        return "not built yet"
+    try:
+        manifest = checked_manifest(artifact, required=True)
+    except ManifestError as error:
+        return str(error)
+    assert manifest is not None
+    if manifest.source_onnx_sha256 != source_sha256:
+        return "built from another version of the model"
+    if manifest.backend != backend or manifest.precision != precision:
+        return f"it is a {manifest.backend} {manifest.precision} build"
+    options = manifest.build_options or {}
+    if precision == "int8":
+        if backend != "openvino" and options.get("target") != flavour:
+            return f"it is the {options.get('target')} INT8 flavour"
+        recorded = (manifest.calibration or {}).get("folder")
+        if calibration is not None and (
+            recorded is None or Path(recorded).resolve() != calibration.resolve()
+        ):
+            return f"calibrated on {recorded}, not {calibration}"
+        if options.get("calib_size") != calib_size:
+            return f"calibrated on up to {options.get('calib_size')} images, not {calib_size}"
+    for key, value in extra_options.items():  # as BuildOptions.to_dict writes them: structures, not strings
+        if options.get(key) != value:
+            return f"built with {key}={options.get(key)!r}, not {value!r}"
+    if backend == "tensorrt":
+        return _engine_problem(manifest)
+    return None
+
+
+def _engine_problem(manifest: Any) -> str | None:
+    """Why a TensorRT engine does not run here (other TensorRT or GPU), or None."""
+    import tensorrt as trt
+
+    from sedeploy.backends import cuda_memory
+    from sedeploy.backends.tensorrt import engine_compatibility_problem
+
+    return engine_compatibility_problem(
+        manifest.engine,
+        manifest.device,
+        tensorrt_version=trt.__version__,
+        compute_capability=cuda_memory.device_info(0).compute_capability,
+    )
+
+
+def prepare_compare(
+    model_path: str | os.PathLike[str],
+    *,
+    calibration: str | os.PathLike[str] | None = None,
+    calib_size: int | None = None,
+    tensorrt: bool | None = None,
+    openvino: bool = False,
+    build_options: dict[str, Any] | None = None,
+    progress: bool = False,
+) -> tuple[list[CompareBuild], list[str]]:
+    """Find or build, beside ``model_path``, every artifact ``--compare`` benches; return them and notes.
+
+    ``model_path`` is an exported FP32 ONNX with sedeploy metadata. ONNX Runtime
+    FP32, FP16 and INT8 (cpu flavour) always; TensorRT FP16 and INT8 when
+    ``tensorrt`` is True, or None and TensorRT with a GPU is present; OpenVINO INT8
+    when ``openvino``. An artifact is reused when its manifest says it was built
+    from this file (sha256) with this precision, flavour and calibration, else it
+    is built with :func:`sedeploy.build.build_engine` (calibration: ``calibration``
+    or build-engine's default folder and size). ``build_options`` go to
+    :class:`sedeploy.build.BuildOptions` (e.g. ``calib_method``).
+    """
+    from tqdm import tqdm
+
+    from sedeploy.artifacts.metadata import load_onnx, metadata_or_none
+    from sedeploy.backends import tensorrt as trt_backend
+    from sedeploy.build import DEFAULT_CALIBRATION_SIZE, BuildOptions, build_engine
+    from sedeploy.files import sha256_of_file
+
+    source = Path(model_path)
+    if source.suffix.lower() != ".onnx" or not source.is_file():
+        raise ConfigError(f"--compare takes one exported FP32 .onnx file; {source} is not one")
+    proto = load_onnx(source)
+    if metadata_or_none(proto) is None:
+        raise ConfigError(f"{source} has no sedeploy metadata; export it with `sedeploy export` first")
+    from sedeploy.artifacts.precision import detect_precision
+
+    source_precision = detect_precision(source)
+    if source_precision != "fp32":
+        raise ConfigError(f"{source} is a {source_precision} file; give the exported FP32 ONNX")
+    size = calib_size or DEFAULT_CALIBRATION_SIZE
+    calib_dir = Path(calibration) if calibration is not None else None
+    notes: list[str] = []
+    plan = list(COMPARE_PLAN)
+    available, reason = trt_backend.availability()
+    if tensorrt is None:
+        tensorrt = available
+        if not available:
+            notes.append(f"TensorRT skipped: {reason}")
+    elif tensorrt and not available:
+        raise ConfigError(f"TensorRT was asked for but cannot run here: {reason}")
+    if tensorrt:
+        plan += TENSORRT_COMPARE_PLAN
+    if openvino:
+        plan += OPENVINO_COMPARE_PLAN
+    source_sha256 = sha256_of_file(source)
+    builds = []
+    bar = tqdm(plan, desc="compare", unit="build", disable=not progress, leave=False)
+    for backend, precision, flavour in bar:
+        artifact = artifact_path(source, backend, precision, flavour)
+        extra = {
+            key: value
+            for key, value in (build_options or {}).items()
+            if backend != "openvino" or key not in _ONNX_RECIPE_OPTIONS
+        }
+        options = BuildOptions(
+            precision=precision,
+            backend=backend,
+            target=flavour,
+            calib_dir=calib_dir if precision == "int8" else None,
+            calib_size=size,
+            **extra,
+        )
+        wanted = options.to_dict()
+        problem = _reusable(
+            artifact,
+            source_sha256,
+            backend,
+            precision,
+            flavour,
+            calib_dir,
+            size,
+            {key: wanted.get(key) for key in extra},
+        )
+        if problem is None:
+            logger.info("reusing %s", artifact)
+            builds.append(CompareBuild(backend, precision, flavour, artifact, reused=True))
+            continue
+        bar.set_description(f"compare: build {backend} {precision}")
+        logger.info("building %s (%s)", artifact, problem)
+        result = build_engine(source, options, progress=progress)
+        builds.append(
+            CompareBuild(backend, precision, flavour, artifact, reused=False, seconds=result.seconds)
+        )
+    bar.close()
+    return builds, notes
+
+
+def torch_candidate(
+    model_path: str | os.PathLike[str],
+    weights: str | os.PathLike[str] | None = None,
+    device: str | None = None,
+) -> Candidate:
+    """PyTorch eager FP32 of the model an exported ONNX describes (arch and options from its metadata).
+
+    The ONNX does not carry PyTorch's weights, so without ``weights`` (the file it
+    was exported from) the model has random weights: the same shapes and
+    operations, hence the same speed, but not the same outputs.
+    """
+    from sedeploy.artifacts.metadata import read_metadata
+
+    metadata = read_metadata(model_path)
+    source = str(weights) if weights is not None else metadata.arch
+
+    def open_torch(threads: int | None) -> Runner:
+        import torch
+
+        from sedeploy.backends.torch import TorchRunner
+
+        if threads:
+            torch.set_num_threads(threads)  # PyTorch's intra-op pool is per process
+        return TorchRunner(source, metadata=metadata, device=device)
+
+    return Candidate(
+        path=str(weights) if weights is not None else f"torch:{metadata.arch}",
+        label="PyTorch eager FP32" + ("" if weights is not None else " (random weights)"),
+        open=open_torch,
+        precision="fp32",
+    )
+
+
+def compare(
+    model_path: str | os.PathLike[str],
+    batches: Sequence[int] = DEFAULT_BATCHES,
+    *,
+    calibration: str | os.PathLike[str] | None = None,
+    calib_size: int | None = None,
+    tensorrt: bool | None = None,
+    openvino: bool = False,
+    build_options: dict[str, Any] | None = None,
+    torch_weights: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    **bench_options: Any,
+) -> BenchReport:
+    """``sedeploy bench MODEL.onnx --compare``: :func:`prepare_compare`, then :func:`bench` with PyTorch first.
+
+    Rows are PyTorch eager FP32 (``torch_weights``, else random weights), then
+    every artifact, so ``ratio_to_first`` reads "x eager". ``bench_options`` go
+    to :func:`bench`.
+    """
+    builds, notes = prepare_compare(
+        model_path,
+        calibration=calibration,
+        calib_size=calib_size,
+        tensorrt=tensorrt,
+        openvino=openvino,
+        build_options=build_options,
+        progress=progress,
+    )
+    built = [build for build in builds if not build.reused]
+    if built:
+        notes.append(
+            "built now: " + ", ".join(f"{build.artifact.name} ({build.seconds:.0f} s)" for build in built)
+        )
+    reused = [build.artifact.name for build in builds if build.reused]
+    if reused:
+        notes.append("reused (manifest matches the source): " + ", ".join(reused))
+    if torch_weights is None:
+        notes.append("PyTorch eager runs the same architecture with random weights: speed only, not outputs")
+    artifacts: list[str | os.PathLike[str] | Candidate] = [torch_candidate(model_path, torch_weights)]
+    artifacts += [build.artifact for build in builds]
+    return bench(artifacts, batches, progress=progress, notes=notes, **bench_options)
