@@ -33,7 +33,7 @@ from sedeploy.artifacts.metadata import ModelMetadata, load_onnx, metadata_or_no
 from sedeploy.backends import onnxruntime as ort_backend
 from sedeploy.backends.tensorrt.compat import TensorRTOptions, resolve_batch_profile
 from sedeploy.compare import Comparison, compare_logits
-from sedeploy.data import CalibrationSet, load_image_set, preprocessing_for
+from sedeploy.data import ImageSet, load_image_set, preprocessing_for
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import check_writable, folder_lock, pause_for_tests, sha256_of_file, temp_path_beside
 from sedeploy.host import cpu_features, describe_host
@@ -219,7 +219,7 @@ def _input_name(proto: onnx.ModelProto) -> str:
     return next(i.name for i in proto.graph.input if i.name not in initializers)
 
 
-def _calibration_set(model_path: Path, options: BuildOptions, progress: bool) -> CalibrationSet:
+def _calibration_set(model_path: Path, options: BuildOptions, progress: bool) -> ImageSet:
     preprocessing, channels = preprocessing_for(model_path, **options.preprocessing_overrides)
     folder = options.calib_dir or DEFAULT_CALIBRATION_DIR
     return load_image_set(
@@ -281,7 +281,7 @@ def build_engine(
     input_name = metadata.input_name if metadata else _input_name(proto)
     target = options.target or ("tensorrt" if backend == "tensorrt" or ort_backend.has_cuda() else "cpu")
 
-    calibration_set: CalibrationSet | None = None
+    calibration_set: ImageSet | None = None
     if options.precision == "int8" or options.calib_dir is not None:
         calibration_set = _calibration_set(model_path, options, progress)
     precision_path = model_path
@@ -495,7 +495,7 @@ def _build_openvino(
     metadata: ModelMetadata | None,
     options: BuildOptions,
     output: str | Path | None,
-    calibration_set: CalibrationSet | None,
+    calibration_set: ImageSet | None,
     started: float,
     reason: str,
 ) -> BuildResult:
@@ -581,7 +581,7 @@ def _make_precision_file(
     options: BuildOptions,
     target: str,
     input_name: str,
-    calibration_set: CalibrationSet | None,
+    calibration_set: ImageSet | None,
     progress: bool,
 ) -> tuple[dict[str, Any], dict[str, Any] | None, Comparison | None]:
     """Write the FP16 or INT8 graph to ``staged_path`` and check it on ONNX Runtime against FP32.

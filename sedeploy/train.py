@@ -55,7 +55,7 @@ from torch import nn
 from tqdm import tqdm
 
 from sedeploy.artifacts.metadata import Preprocessing
-from sedeploy.data import CalibrationSet, ImageSetError, list_images, load_image_set
+from sedeploy.data import ImageSet, ImageSetError, list_images, load_image_set
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import atomic_output, write_json_atomic
 from sedeploy.models.checkpoint import (
@@ -330,7 +330,7 @@ def _class_names(folder: Path) -> tuple[str, ...]:
     return class_names
 
 
-def _load_split(folder: Path, preprocessing: Preprocessing, channels: int, progress: bool) -> CalibrationSet:
+def _load_split(folder: Path, preprocessing: Preprocessing, channels: int, progress: bool) -> ImageSet:
     try:
         image_set = load_image_set(folder, preprocessing, channels, progress=progress)
     except ImageSetError as error:
