@@ -12,6 +12,7 @@ images. Writes ``benchmarks/results/mobilenet_int8.md``.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 from pathlib import Path
 
@@ -19,7 +20,11 @@ from sedeploy.build import BuildOptions, build_engine
 from sedeploy.export import export_onnx
 from sedeploy.host import describe_machine
 from sedeploy.precision.quantize import CALIBRATION_METHODS, FLAVOURS
-from sedeploy.train import TrainConfig, train, write_digits_imagefolder
+from sedeploy.train import TrainConfig, train
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the digits image folders
+from digits_images import write_digits_imagefolder
+
 from sedeploy.verify import verify
 
 MODELS = {

@@ -23,7 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the digits image folders
 import torch
+from digits_images import write_digits_imagefolder
 
 from sedeploy.artifacts.metadata import Preprocessing
 from sedeploy.data import load_image_set
@@ -37,7 +40,6 @@ from sedeploy.train import (
     RECORD_NAME,
     TrainConfig,
     train,
-    write_digits_imagefolder,
 )
 
 REPO = Path(__file__).resolve().parents[1]

@@ -59,8 +59,11 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     temp_path = temp_path_beside(path)
+    usual_mode = temp_path.stat().st_mode & 0o777  # 0666 less the umask
     try:
         yield temp_path
+        if temp_path.stat().st_mode & 0o777 != usual_mode:  # a writer that recreated it (safetensors: 0600)
+            temp_path.chmod(usual_mode)
         os.replace(temp_path, path)
     finally:
         temp_path.unlink(missing_ok=True)

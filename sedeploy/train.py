@@ -47,16 +47,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 from torch import nn
 from tqdm import tqdm
 
 from sedeploy.artifacts.metadata import Preprocessing
 from sedeploy.data import ImageSet, ImageSetError, list_images, load_image_set
-from sedeploy.errors import BadInputError, ConfigError
+from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import atomic_output, write_json_atomic
 from sedeploy.models.checkpoint import (
     convert_layout,
@@ -199,6 +197,16 @@ class TrainResult:
             f"--img-size {height}x{width} --labels {shlex.quote(str(labels))}"
         )
 
+    def written_files(self) -> list[str]:
+        """Every file the run left in its folder, with its size: what a user should know is there."""
+        folder = self.checkpoint.parent
+        names = (self.checkpoint.name, self.record.name, LABELS_NAME, self.curves.name, RESUME_NAME)
+        return [
+            f"{folder / name} ({_size_text((folder / name).stat().st_size)})"
+            for name in names
+            if (folder / name).is_file()
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready report."""
         return {
@@ -209,6 +217,7 @@ class TrainResult:
             "checkpoint": str(self.checkpoint),
             "record": str(self.record),
             "curves": str(self.curves),
+            "written": self.written_files(),
             "best_epoch": self.best_epoch,
             "best": dataclasses.asdict(self.best),
             "history": [dataclasses.asdict(metrics) for metrics in self.history],
@@ -231,10 +240,14 @@ class TrainResult:
                 f"in {self.seconds:.1f} s",
                 f"  best epoch {self.best_epoch}: val accuracy {100 * best.val_accuracy:.2f}%, "
                 f"val loss {best.val_loss:.4f}",
-                f"  wrote {self.checkpoint}, {self.record.name}, {LABELS_NAME}, {self.curves.name}",
+                "  wrote " + ", ".join(self.written_files()),
                 f"  export: {self.export_command}",
             ]
         )
+
+
+def _size_text(size: int) -> str:
+    return f"{size / 2**20:.1f} MB" if size >= 2**20 else f"{size / 2**10:.0f} kB"
 
 
 @dataclass(frozen=True)
@@ -684,70 +697,43 @@ def _write_record(
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     write_json_atomic(output_dir / RECORD_NAME, record)
-    plot_curves(history, output_dir / CURVES_NAME, title=f"{record['arch']} (best epoch {best_epoch})")
-
-
-_PANEL_WIDTH, _PANEL_HEIGHT, _MARGIN, _TITLE_HEIGHT = 420, 300, 48, 24
-_SERIES_COLOURS = {"train": (31, 119, 180), "val": (214, 39, 40)}
-
-
-def _draw_panel(
-    draw: ImageDraw.ImageDraw,
-    left_edge: int,
-    name: str,
-    epochs: Sequence[int],
-    series: dict[str, list[float]],
-) -> None:
-    """One line chart: ``series`` (name -> one value per epoch) in a box with its value and epoch range."""
-    font = ImageFont.load_default()
-    left, top = left_edge + _MARGIN, _TITLE_HEIGHT + 16
-    right, bottom = left_edge + _PANEL_WIDTH - 16, _TITLE_HEIGHT + _PANEL_HEIGHT - _MARGIN
-    values = [value for line in series.values() for value in line]
-    low, high = min(values), max(values)
-    if high - low < 1e-9:
-        low, high = low - 0.5, high + 0.5
-    first, last = min(epochs), max(max(epochs), min(epochs) + 1)
-
-    def x_of(epoch: int) -> float:
-        return left + (right - left) * (epoch - first) / (last - first)
-
-    def y_of(value: float) -> float:
-        return bottom - (bottom - top) * (value - low) / (high - low)
-
-    draw.rectangle((left, top, right, bottom), outline="black")
-    draw.text((left, top - 14), name, fill="black", font=font)
-    for fraction in (0.0, 0.5, 1.0):
-        value = low + (high - low) * fraction
-        draw.line((left - 4, y_of(value), left, y_of(value)), fill="black")
-        draw.text((left_edge + 4, y_of(value) - 6), f"{value:.3g}", fill="black", font=font)
-    draw.text((left, bottom + 4), f"epoch {first}", fill="black", font=font)
-    draw.text((right - 50, bottom + 4), f"epoch {last}", fill="black", font=font)
-    for row, (label, line) in enumerate(series.items()):
-        colour = _SERIES_COLOURS[label]
-        points = [(x_of(epoch), y_of(value)) for epoch, value in zip(epochs, line, strict=True)]
-        if len(points) > 1:
-            draw.line(points, fill=colour, width=2)
-        for x, y in points:
-            draw.ellipse((x - 2, y - 2, x + 2, y + 2), fill=colour)
-        draw.text((right - 60, top + 4 + 12 * row), f"- {label}", fill=colour, font=font)
+    try:
+        plot_curves(history, output_dir / CURVES_NAME, title=f"{record['arch']} (best epoch {best_epoch})")
+    except MissingDependencyError as error:  # the curves are a picture of model.json, which has the figures
+        logger.warning("no %s: %s", CURVES_NAME, error)
 
 
 def plot_curves(history: Sequence[EpochMetrics], path: str | os.PathLike[str], title: str = "") -> Path:
-    """Draw loss and accuracy per epoch (training and validation) into a PNG, with Pillow alone."""
-    image = Image.new("RGB", (2 * _PANEL_WIDTH, _TITLE_HEIGHT + _PANEL_HEIGHT), "white")
-    draw = ImageDraw.Draw(image)
-    draw.text((_MARGIN, 4), title, fill="black", font=ImageFont.load_default())
+    """Draw loss and accuracy per epoch (training and validation) into a PNG with matplotlib, as bench does.
+
+    Needs the ``plot`` extra (:class:`~sedeploy.errors.MissingDependencyError` without it).
+    """
+    import_optional("matplotlib", "plot")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    # A Figure with its own Agg canvas: no pyplot, so the user's matplotlib backend is left alone.
+    figure = Figure(figsize=(8, 3.2), dpi=110)
+    FigureCanvasAgg(figure)
+    loss_axes, accuracy_axes = figure.subplots(1, 2)
     epochs = [metrics.epoch for metrics in history]
-    losses = {"train": [m.train_loss for m in history], "val": [m.val_loss for m in history]}
-    accuracies = {
-        "train": [100 * m.train_accuracy for m in history],
-        "val": [100 * m.val_accuracy for m in history],
-    }
-    _draw_panel(draw, 0, "loss", epochs, losses)
-    _draw_panel(draw, _PANEL_WIDTH, "accuracy %", epochs, accuracies)
+    for split, loss, accuracy in (
+        ("train", [m.train_loss for m in history], [100 * m.train_accuracy for m in history]),
+        ("val", [m.val_loss for m in history], [100 * m.val_accuracy for m in history]),
+    ):
+        loss_axes.plot(epochs, loss, marker="o", markersize=3, label=split)
+        accuracy_axes.plot(epochs, accuracy, marker="o", markersize=3, label=split)
+    for axes, name in ((loss_axes, "loss"), (accuracy_axes, "accuracy %")):
+        axes.set_xlabel("epoch")
+        axes.set_title(name, fontsize=9)
+        axes.grid(True, alpha=0.3)
+        axes.legend(fontsize=8)
+    if title:
+        figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
     path = Path(path)
     with atomic_output(path) as temp_path:
-        image.save(temp_path, format="PNG")
+        figure.savefig(temp_path, format="png")
     return path
 
 
@@ -777,49 +763,6 @@ def train_with_plain_twin(
         data_dir, twin_config, Path(output_dir) / PLAIN_DIR_NAME, progress=progress, on_epoch=on_epoch
     )
     return se_result, plain_result
-
-
-DIGIT_IMAGE_SIZE = 32
-
-
-def write_digits_imagefolder(
-    root: str | os.PathLike[str],
-    *,
-    heldout_share: float = 0.25,
-    calibration_count: int = 0,
-    image_size: int = DIGIT_IMAGE_SIZE,
-    seed: int = 0,
-) -> tuple[Path, Path, Path | None]:
-    """Write scikit-learn's bundled 8x8 digits as ``image_size`` grayscale PNGs: ``train/`` and ``heldout/``.
-
-    Both are ImageFolder layout (class folders ``0`` to ``9``, files named by the
-    digit's index in the dataset). The split is a permutation seeded with ``seed``;
-    the first ``heldout_share`` goes to ``heldout/``. ``calibration_count`` > 0 also
-    copies that many training images (never held-out ones) flat into
-    ``calibration/``. Needs scikit-learn (no download: the digits ship with it).
-    """
-    datasets = import_optional("sklearn.datasets", "test")
-    digits = datasets.load_digits()
-    root = Path(root)
-    order = np.random.default_rng(seed).permutation(len(digits.images))
-    heldout_count = int(len(order) * heldout_share)
-    train_dir, heldout_dir = root / "train", root / "heldout"
-    calibration_dir = root / "calibration" if calibration_count > 0 else None
-    for position, index in enumerate(order):
-        pixels = (digits.images[index] * (255.0 / 16.0)).astype(np.uint8)
-        image = Image.fromarray(pixels, mode="L").resize((image_size, image_size), Image.Resampling.BILINEAR)
-        split = heldout_dir if position < heldout_count else train_dir
-        folder = split / str(digits.target[index])
-        folder.mkdir(parents=True, exist_ok=True)
-        image.save(folder / f"{index:04d}.png", optimize=True)
-        if (
-            calibration_dir is not None
-            and split is train_dir
-            and position - heldout_count < calibration_count
-        ):
-            calibration_dir.mkdir(parents=True, exist_ok=True)
-            image.save(calibration_dir / f"{index:04d}.png", optimize=True)
-    return train_dir, heldout_dir, calibration_dir
 
 
 def plain_comparison_text(se_result: TrainResult, plain_result: TrainResult) -> str:

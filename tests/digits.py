@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from digits_images import write_digits_imagefolder
 
 import sedeploy
 from sedeploy.artifacts.metadata import Preprocessing
 from sedeploy.build import BuildOptions
 from sedeploy.data import load_image_set
 from sedeploy.export import export_onnx
-from sedeploy.train import write_digits_imagefolder
 
 IMAGE_SIZE = 32
 LABELS = tuple(str(digit) for digit in range(10))

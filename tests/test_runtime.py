@@ -172,6 +172,18 @@ def test_closed_runner_refuses_calls_and_closes_twice(trained_digits: TrainedDig
         runner(trained_digits.test_images[:1])
 
 
+def test_each_runner_has_its_own_close_state(trained_digits: TrainedDigits) -> None:
+    first, second = load(trained_digits.onnx_path), load(trained_digits.onnx_path)
+    try:
+        assert first._close_lock is not second._close_lock  # one lock per runner, not one per class
+        first.close()
+        assert first.closed and not second.closed
+        assert second(trained_digits.test_images[:1]).shape[0] == 1
+    finally:
+        first.close()
+        second.close()
+
+
 def test_metadata_round_trips_through_the_manifest_form(trained_digits: TrainedDigits) -> None:
     metadata = read_metadata(trained_digits.onnx_path)
     assert ModelMetadata.from_dict(metadata.to_dict()) == metadata

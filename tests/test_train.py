@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from digits_images import write_digits_imagefolder
 from PIL import Image
 
 from sedeploy.artifacts.metadata import read_metadata
@@ -21,7 +22,6 @@ from sedeploy.train import (
     learning_rate,
     plain_twin_config,
     train,
-    write_digits_imagefolder,
 )
 
 TINY = {"depths": (1, 1), "widths": (8, 16), "reduction": 4}

@@ -146,8 +146,16 @@ class Runner(ABC):
     metadata: ModelMetadata | None = None
     provider: str = ""
 
-    _closed: bool = False
-    _close_lock = threading.Lock()
+    _closed: bool
+    _close_lock: threading.Lock
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> Runner:
+        # Per-instance close state, set before any subclass __init__ runs (subclasses need not call super):
+        # a class-level lock would be one lock shared by every runner of every backend.
+        runner = super().__new__(cls)
+        runner._closed = False
+        runner._close_lock = threading.Lock()
+        return runner
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Run one batch (N, C, H, W) and return the logits (N, classes).
