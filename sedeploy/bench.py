@@ -576,9 +576,9 @@ def _roof_for(target: _Target, probes: dict[str, float]) -> float | None:
 def _progress_bar(total: int, enabled: bool) -> Any:
     if not enabled:
         return None
-    from tqdm import tqdm
+    from sedeploy.progress import progress_bar
 
-    return tqdm(total=total, desc="bench", unit="sample", leave=False)
+    return progress_bar(total=total, desc="bench", unit="sample")
 
 
 def write_reports(

@@ -27,12 +27,14 @@ from sedeploy.artifacts.manifest import (
     BuildManifest,
     commit_with_manifests,
     manifest_path,
+    matching_manifest,
     write_manifest,
 )
 from sedeploy.artifacts.metadata import ModelMetadata, load_onnx, metadata_or_none
+from sedeploy.artifacts.precision import graph_precision
 from sedeploy.backends import onnxruntime as ort_backend
 from sedeploy.backends.tensorrt.compat import TensorRTOptions, resolve_batch_profile
-from sedeploy.compare import Comparison, compare_logits
+from sedeploy.compare import DEFAULT_THRESHOLDS, Comparison, compare_logits, parity_failures
 from sedeploy.data import ImageSet, load_image_set, preprocessing_for
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import check_writable, folder_lock, pause_for_tests, sha256_of_file, temp_path_beside
@@ -46,6 +48,7 @@ from sedeploy.precision.quantize import (
     convert_fp16,
     quantize_int8,
 )
+from sedeploy.progress import stage
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +88,9 @@ class BuildOptions:
     """``auto`` on a CPU with OpenVINO: the batch sizes the ONNX Runtime / OpenVINO probe times."""
     probe_seconds: float = DEFAULT_PROBE_SECONDS
     """``auto`` probe: timed seconds per backend and batch size (over two interleaved rounds)."""
+    gate: bool = True
+    """Refuse to publish an FP16/INT8 file whose parity with FP32 misses verify's thresholds; False publishes
+    anyway (recorded in the manifest)."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -92,7 +98,7 @@ class BuildOptions:
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; valid values: {', '.join(BACKENDS)}")
         if self.calib_size < 1:
-            raise ConfigError(f"--calib-size must be at least 1, got {self.calib_size}")
+            raise ConfigError(f"calib_size must be at least 1, got {self.calib_size}")
         if not self.probe_batches or min(self.probe_batches) < 1 or self.probe_seconds <= 0:
             raise ConfigError(
                 f"the auto probe needs positive batch sizes and seconds, got batches {list(self.probe_batches)} "
@@ -128,6 +134,7 @@ class BuildOptions:
             "seed": self.seed,
             "implicit_int8": self.implicit_int8,
             "tensorrt": self.tensorrt.to_dict(),
+            "gate": self.gate,
         }
 
 
@@ -145,6 +152,8 @@ class BuildResult:
     seconds: float
     probe: dict[str, Any] | None = None
     """``auto`` on a CPU: the measured ONNX Runtime / OpenVINO probe that picked ``backend``."""
+    notes: tuple[str, ...] = ()
+    """Warnings the user should read (a small calibration set, a parity gate that was switched off)."""
 
     @property
     def artifact(self) -> Path:
@@ -162,6 +171,7 @@ class BuildResult:
             "calibration": self.calibration,
             "seconds": round(self.seconds, 3),
             "probe": self.probe,
+            "notes": list(self.notes),
         }
 
     def to_text(self) -> str:
@@ -178,6 +188,7 @@ class BuildResult:
         if self.fidelity:
             runtime = "OpenVINO" if self.backend == "openvino" else "ONNX Runtime"
             lines.append(f"{self.precision} vs fp32 (ONNX Runtime) on {runtime}: {self.fidelity.to_text()}")
+        lines += [f"note: {note}" for note in self.notes]
         lines.append(f"done in {self.seconds:.1f} s")
         return "\n".join(lines)
 
@@ -201,7 +212,25 @@ def choose_backend(requested: str) -> tuple[str, str]:
     return "onnxruntime", f"TensorRT not used: {reason}"
 
 
-def _read_source(model_path: Path) -> tuple[onnx.ModelProto, ModelMetadata | None]:
+@dataclass(frozen=True)
+class SourceModel:
+    """The ONNX a build starts from, read once: path, parsed graph, metadata, sha256 and precision.
+
+    Handed down through :func:`build_engine` so no step re-reads or re-hashes the file.
+    """
+
+    path: Path
+    proto: onnx.ModelProto
+    metadata: ModelMetadata | None
+    sha256: str
+    precision: str
+
+    @property
+    def input_name(self) -> str:
+        return self.metadata.input_name if self.metadata else _input_name(self.proto)
+
+
+def read_source(model_path: Path) -> SourceModel:
     """The source ONNX and its metadata; a graph input that contradicts the metadata is refused."""
     proto = load_onnx(model_path)
     metadata = metadata_or_none(proto)
@@ -211,7 +240,65 @@ def _read_source(model_path: Path) -> tuple[onnx.ModelProto, ModelMetadata | Non
         problem = metadata.input_mismatch(graph_input.name, shape)
         if problem is not None:
             raise BadInputError(f"{model_path}: {problem}; export it again with sedeploy export")
-    return proto, metadata
+    manifest = matching_manifest(model_path)
+    precision = manifest.precision if manifest is not None else graph_precision(proto)
+    return SourceModel(model_path, proto, metadata, sha256_of_file(model_path), precision)
+
+
+def _refuse_what_cannot_apply(source: SourceModel, options: BuildOptions) -> None:
+    """Options that this source cannot honour are refused, never dropped."""
+    if source.precision != "fp32" and options.precision != "fp32":
+        start = _fp32_source_name(source)
+        raise ConfigError(
+            f"{source.path} is already {source.precision}; build {options.precision} from the FP32 export "
+            f"({start}), or build this file as it is without fp16/int8"
+        )
+    metadata = source.metadata
+    overrides = options.preprocessing_overrides
+    if metadata is not None:
+        fixed = {"img_size": tuple(metadata.input_size[1:]), "channels": metadata.input_size[0]}
+        for name, value in overrides.items():
+            if (
+                name in fixed
+                and value is not None
+                and (tuple(value) if name == "img_size" else value) != fixed[name]
+            ):
+                raise ConfigError(
+                    f"{name} {value} contradicts {source.path}'s metadata (its input is "
+                    f"{'x'.join(map(str, metadata.input_size))}, fixed at export); drop {name}, or export the model "
+                    "again at that size"
+                )
+
+
+def _fp32_source_name(source: SourceModel) -> str:
+    """The FP32 file ``source`` was built from, named by its manifest, or the usual export name."""
+    manifest = matching_manifest(source.path)
+    if manifest is not None:
+        for candidate in sorted(source.path.parent.glob("*.onnx")):
+            if candidate != source.path and sha256_of_file(candidate) == manifest.source_onnx_sha256:
+                return str(candidate)
+    return str(source.path.with_name(source.path.name.split(".")[0] + ".onnx"))
+
+
+def _parity_gate(
+    precision: str, fidelity: Comparison, options: BuildOptions, calibrated_on: int | None
+) -> str | None:
+    """Fail (or, with ``gate=False``, note) an FP16/INT8 file whose parity misses verify's thresholds."""
+    thresholds = DEFAULT_THRESHOLDS[precision]
+    failures = parity_failures(fidelity, thresholds)
+    if not failures:
+        return None
+    if precision == "int8":
+        fix = (
+            "quantize_se=False (keeps the SE gate in float), another calib_method, or more calibration images "
+            f"(calib_size; {calibrated_on} used)"
+        )
+    else:
+        fix = "more ops in float with fp16_block_list"
+    problem = f"{precision} parity below verify's thresholds ({'; '.join(failures)})"
+    if options.gate:
+        raise PrecisionError(f"{problem}: nothing was published; try {fix}, or gate=False to publish anyway")
+    return f"{problem}; published anyway (gate=False, recorded in the manifest)"
 
 
 def _input_name(proto: onnx.ModelProto) -> str:
@@ -231,6 +318,21 @@ def _calibration_set(model_path: Path, options: BuildOptions, progress: bool) ->
         cache_dir=model_path.parent / ".sedeploy-cache",
         progress=progress,
     )
+
+
+SMALL_CALIBRATION_SET = 300
+"""Fewer calibration images than this give ranges that vary from one sample to the next: said with a warning."""
+
+
+def _calibration_notes(calibration_set: ImageSet | None) -> tuple[str, ...]:
+    if calibration_set is None or calibration_set.report.used >= SMALL_CALIBRATION_SET:
+        return ()
+    note = (
+        f"calibrated on {calibration_set.report.used} images; a few hundred or more "
+        f"(>= {SMALL_CALIBRATION_SET}) give steadier INT8 ranges"
+    )
+    logger.warning(note)
+    return (note,)
 
 
 def _check_on_onnxruntime(
@@ -259,7 +361,9 @@ def build_engine(
     started = time.perf_counter()
     options = options or BuildOptions()
     model_path = Path(model_path)
-    proto, metadata = _read_source(model_path)
+    source = read_source(model_path)
+    proto, metadata = source.proto, source.metadata
+    _refuse_what_cannot_apply(source, options)
     if output is not None:
         check_writable(output)
     if options.tensorrt.profile is not None:  # a bad profile is a usage error even where TensorRT is missing
@@ -278,7 +382,7 @@ def build_engine(
     if output is not None:
         _check_output_suffix(Path(output), backend)
     logger.info("backend %s (%s)", backend, backend_reason)
-    input_name = metadata.input_name if metadata else _input_name(proto)
+    input_name = source.input_name
     target = options.target or ("tensorrt" if backend == "tensorrt" or ort_backend.has_cuda() else "cpu")
 
     calibration_set: ImageSet | None = None
@@ -301,14 +405,18 @@ def build_engine(
         )
         # Written and checked under a temporary name, renamed into place only once it passed.
         staged_path = temp_path_beside(precision_path)
+    notes = _calibration_notes(calibration_set) if options.precision == "int8" else ()
+    # Without fp16/int8 a precision file is built as it is: the artifact is what the source is.
+    built_precision = options.precision if options.precision != "fp32" else source.precision
     try:
-        recipe, calibration, fidelity = _make_precision_file(
+        recipe, calibration, fidelity, gate_note = _make_precision_file(
             model_path, staged_path, proto, metadata, options, target, input_name, calibration_set, progress
         )
+        notes += (gate_note,) if gate_note else ()
         common = dict(
-            source_onnx_sha256=sha256_of_file(model_path),
+            source_onnx_sha256=source.sha256,
             source_metadata=metadata.to_dict() if metadata else {},
-            precision=options.precision,
+            precision=built_precision,
             recipe=recipe,
             calibration=calibration,
             build_options={**options.to_dict(), "target": flavour or options.target},
@@ -317,9 +425,10 @@ def build_engine(
         artifacts: list[Path] = []
         manifests: list[BuildManifest] = []
         if backend == "onnxruntime":
-            artifacts, manifests = _publish_onnxruntime(
-                model_path, precision_path, staged_path, output, started, common
-            )
+            with stage("build: ONNX Runtime optimized graph", progress):
+                artifacts, manifests = _publish_onnxruntime(
+                    model_path, precision_path, staged_path, output, started, common
+                )
         else:
             from sedeploy.backends import tensorrt as trt_backend
 
@@ -356,12 +465,13 @@ def build_engine(
     return BuildResult(
         backend=backend,
         backend_reason=backend_reason,
-        precision=options.precision,
+        precision=built_precision,
         artifacts=tuple(artifacts),
         manifests=tuple(manifests),
         fidelity=fidelity,
         calibration=calibration,
         seconds=time.perf_counter() - started,
+        notes=notes,
     )
 
 
@@ -583,17 +693,18 @@ def _make_precision_file(
     input_name: str,
     calibration_set: ImageSet | None,
     progress: bool,
-) -> tuple[dict[str, Any], dict[str, Any] | None, Comparison | None]:
+) -> tuple[dict[str, Any], dict[str, Any] | None, Comparison | None, str | None]:
     """Write the FP16 or INT8 graph to ``staged_path`` and check it on ONNX Runtime against FP32.
 
-    Returns the recipe, the calibration record and the fidelity. Without a
-    ``staged_path`` (FP32, or TensorRT's implicit INT8) nothing is written.
+    Returns the recipe, the calibration record, the fidelity and the parity gate's note (None: passed).
+    Without a ``staged_path`` (FP32, or TensorRT's implicit INT8) nothing is written.
     """
     if staged_path is None:
-        return {}, None, None
+        return {}, None, None, None
     calibration: dict[str, Any] | None = None
     if options.precision == "fp16":
-        recipe = convert_fp16(model_path, staged_path, options.fp16_block_list)
+        with stage("build: FP16 conversion", progress):
+            recipe = convert_fp16(model_path, staged_path, options.fp16_block_list)
     else:
         assert calibration_set is not None
         int8 = Int8Recipe(
@@ -611,7 +722,8 @@ def _make_precision_file(
             recalibrate=options.recalibrate,
             progress=progress,
         )
-        recipe = quantize_int8(model_path, staged_path, ranges, int8, calibration_set.images)
+        with stage("build: INT8 Q/DQ", progress):
+            recipe = quantize_int8(model_path, staged_path, ranges, int8, calibration_set.images)
         calibration = {
             "method": int8.method,
             "percentile": int8.percentile if int8.method == "percentile" else None,
@@ -624,15 +736,20 @@ def _make_precision_file(
             "tensors": len(ranges.ranges),
         }
     check_images = calibration_set.images if calibration_set is not None else _random_images(proto, metadata)
-    fidelity = _check_on_onnxruntime(model_path, staged_path, check_images, input_name)
+    with stage(f"build: {options.precision} parity check", progress):
+        fidelity = _check_on_onnxruntime(model_path, staged_path, check_images, input_name)
     if not fidelity.finite:
         raise PrecisionError(f"the {options.precision} graph gives non-finite logits; nothing was written")
     if options.precision == "fp16" and fidelity.mean_cosine < FP16_MIN_COSINE:
         raise PrecisionError(
             f"FP16 logits drift from FP32 (mean cosine {fidelity.mean_cosine:.5f} < {FP16_MIN_COSINE}); "
-            "keep more ops in FP32 with --fp16-block-list"
+            "keep more ops in FP32 with fp16_block_list"
         )
-    return recipe, calibration, fidelity
+    gate_note = _parity_gate(
+        options.precision, fidelity, options, calibration_set.report.used if calibration_set else None
+    )
+    recipe = {**recipe, "parity_gate": "passed" if gate_note is None else "failed, published with gate=False"}
+    return recipe, calibration, fidelity, gate_note
 
 
 def _publish_onnxruntime(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import json
 import logging
+import re
 import signal
 import sys
 from pathlib import Path
@@ -70,6 +71,35 @@ from sedeploy.train import (
 )
 from sedeploy.verify import DEFAULT_IMAGES, DEFAULT_SYNTHETIC, DEFAULT_THRESHOLDS, verify
 
+LIBRARY_NAMES: dict[str, str] = {"profile": "batch_profile", "min_cosine": "min_cos"}
+"""Library parameter names whose CLI option is named otherwise (library name -> click parameter name)."""
+
+
+def in_cli_words(error: SedeployError, command: click.Command | None) -> str:
+    """The error's message with the library's parameter names replaced by ``command``'s flags.
+
+    ``name=True`` becomes the flag, ``name=False`` its ``--no-`` form; a bare name is replaced when it is
+    an identifier with an underscore (``calib_size``) or one the error lists in ``params`` (``labels``).
+    """
+    message = str(error)
+    if command is None:
+        return message
+    flags: dict[str, click.Option] = {}
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name:
+            flags[param.name] = param
+    for library, cli_name in LIBRARY_NAMES.items():
+        if cli_name in flags and library not in flags:
+            flags[library] = flags[cli_name]
+    for name, option in sorted(flags.items(), key=lambda item: -len(item[0])):
+        flag = max(option.opts, key=len)
+        negative = max(option.secondary_opts, key=len) if option.secondary_opts else flag
+        message = re.sub(rf"(?<![\w-]){name}=True\b", flag, message)
+        message = re.sub(rf"(?<![\w-]){name}=False\b", negative, message)
+        if "_" in name or name in error.params:
+            message = re.sub(rf"(?<![\w.-]){name}\b(?!=)", flag, message)
+    return message
+
 
 class _Group(click.Group):
     """A click group that turns sedeploy's errors into one line and an exit code."""
@@ -88,7 +118,8 @@ class _Group(click.Group):
         except SedeployError as error:
             if ctx.meta.get("sedeploy.verbose"):
                 raise
-            click.echo(f"error: {error}", err=True)
+            subcommand = self.get_command(ctx, ctx.invoked_subcommand) if ctx.invoked_subcommand else None
+            click.echo(f"error: {in_cli_words(error, subcommand)}", err=True)
             ctx.exit(error.exit_code)
         except KeyboardInterrupt as interrupt:
             if ctx.meta.get("sedeploy.verbose"):
@@ -113,13 +144,78 @@ class _Group(click.Group):
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="sedeploy")
 @click.option("-v", "--verbose", is_flag=True, help="Log details and show tracebacks on errors.")
+@click.option(
+    "-q", "--quiet", is_flag=True, help="No progress: neither bars nor, without a terminal, progress lines."
+)
 @click.pass_context
-def cli(ctx: click.Context, verbose: bool) -> None:
+def cli(ctx: click.Context, verbose: bool, quiet: bool) -> None:
     """Take an SE-ResNet from checkpoint to fast, verified inference."""
     ctx.meta["sedeploy.verbose"] = verbose
+    ctx.meta["sedeploy.quiet"] = quiet
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    # Without a terminal, long steps report as INFO lines of this logger (sedeploy.progress).
+    logging.getLogger("sedeploy.progress").setLevel(logging.WARNING if quiet else logging.INFO)
+
+
+def _progress(json_out: str | None = None) -> bool:
+    """Whether a command shows progress: not with --quiet, nor when its JSON goes to stdout."""
+    ctx = click.get_current_context()
+    return not ctx.meta.get("sedeploy.quiet", False) and json_out != "-"
+
+
+_JSON = click.option(
+    "--json",
+    "json_out",
+    metavar="[FILE]",
+    is_flag=False,
+    flag_value="-",
+    default=None,
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="The report as JSON: alone, on stdout instead of the text; --json FILE writes it there as well.",
+)
+"""One meaning of --json in every reporting command."""
+
+
+def _check_json_out(json_out: str | None) -> None:
+    """Fail before any work when --json FILE could not be written."""
+    if json_out and json_out != "-":
+        check_writable(json_out)
+
+
+def _emit(report: Any, json_out: str | None) -> None:
+    """Print ``report`` (``to_text``), or its JSON (``to_dict``) to stdout or a file, as --json says."""
+    if json_out == "-":
+        click.echo(json.dumps(report.to_dict(), indent=2))
+        return
+    if json_out:
+        write_json_atomic(json_out, report.to_dict())
+    click.echo(report.to_text())
+
+
+_IN_CHANS = click.option(
+    "--in-chans",
+    type=click.IntRange(min=1),
+    help="Input channels (1: grayscale, 3: RGB; images come in as one of them).",
+)
+_MAX_BATCH_SERVED = click.option(
+    "--max-batch", type=click.IntRange(min=1), help="Largest batch (default: the artifact's max batch)."
+)
+_INSTANCES = click.option(
+    "--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances."
+)
+_DEVICE = click.option(
+    "--device",
+    help="Where the artifact runs: cpu, cuda[:N] or tensorrt[:N] (ONNX Runtime), a GPU index (TensorRT), "
+    "CPU/GPU (OpenVINO), cpu or cuda (PyTorch).",
+)
+
+
+def _batch_option(help: str, **kwargs: Any) -> Any:
+    """--batch: the batch size a command runs at (bench: several, comma-separated)."""
+    kwargs.setdefault("type", click.IntRange(min=1))
+    return click.option("--batch", help=help, **kwargs)
 
 
 def _parse_img_size(value: str | None) -> tuple[int, int] | None:
@@ -165,17 +261,17 @@ _MODEL_OPTIONS = click.option(
 @cli.command()
 @click.argument("arch")
 @_IMG_SIZE
-@click.option("--in-chans", type=click.IntRange(min=1), help="Input channels (1 for grayscale).")
+@_IN_CHANS
 @_NUM_CLASSES
 @_MODEL_OPTIONS
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_JSON
 def info(
     arch: str,
     img_size: str | None,
     in_chans: int | None,
     num_classes: int | None,
     options: tuple[str, ...],
-    as_json: bool,
+    json_out: str | None,
 ) -> None:
     """Parameters, GMACs/GFLOPs, per-stage breakdown and SE overhead of ARCH."""
     model_options = _parse_options(options)
@@ -184,10 +280,7 @@ def info(
     if num_classes is not None:
         model_options["num_classes"] = num_classes
     report = model_info(arch, img_size=_parse_img_size(img_size), **model_options)
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        click.echo(report.to_text())
+    _emit(report, json_out)
 
 
 @cli.command()
@@ -207,7 +300,7 @@ def info(
     help="State-dict layout of --weights.",
 )
 @_NUM_CLASSES
-@click.option("--in-chans", type=click.IntRange(min=1), help="Input channels (1 for grayscale).")
+@_IN_CHANS
 @_IMG_SIZE
 @click.option("--labels", type=click.Path(dir_okay=False), help="Class names: one per line, or a JSON list.")
 @click.option(
@@ -224,8 +317,13 @@ def info(
     "-o", "--output", type=click.Path(dir_okay=False), help="Output file (default: models/<name>/model.onnx)."
 )
 @click.option("--no-check", is_flag=True, help="Skip the PyTorch vs ONNX Runtime parity check.")
+@click.option(
+    "--override",
+    is_flag=True,
+    help="Export with sizes or labels that contradict the weights' training record (model.json).",
+)
 @_MODEL_OPTIONS
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_JSON
 def export(
     arch: str | None,
     model_target: str | None,
@@ -240,15 +338,24 @@ def export(
     output: str | None,
     no_check: bool,
     options: tuple[str, ...],
-    as_json: bool,
+    override: bool,
+    json_out: str | None,
 ) -> None:
-    """Export ARCH (or --model) with its weights to a validated ONNX file with sedeploy metadata."""
-    if (arch is None) == (model_target is None):
-        raise click.UsageError("give either ARCH or --model PACKAGE.MODULE:FACTORY")
+    """Export ARCH (or --model) with its weights to a validated ONNX file with sedeploy metadata.
+
+    Weights with a training record beside them (model.json, as `sedeploy train` writes) need no ARCH,
+    --img-size, --in-chans or --labels: the record gives them.
+    """
+    if arch is not None and model_target is not None:
+        raise click.UsageError("give either ARCH or --model PACKAGE.MODULE:FACTORY, not both")
+    if arch is None and model_target is None and weights is None:
+        raise click.UsageError(
+            "give ARCH, --model PACKAGE.MODULE:FACTORY, or --weights with a training record"
+        )
     if model_target is not None and ":" not in model_target:
         raise click.BadParameter(f"{model_target!r} is not package.module:factory", param_hint="--model")
     result = export_onnx(
-        arch or model_target or "",
+        arch or model_target,
         weights=weights,
         layout=layout,
         num_classes=num_classes,
@@ -260,11 +367,10 @@ def export(
         output=output,
         check=not no_check,
         options=_parse_options(options),
+        override=override,
+        progress=_progress(json_out),
     )
-    if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
-    else:
-        click.echo(result.to_text())
+    _emit(result, json_out)
 
 
 def _parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
@@ -322,12 +428,13 @@ def _parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
 @click.option("--img-size", help="Input size N or HxW, for an ONNX without sedeploy metadata.")
 @click.option("--mean", help="Per-channel mean on [0, 1] pixels, comma-separated (no-metadata ONNX).")
 @click.option("--std", help="Per-channel std, comma-separated (no-metadata ONNX).")
-@click.option("--in-chans", type=click.IntRange(1, 3), help="Input channels, 1 or 3 (no-metadata ONNX).")
+@_IN_CHANS
 @click.option(
+    "--batch-profile",
     "--batch",
     "batch_profile",
     metavar="MIN:OPT:MAX",
-    help="TensorRT batch profile (default 1:8:32, capped by the export's max batch).",
+    help="TensorRT batch profile (default 1:8:32, capped by the export's max batch); --batch is its old name.",
 )
 @click.option("--workspace", type=click.IntRange(min=1), help="TensorRT workspace limit in MiB.")
 @click.option(
@@ -344,6 +451,13 @@ def _parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
 )
 @click.option("--implicit-int8", is_flag=True, help="TensorRT 10.x legacy INT8 calibrator instead of Q/DQ.")
 @click.option(
+    "--gate/--no-gate",
+    default=True,
+    show_default=True,
+    help="Refuse to publish FP16/INT8 whose parity with FP32 misses verify's thresholds (--no-gate: publish, "
+    "recorded in the manifest).",
+)
+@click.option(
     "--probe-batch",
     "probe_batches",
     type=click.IntRange(min=1),
@@ -351,7 +465,7 @@ def _parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
     help="--backend auto on a CPU: batch size the ONNX Runtime / OpenVINO probe times (repeatable; default 1 and 8).",
 )
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output path of the main artifact.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_JSON
 def build_engine_command(
     model: str,
     fp16: bool,
@@ -377,9 +491,10 @@ def build_engine_command(
     hardware_compat: bool,
     version_compat: bool,
     implicit_int8: bool,
+    gate: bool,
     probe_batches: tuple[int, ...],
     output: str | None,
-    as_json: bool,
+    json_out: str | None,
 ) -> None:
     """Build an FP32, FP16 or INT8 artifact of MODEL (an exported .onnx) for ONNX Runtime or TensorRT."""
     if fp16 and int8:
@@ -414,12 +529,11 @@ def build_engine_command(
         tensorrt=tensorrt,
         implicit_int8=implicit_int8,
         probe_batches=tuple(probe_batches) or DEFAULT_PROBE_BATCHES,
+        gate=gate,
     )
-    result = build_engine(model, options, output=output, progress=not as_json and sys.stderr.isatty())
-    if as_json:
-        click.echo(json.dumps(result.to_dict(), indent=2))
-    else:
-        click.echo(result.to_text())
+    _check_json_out(json_out)
+    result = build_engine(model, options, output=output, progress=_progress(json_out))
+    _emit(result, json_out)
 
 
 def _epoch_line(metrics: EpochMetrics) -> None:
@@ -435,7 +549,7 @@ def _epoch_line(metrics: EpochMetrics) -> None:
 @click.argument("data_dir", type=click.Path())
 @click.option("--arch", required=True, help="Zoo model to train, e.g. se_resnet50 or se_preact_resnet.")
 @_IMG_SIZE
-@click.option("--in-chans", type=click.IntRange(1, 3), help="Input channels, 1 (grayscale) or 3.")
+@_IN_CHANS
 @click.option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--batch", "batch_size", type=click.IntRange(min=2), default=64, show_default=True)
 @click.option("--lr", type=float, default=2e-3, show_default=True, help="Peak learning rate (AdamW).")
@@ -452,7 +566,7 @@ def _epoch_line(metrics: EpochMetrics) -> None:
 @click.option("--compare-plain", is_flag=True, help="Also train the plain twin (no SE), same settings.")
 @_MODEL_OPTIONS
 @click.option("-o", "--output", type=click.Path(file_okay=False), default="runs/train", show_default=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_JSON
 def train_command(
     data_dir: str,
     arch: str,
@@ -474,7 +588,7 @@ def train_command(
     compare_plain: bool,
     options: tuple[str, ...],
     output: str,
-    as_json: bool,
+    json_out: str | None,
 ) -> None:
     """Train ARCH on DATA_DIR (one sub-folder per class); keep the best checkpoint, its record and curves."""
     if resume and compare_plain:
@@ -497,18 +611,22 @@ def train_command(
         augment=not no_augment,
         device=device,
     )
-    progress = not as_json and sys.stderr.isatty()
-    on_epoch = None if as_json else _epoch_line
+    progress = _progress(json_out)
+    on_epoch = None if json_out == "-" else _epoch_line
+    _check_json_out(json_out)
     if compare_plain:
         results = train_with_plain_twin(data_dir, config, output, progress=progress, on_epoch=on_epoch)
-        if as_json:
-            click.echo(json.dumps({"se": results[0].to_dict(), "plain": results[1].to_dict()}, indent=2))
+        both = {"se": results[0].to_dict(), "plain": results[1].to_dict()}
+        if json_out and json_out != "-":
+            write_json_atomic(json_out, both)
+        if json_out == "-":
+            click.echo(json.dumps(both, indent=2))
         else:
             click.echo("\n\n".join(result.to_text() for result in results))
             click.echo("\n" + plain_comparison_text(*results))
         return
     result = train(data_dir, config, output, resume=resume, progress=progress, on_epoch=on_epoch)
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
+    _emit(result, json_out)
 
 
 def _parse_batch_sizes(value: str | None, option: str = "--preferred-batch") -> tuple[int, ...]:
@@ -529,19 +647,19 @@ def _parse_batch_sizes(value: str | None, option: str = "--preferred-batch") -> 
 @click.option("--name", help="Model name (default: the model's architecture).")
 @click.option("--version", "first_version", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--per-precision", is_flag=True, help="One model per artifact, named NAME_<precision>.")
-@click.option("--max-batch", type=click.IntRange(min=1), help="Largest batch (default: the artifact's).")
+@_MAX_BATCH_SERVED
 @click.option("--preferred-batch", help="Preferred batch sizes of the dynamic batcher, e.g. 4,8.")
 @click.option(
     "--max-queue-delay-us", type=click.IntRange(min=0), default=DEFAULT_QUEUE_DELAY_US, show_default=True
 )
-@click.option("--instances", type=click.IntRange(min=1), default=1, show_default=True)
+@_INSTANCES
 @click.option("--kind", type=click.Choice(KINDS), help="Instance kind (default: gpu; cpu for INT8 cpu ONNX).")
 @click.option("--ort-trt-accelerator", is_flag=True, help="ONNX on GPU: ONNX Runtime hands it to TensorRT.")
 @click.option("--force", is_flag=True, help="Replace a different model of the same name.")
 @click.option(
     "--check", "check_path", type=click.Path(file_okay=False), help="Validate a repository instead."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_JSON
 def triton_command(
     artifacts: tuple[str, ...],
     output: str | None,
@@ -556,7 +674,7 @@ def triton_command(
     ort_trt_accelerator: bool,
     force: bool,
     check_path: str | None,
-    as_json: bool,
+    json_out: str | None,
 ) -> None:
     """Write a Triton Inference Server model repository for ARTIFACTS (ONNX or TensorRT engines), or --check one."""
     ctx = click.get_current_context()
@@ -564,7 +682,7 @@ def triton_command(
         if artifacts or output:
             raise click.UsageError("--check REPO takes no artifacts and no -o")
         report = check_repository(check_path)
-        click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
+        _emit(report, json_out)
         ctx.exit(0 if report.ok else 1)
     if not artifacts or not output:
         raise click.UsageError("give one or more artifacts and -o MODEL_REPOSITORY (or --check REPO)")
@@ -585,12 +703,12 @@ def triton_command(
         options=options,
         force=force,
     )
-    click.echo(json.dumps(result.to_dict(), indent=2) if as_json else result.to_text())
+    _emit(result, json_out)
 
 
 @cli.command("bench")
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path())
-@click.option("--batch", "batches", default="1,8", show_default=True, help="Batch sizes, comma-separated.")
+@_batch_option("Batch sizes to time, comma-separated.", type=str, default="1,8", show_default=True)
 @click.option(
     "--warmup", type=click.IntRange(min=0), default=3, show_default=True, help="Untimed calls per sample."
 )
@@ -602,7 +720,7 @@ def triton_command(
     "--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved rounds."
 )
 @click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads (default: all cores).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the report as JSON here.")
+@_JSON
 @click.option(
     "--markdown", "markdown_path", type=click.Path(dir_okay=False), help="Write a Markdown table here."
 )
@@ -631,13 +749,13 @@ def triton_command(
 )
 def bench_command(
     artifacts: tuple[str, ...],
-    batches: str,
+    batch: str,
     warmup: int,
     iterations: int | None,
     duration: float,
     rounds: int,
     threads: int | None,
-    json_path: str | None,
+    json_out: str | None,
     markdown_path: str | None,
     plot_path: str | None,
     profile: bool,
@@ -652,10 +770,10 @@ def bench_command(
         duration=None if iterations else duration,
         rounds=rounds,
         threads=threads,
-        progress=sys.stderr.isatty(),
+        progress=_progress(json_out),
         profile=profile,
     )
-    batch_sizes = _parse_batch_sizes(batches, "--batch")
+    batch_sizes = _parse_batch_sizes(batch, "--batch")
     if compare_all:
         if len(artifacts) != 1:
             raise click.UsageError("--compare takes exactly one exported FP32 .onnx file")
@@ -666,11 +784,11 @@ def bench_command(
         report = bench(artifacts, batch_sizes, **timing)
     write_reports(
         report,
-        Path(json_path) if json_path else None,
+        Path(json_out) if json_out and json_out != "-" else None,
         Path(markdown_path) if markdown_path else None,
         Path(plot_path) if plot_path else None,
     )
-    click.echo(report.to_text())
+    click.echo(json.dumps(report.to_dict(), indent=2) if json_out == "-" else report.to_text())
 
 
 def _thresholds_help(field: str, unit: str) -> str:
@@ -696,9 +814,7 @@ def _thresholds_help(field: str, unit: str) -> str:
     type=click.IntRange(min=1),
     help=f"How many inputs (default: {DEFAULT_IMAGES} images, or {DEFAULT_SYNTHETIC} synthetic).",
 )
-@click.option(
-    "--batch", type=click.IntRange(min=1), help="Batch size (default: 32, or the model's max batch)."
-)
+@_batch_option("Batch size (default: 32, or the model's max batch).")
 @click.option(
     "--min-cos",
     type=click.FloatRange(-1, 1),
@@ -710,16 +826,14 @@ def _thresholds_help(field: str, unit: str) -> str:
     help="Largest top-1 accuracy drop (or share of changed top-1 without labels), percentage points "
     f"(default: {_thresholds_help('max_top1_drop', ' pp')}).",
 )
+@_DEVICE
 @click.option(
-    "--device", help="Artifact's device: cpu, cuda[:N], tensorrt[:N] (ONNX Runtime) or a GPU index."
+    "--verify-hash/--no-verify-hash",
+    default=True,
+    show_default=True,
+    help="Check the artifact against the sha256 its manifest records before loading it.",
 )
-@click.option(
-    "--json",
-    "json_path",
-    metavar="FILE",
-    type=click.Path(dir_okay=False, allow_dash=True),
-    help="Also write the report as JSON to FILE (- for stdout).",
-)
+@_JSON
 @click.pass_context
 def verify_command(
     ctx: click.Context,
@@ -731,11 +845,11 @@ def verify_command(
     min_cos: float | None,
     max_top1_drop: float | None,
     device: str | None,
-    json_path: str | None,
+    verify_hash: bool,
+    json_out: str | None,
 ) -> None:
     """Compare ARTIFACT with its reference on the same inputs; exit 0 on pass, 1 on fail, 2 on usage errors."""
-    if json_path and json_path != "-":
-        check_writable(json_path)
+    _check_json_out(json_out)
     report = verify(
         artifact,
         reference,
@@ -745,14 +859,10 @@ def verify_command(
         min_cosine=min_cos,
         max_top1_drop=max_top1_drop,
         device=device,
-        progress=sys.stderr.isatty(),
+        verify_hash=verify_hash,
+        progress=_progress(json_out),
     )
-    if json_path == "-":
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        if json_path:
-            write_json_atomic(json_path, report.to_dict())
-        click.echo(report.to_text())
+    _emit(report, json_out)
     if not report.passed:
         ctx.exit(1)
 
@@ -761,27 +871,36 @@ def verify_command(
 @click.argument("artifact", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", type=click.IntRange(min=1), default=5, show_default=True, help="Classes per image.")
+@_batch_option("Batch size (default: 32, or the model's max batch).")
+@_DEVICE
 @click.option(
-    "--batch", type=click.IntRange(min=1), help="Batch size (default: 32, or the model's max batch)."
+    "--verify-hash/--no-verify-hash",
+    default=True,
+    show_default=True,
+    help="Check the artifact against the sha256 its manifest records before loading it.",
 )
-@click.option("--device", help="cpu, cuda[:N], tensorrt[:N] (ONNX Runtime) or a GPU index (TensorRT).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_JSON
 def predict_command(
-    artifact: str, images: tuple[str, ...], top_k: int, batch: int | None, device: str | None, as_json: bool
+    artifact: str,
+    images: tuple[str, ...],
+    top_k: int,
+    batch: int | None,
+    device: str | None,
+    verify_hash: bool,
+    json_out: str | None,
 ) -> None:
     """Labels and probabilities of each image in IMAGE_OR_DIR... (folders are read recursively)."""
+    _check_json_out(json_out)
     report = predict(
         artifact,
         images,
         top_k=top_k,
         batch=batch,
         device=device,
-        progress=not as_json and sys.stderr.isatty(),
+        verify_hash=verify_hash,
+        progress=_progress(json_out),
     )
-    if as_json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        click.echo(report.to_text())
+    _emit(report, json_out)
 
 
 @cli.command("demo")
@@ -796,12 +915,12 @@ def predict_command(
 @click.option(
     "--quick", is_flag=True, help="About a minute: fewer calibration images, short benches, no SE-ResNet-50."
 )
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@_JSON
 @click.pass_context
-def demo_command(ctx: click.Context, out_dir: str, quick: bool, as_json: bool) -> None:
+def demo_command(ctx: click.Context, out_dir: str, quick: bool, json_out: str | None) -> None:
     """Export, quantize, build, verify and bench the shipped digits SE-ResNet, end to end."""
-    report = run_demo(out_dir, quick=quick, progress=not as_json and sys.stderr.isatty())
-    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.to_text())
+    report = run_demo(out_dir, quick=quick, progress=_progress(json_out))
+    _emit(report, json_out)
     if not report.passed:
         ctx.exit(1)
 
@@ -827,9 +946,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
 @click.option(
     "--metrics-port", type=click.IntRange(0, 65535), default=DEFAULT_METRICS_PORT, show_default=True
 )
-@click.option(
-    "--max-batch", type=click.IntRange(min=1), help="Largest batch Triton forms (default: the artifact's)."
-)
+@_MAX_BATCH_SERVED
 @click.option(
     "--max-queue-delay-us",
     type=click.IntRange(min=0),
@@ -837,9 +954,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     show_default=True,
     help="How long the dynamic batcher may hold a request to fill a batch.",
 )
-@click.option(
-    "--instances", type=click.IntRange(min=1), default=1, show_default=True, help="Model instances."
-)
+@_INSTANCES
 @click.option(
     "--top-k",
     type=click.IntRange(min=1),
@@ -847,10 +962,8 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     show_default=True,
     help="Image endpoint default.",
 )
-@click.option(
-    "--device", help="Artifact's device: cpu, cuda[:N], tensorrt[:N] (ONNX Runtime) or a GPU index."
-)
-@click.option("--json", "as_json", is_flag=True, help="Print the served models and URLs as JSON once ready.")
+@_DEVICE
+@_JSON
 def serve_command(
     artifacts: tuple[str, ...],
     name: str | None,
@@ -863,7 +976,7 @@ def serve_command(
     instances: int,
     top_k: int,
     device: str | None,
-    as_json: bool,
+    json_out: str | None,
 ) -> None:
     """Serve ARTIFACT... behind Triton (HTTP, gRPC, metrics) until SIGINT or SIGTERM."""
     server = serve(
@@ -881,7 +994,7 @@ def serve_command(
     )
 
     def _ready(running: Any) -> None:
-        click.echo(json.dumps(running.to_dict(), indent=2) if as_json else running.to_text())
+        _emit(running, json_out)
         sys.stdout.flush()
 
     reason = serve_forever(server, on_ready=_ready)
@@ -906,7 +1019,7 @@ def serve_command(
     show_default=True,
     help="Requests per level at most.",
 )
-@click.option("--batch", type=click.IntRange(min=1), default=1, show_default=True, help="Images per request.")
+@_batch_option("Batch size of each request.", default=1, show_default=True)
 @click.option(
     "--tolerance",
     type=click.FloatRange(min=0),
@@ -917,9 +1030,7 @@ def serve_command(
 @click.option("--metrics-url", help="Triton's metrics endpoint, used when the statistics API is restricted.")
 @click.option("--access-token", envvar="TRITON_ACCESS_TOKEN", help="Token for a restricted statistics API.")
 @click.option("--allow-remote", is_flag=True, help="Allow a server that is not on a loopback address.")
-@click.option(
-    "--json", "json_path", metavar="FILE", help="Also write the report as JSON to FILE (- for stdout)."
-)
+@_JSON
 @click.pass_context
 def loadtest_command(
     ctx: click.Context,
@@ -933,11 +1044,10 @@ def loadtest_command(
     metrics_url: str | None,
     access_token: str | None,
     allow_remote: bool,
-    json_path: str | None,
+    json_out: str | None,
 ) -> None:
     """Load-test MODEL at URL (http://127.0.0.1:8000 or grpc://...): throughput, latency, server batches."""
-    if json_path and json_path != "-":
-        check_writable(json_path)
+    _check_json_out(json_out)
     report = loadtest(
         url,
         model,
@@ -950,12 +1060,7 @@ def loadtest_command(
         metrics_url=metrics_url,
         allow_remote=allow_remote,
     )
-    if json_path == "-":
-        click.echo(json.dumps(report.to_dict(), indent=2))
-    else:
-        if json_path:
-            write_json_atomic(json_path, report.to_dict())
-        click.echo(report.to_text())
+    _emit(report, json_out)
     if report.errors or report.mismatches:
         ctx.exit(1)
 

@@ -82,3 +82,32 @@ def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> Comparison:
 def top1_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     """Fraction of samples whose argmax is the label."""
     return float(np.mean(np.argmax(logits, axis=1) == np.asarray(labels)))
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass criteria: the lowest per-sample cosine similarity, and the largest top-1 drop in percentage points."""
+
+    min_cosine: float
+    max_top1_drop: float
+
+
+DEFAULT_THRESHOLDS = {
+    "fp32": Thresholds(min_cosine=0.9999, max_top1_drop=0.5),
+    "fp16": Thresholds(min_cosine=0.999, max_top1_drop=0.5),
+    "int8": Thresholds(min_cosine=0.98, max_top1_drop=1.0),
+}
+"""FP32 differs only by kernel order (and TF32 on GPUs); FP16 by rounding; INT8 by quantization."""
+
+
+def parity_failures(comparison: Comparison, thresholds: Thresholds) -> list[str]:
+    """Why ``comparison`` (no labels: top-1 changes stand for the accuracy drop) misses ``thresholds``."""
+    failures = []
+    if not comparison.finite:
+        failures.append("non-finite logits")
+    if comparison.min_cosine < thresholds.min_cosine:
+        failures.append(f"cosine min {comparison.min_cosine:.6f} < {thresholds.min_cosine}")
+    changed = 100 * (1 - comparison.top1_agreement)
+    if changed > thresholds.max_top1_drop:
+        failures.append(f"top-1 changed on {changed:.2f}% of images > {thresholds.max_top1_drop} pp")
+    return failures

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -25,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import onnx
-from tqdm import tqdm
 
 from sedeploy._version import __version__
 from sedeploy.artifacts.naming import precision_suffix
@@ -34,6 +32,7 @@ from sedeploy.build import BuildOptions, build_engine, choose_backend
 from sedeploy.errors import BadInputError, MissingDependencyError
 from sedeploy.export import export_onnx
 from sedeploy.files import atomic_output, check_writable, write_json_atomic
+from sedeploy.progress import progress_bar
 from sedeploy.verify import VerifyReport, verify
 
 logger = logging.getLogger(__name__)
@@ -297,7 +296,7 @@ class _Stages:
     """One progress bar over the demo's steps (inner steps show their own bars) and the time of each step."""
 
     def __init__(self, total: int, progress: bool) -> None:
-        self._bar = tqdm(total=total, desc="demo", unit="step", file=sys.stderr, disable=not progress)
+        self._bar = progress_bar(total=total, desc="demo", unit="step", enabled=progress)
         self.seconds: dict[str, float] = {}
 
     @contextmanager

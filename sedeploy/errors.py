@@ -9,9 +9,18 @@ from __future__ import annotations
 
 
 class SedeployError(Exception):
-    """Base of every error sedeploy raises on purpose; its text is one line naming the problem and the fix."""
+    """Base of every error sedeploy raises on purpose; its text is one line naming the problem and the fix.
+
+    Messages name the library's own parameters (``calib_size must be at least 1``; ``pass override=True``),
+    so a Python caller reads the words it used; ``params`` lists names the message uses that are plain words
+    (``labels``, ``device``). The CLI rewrites each into the command's flag (``--calib-size``, ``--override``).
+    """
 
     exit_code = 1
+
+    def __init__(self, *args: object, params: tuple[str, ...] = ()) -> None:
+        super().__init__(*args)
+        self.params = params
 
 
 class ConfigError(SedeployError, ValueError):

@@ -47,8 +47,10 @@ from sedeploy.graphs.rewrite import se_squeeze_to_global_pool
 from sedeploy.models.checkpoint import Checkpoint, build_model, load_weights, read_checkpoint
 from sedeploy.models.complexity import estimate_complexity
 from sedeploy.models.factory import load_model_factory
+from sedeploy.models.record import RECORD_NAME, TrainingRecord, find_training_record
 from sedeploy.models.registry import ModelDefaults
 from sedeploy.optional import import_optional
+from sedeploy.progress import stage
 
 logger = logging.getLogger(__name__)
 
@@ -290,8 +292,56 @@ def _default_output(name: str) -> Path:
     return Path("models") / name / "model.onnx"
 
 
+def _apply_record(
+    record: TrainingRecord | None,
+    weights: str | os.PathLike[str] | None,
+    model: str | nn.Module | None,
+    in_chans: int | None,
+    img_size: tuple[int, int] | None,
+    labels: tuple[str, ...] | None,
+    override: bool,
+) -> tuple[str | nn.Module, int | None, tuple[int, int] | None, tuple[str, ...] | None]:
+    """Architecture, channels, size and labels with the training record's values as defaults.
+
+    An explicit value that contradicts the record is refused unless ``override``: the record says what the
+    weights were trained at, and an export at another size runs without error and answers wrongly.
+    """
+    if record is None:
+        if model is None:
+            raise ConfigError("give model (an architecture name, package.module:factory or nn.Module)")
+        return model, in_chans, img_size, labels
+    if model is None:
+        model = record.arch
+    given = {
+        "model": (model if isinstance(model, str) else None, record.arch),
+        "in_chans": (in_chans, record.in_chans),
+        "img_size": (img_size, record.img_size),
+        "labels": (labels, record.labels),
+    }
+    for name, (value, recorded) in given.items():
+        if value is not None and recorded is not None and value != recorded and not override:
+            raise ConfigError(
+                f"{name} {_shown(value)} contradicts the training record {record.path} ({_shown(recorded)}); "
+                f"drop {name} to use the record, or pass override=True to export against it"
+            )
+    return (
+        model,
+        in_chans if in_chans is not None else record.in_chans,
+        img_size if img_size is not None else record.img_size,
+        labels if labels is not None else record.labels,
+    )
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple) and len(value) == 2 and all(isinstance(v, int) for v in value):
+        return f"{value[0]}x{value[1]}"
+    if isinstance(value, tuple):
+        return f"{len(value)} labels ({', '.join(map(str, value[:4]))}{', ...' if len(value) > 4 else ''})"
+    return str(value)
+
+
 def export_onnx(
-    model: str | nn.Module,
+    model: str | nn.Module | None = None,
     *,
     weights: str | os.PathLike[str] | None = None,
     layout: str = "auto",
@@ -304,6 +354,8 @@ def export_onnx(
     output: str | os.PathLike[str] | None = None,
     check: bool = True,
     options: dict[str, Any] | None = None,
+    override: bool = False,
+    progress: bool = False,
 ) -> ExportResult:
     """Export ``model`` to a validated ONNX file with sedeploy metadata; return what was written.
 
@@ -317,6 +369,10 @@ def export_onnx(
     recorded for later stages; the ONNX batch axis itself is unbounded. Unless
     ``check`` is off, the file must match PyTorch in ONNX Runtime at batch 1 and a
     larger batch (cosine >= 0.99999, identical top-1) or nothing is written.
+
+    A weights file with a training record beside it (``model.json``, as ``sedeploy train`` writes) gives the
+    architecture (``model`` may be None), input size, channels, preprocessing and labels; an explicit value
+    that contradicts it fails unless ``override``. Weights without a record need ``img_size``.
     """
     from sedeploy._version import __version__
 
@@ -330,9 +386,17 @@ def export_onnx(
         label_names = read_labels(labels)
     elif labels is not None:
         label_names = tuple(str(label) for label in labels)
-    source = _resolve_source(
-        model, weights, layout, num_classes, in_chans, _as_hw(img_size), dict(options or {})
+    record = find_training_record(weights) if weights is not None else None
+    model, in_chans, requested_hw, label_names = _apply_record(
+        record, weights, model, in_chans, _as_hw(img_size), label_names, override
     )
+    source = _resolve_source(model, weights, layout, num_classes, in_chans, requested_hw, dict(options or {}))
+    if record is None and weights is not None and requested_hw is None and source.is_zoo:
+        # After the weights were read (a bad file is reported as such), before anything is exported.
+        raise ConfigError(
+            f"{weights} has no training record ({RECORD_NAME} beside it) that says its input size; "
+            "pass img_size (e.g. 224 for ImageNet weights from timm) so it is not guessed"
+        )
     module = source.model
     was_training = module.training
     module.eval()
@@ -341,7 +405,7 @@ def export_onnx(
             input_size = source.defaults.input_size
         else:
             channels = in_chans or _first_conv_channels(module) or 3
-            hw = _as_hw(img_size) or (source.defaults.input_size[1:] if source.defaults else (224, 224))
+            hw = requested_hw or (source.defaults.input_size[1:] if source.defaults else (224, 224))
             input_size = (channels, hw[0], hw[1])
         example = _example_input(_EXAMPLE_BATCH, input_size, PARITY_SEED)
         try:
@@ -371,7 +435,8 @@ def export_onnx(
         with atomic_output(path) as temp_path:
             complexity = estimate_complexity(module, input_size)
             export_started = time.perf_counter()
-            proto = _run_exporter(module, example, opset, source.arch)
+            with stage(f"export {source.arch}: torch.onnx.export", progress):
+                proto = _run_exporter(module, example, opset, source.arch)
             export_seconds = time.perf_counter() - export_started
             se_squeeze_to_global_pool(proto)
             _validate_graph(proto, classes, input_size)
@@ -380,7 +445,11 @@ def export_onnx(
                 options=source.options,
                 input_size=input_size,
                 num_classes=classes,
-                preprocessing=Preprocessing.from_defaults(defaults),
+                preprocessing=(
+                    record.preprocessing
+                    if record is not None and record.input_size == input_size
+                    else Preprocessing.from_defaults(defaults)
+                ),
                 params=complexity.params,
                 macs=complexity.macs,
                 opset=opset,
@@ -401,7 +470,8 @@ def export_onnx(
             onnx.save_model(proto, str(temp_path))
             parity: tuple[Comparison, ...] = ()
             if check:
-                parity = check_parity(module, temp_path, input_size, _parity_batches(max_batch))
+                with stage(f"export {source.arch}: parity check", progress):
+                    parity = check_parity(module, temp_path, input_size, _parity_batches(max_batch))
                 failed = [c for c in parity if not c.passed(MIN_COSINE)]
                 if failed:
                     raise ParityError(

@@ -19,6 +19,7 @@ from sedeploy.artifacts.naming import artifact_path, precision_suffix
 from sedeploy.backends.base import Runner
 from sedeploy.bench import DEFAULT_BATCHES, BenchReport, Candidate, bench
 from sedeploy.errors import ConfigError
+from sedeploy.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -145,8 +146,6 @@ def prepare_compare(
     or build-engine's default folder and size). ``build_options`` go to
     :class:`sedeploy.build.BuildOptions` (e.g. ``calib_method``).
     """
-    from tqdm import tqdm
-
     from sedeploy.artifacts.metadata import load_onnx, metadata_or_none
     from sedeploy.backends import tensorrt as trt_backend
     from sedeploy.build import DEFAULT_CALIBRATION_SIZE, BuildOptions, build_engine
@@ -180,7 +179,7 @@ def prepare_compare(
         plan += OPENVINO_COMPARE_PLAN
     source_sha256 = sha256_of_file(source)
     builds = []
-    bar = tqdm(plan, desc="compare", unit="build", disable=not progress, leave=False)
+    bar = progress_bar(plan, desc="compare", unit="build", enabled=progress)
     for backend, precision, flavour in bar:
         artifact = artifact_path(source, backend, precision, flavour)
         extra = {
@@ -244,7 +243,7 @@ def torch_candidate(
 
         if threads:
             torch.set_num_threads(threads)  # PyTorch's intra-op pool is per process
-        return TorchRunner(source, metadata=metadata, device=device)
+        return TorchRunner(source, metadata=metadata, device=device, random_weights=weights is None)
 
     return Candidate(
         path=str(weights) if weights is not None else f"torch:{metadata.arch}",

@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from sedeploy.backends.base import Classification, Runner, classify_logits
 from sedeploy.data import IMAGE_EXTENSIONS, SkippedFile, list_images
 from sedeploy.errors import BadInputError, ConfigError
+from sedeploy.progress import progress_bar
 from sedeploy.runtime import load
 
 logger = logging.getLogger(__name__)
@@ -98,6 +97,7 @@ def predict(
     top_k: int = 5,
     batch: int | None = None,
     device: str | None = None,
+    verify_hash: bool = True,
     progress: bool = False,
 ) -> PredictReport:
     """Classify every image in ``inputs`` (files and folders) with ``artifact`` (a path, or an open runner).
@@ -116,7 +116,7 @@ def predict(
         return _predict(
             artifact, str(getattr(artifact, "model_path", artifact.backend)), inputs, top_k, batch, progress
         )
-    with load(artifact, device=device) as runner:
+    with load(artifact, device=device, verify_hash=verify_hash) as runner:
         return _predict(runner, str(artifact), inputs, top_k, batch, progress)
 
 
@@ -138,14 +138,7 @@ def _predict(
         logger.warning("skipping %s: %s", skip.path, skip.reason)
     size = batch or min(DEFAULT_BATCH, runner.input_spec.max_batch or DEFAULT_BATCH)
     predictions: list[Prediction] = []
-    with tqdm(
-        total=len(files),
-        desc="predict",
-        unit="img",
-        file=sys.stderr,
-        disable=not (progress and any_folder),
-        leave=False,
-    ) as bar:
+    with progress_bar(total=len(files), desc="predict", unit="img", enabled=progress and any_folder) as bar:
         for start in range(0, len(files), size):
             paths, rows = [], []
             for path in files[start : start + size]:

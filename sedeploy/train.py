@@ -38,7 +38,6 @@ import logging
 import math
 import os
 import shlex
-import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -50,7 +49,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from sedeploy.artifacts.metadata import Preprocessing
 from sedeploy.data import ImageSet, ImageSetError, list_images, load_image_set
@@ -63,9 +61,11 @@ from sedeploy.models.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from sedeploy.models.record import LABELS_NAME, RECORD_FORMAT, RECORD_NAME, RECORD_VERSION
 from sedeploy.models.registry import create_model, get_entry, model_defaults
 from sedeploy.models.senet import SE_OPTION_NAMES
 from sedeploy.optional import import_optional
+from sedeploy.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -73,11 +73,7 @@ SCHEDULES = ("cosine", "onecycle")
 """Learning-rate schedules: ``cosine`` (linear warm-up, then cosine decay to 0) or ``onecycle``."""
 DEVICES = ("auto", "cpu", "cuda")
 """``auto`` is CUDA when torch sees a GPU, else the CPU."""
-RECORD_FORMAT = "sedeploy-train"
-RECORD_VERSION = 1
 CHECKPOINT_NAME = "model.safetensors"
-RECORD_NAME = "model.json"
-LABELS_NAME = "labels.txt"
 CURVES_NAME = "curves.png"
 RESUME_NAME = "last.pt"
 PLAIN_DIR_NAME = "plain"
@@ -486,14 +482,7 @@ def _train_epoch(
     model.train()
     seen, correct, loss_sum, lr = 0, 0, 0.0, config.lr
     started = time.perf_counter()
-    with tqdm(
-        batches,
-        desc=f"epoch {epoch}/{config.epochs}",
-        unit="batch",
-        file=sys.stderr,
-        disable=not progress,
-        leave=False,
-    ) as bar:
+    with progress_bar(batches, desc=f"epoch {epoch}/{config.epochs}", unit="batch", enabled=progress) as bar:
         for index, batch_index in enumerate(bar):
             lr = learning_rate((epoch - 1) * len(batches) + index, total_steps, config.lr, config.schedule)
             for group in optimizer.param_groups:

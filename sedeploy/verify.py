@@ -30,43 +30,29 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from sedeploy.artifacts.manifest import matching_manifest
 from sedeploy.artifacts.metadata import ModelMetadata
 from sedeploy.artifacts.naming import artifact_backend
 from sedeploy.artifacts.precision import detect_precision
 from sedeploy.backends.base import Runner
-from sedeploy.compare import Comparison, compare_logits, top1_accuracy
+from sedeploy.compare import DEFAULT_THRESHOLDS, Comparison, Thresholds, compare_logits, top1_accuracy
 from sedeploy.data import load_image_set
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import sha256_of_file
+from sedeploy.models.record import TrainingRecord
+from sedeploy.progress import progress_bar
 from sedeploy.runtime import load
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """Pass criteria: the lowest per-sample cosine similarity, and the largest top-1 drop in percentage points."""
-
-    min_cosine: float
-    max_top1_drop: float
-
-
-DEFAULT_THRESHOLDS = {
-    "fp32": Thresholds(min_cosine=0.9999, max_top1_drop=0.5),
-    "fp16": Thresholds(min_cosine=0.999, max_top1_drop=0.5),
-    "int8": Thresholds(min_cosine=0.98, max_top1_drop=1.0),
-}
-"""FP32 differs only by kernel order (and TF32 on GPUs); FP16 by rounding; INT8 by quantization."""
 DEFAULT_IMAGES = 512
 """Images read from ``data`` unless ``num`` says otherwise (a seeded sample, as calibration takes)."""
 DEFAULT_SYNTHETIC = 64
@@ -284,13 +270,50 @@ def _model_labels(labels: np.ndarray, class_names: tuple[str, ...], metadata: Mo
 
 def _run(runner: Runner, inputs: np.ndarray, batch: int, name: str, progress: bool) -> np.ndarray:
     parts = []
-    with tqdm(
-        total=len(inputs), desc=name, unit="img", file=sys.stderr, disable=not progress, leave=False
-    ) as bar:
+    with progress_bar(total=len(inputs), desc=name, unit="img", enabled=progress) as bar:
         for start in range(0, len(inputs), batch):
             parts.append(runner(inputs[start : start + batch]))
             bar.update(min(batch, len(inputs) - start))
     return np.concatenate(parts, axis=0)
+
+
+CHANCE_MARGIN = 0.1
+"""A reference within this share of the way from chance to perfect accuracy is "at chance": it answers nothing."""
+RECORD_MARGIN = 0.1
+"""A reference more than this far (absolute) below the accuracy its training record states is not that model."""
+
+
+def _reference_problems(
+    record: TrainingRecord | None, metadata: ModelMetadata, reference_accuracy: float | None
+) -> list[str]:
+    """Why the reference itself cannot be trusted: parity with a wrong reference is no pass."""
+    problems = []
+    if record is not None and tuple(record.input_size) != tuple(metadata.input_size):
+        problems.append(
+            f"the reference's training record ({record.path}) says {record.size_text()} but it is fed "
+            f"{'x'.join(map(str, metadata.input_size))}: the reference, not the artifact, is wrong; "
+            "export the model at its recorded size"
+        )
+    if reference_accuracy is None:
+        return problems
+    chance = 1 / max(metadata.num_classes, 1)
+    if reference_accuracy <= chance + CHANCE_MARGIN * (1 - chance):
+        problems.append(
+            f"the reference itself scores {100 * reference_accuracy:.2f}% top-1, chance level "
+            f"({100 * chance:.2f}%): the reference, not the artifact, is wrong; check its input size and "
+            "preprocessing against its training record"
+        )
+    elif (
+        record is not None
+        and record.accuracy is not None
+        and reference_accuracy < record.accuracy - RECORD_MARGIN
+    ):
+        problems.append(
+            f"the reference scores {100 * reference_accuracy:.2f}% top-1, far below the "
+            f"{100 * record.accuracy:.2f}% of its record ({record.accuracy_source}): the reference, not the "
+            "artifact, is wrong on these inputs"
+        )
+    return problems
 
 
 def _runs_on(runner: Runner) -> str:
@@ -307,6 +330,7 @@ def verify(
     min_cosine: float | None = None,
     max_top1_drop: float | None = None,
     device: str | None = None,
+    verify_hash: bool = True,
     seed: int = 0,
     progress: bool = False,
 ) -> VerifyReport:
@@ -317,13 +341,13 @@ def verify(
     """
     started = time.perf_counter()
     if num is not None and num < 1:
-        raise ConfigError(f"--num must be at least 1, got {num}")
+        raise ConfigError(f"num must be at least 1, got {num}", params=("num",))
     if batch is not None and batch < 1:
-        raise ConfigError(f"--batch must be at least 1, got {batch}")
+        raise ConfigError(f"batch must be at least 1, got {batch}", params=("batch",))
     if min_cosine is not None and not -1 <= min_cosine <= 1:
-        raise ConfigError(f"--min-cos must be between -1 and 1, got {min_cosine}")
+        raise ConfigError(f"min_cosine must be between -1 and 1, got {min_cosine}")
     if max_top1_drop is not None and not 0 <= max_top1_drop <= 100:
-        raise ConfigError(f"--max-top1-drop is in percentage points, 0 to 100; got {max_top1_drop}")
+        raise ConfigError(f"max_top1_drop is in percentage points, 0 to 100; got {max_top1_drop}")
     artifact_path = Path(artifact)
     if not artifact_path.exists():
         raise BadInputError(f"artifact {artifact_path} does not exist; check the path")
@@ -336,7 +360,7 @@ def verify(
         max_top1_drop=defaults.max_top1_drop if max_top1_drop is None else max_top1_drop,
     )
 
-    with load(artifact_path, device=device) as candidate_runner:
+    with load(artifact_path, device=device, verify_hash=verify_hash) as candidate_runner:
         metadata = candidate_runner.metadata
         with _open_reference(reference_path, metadata, device) as reference_runner:
             metadata = metadata or reference_runner.metadata
@@ -359,6 +383,7 @@ def verify(
             got = _run(candidate_runner, arrays, chunk, "artifact", progress)
             expected = _run(reference_runner, arrays, chunk, "reference", progress)
             descriptions = (_runs_on(candidate_runner), _runs_on(reference_runner))
+            record: TrainingRecord | None = getattr(reference_runner, "record", None)
     if got.shape != expected.shape:
         raise BadInputError(
             f"{artifact_path} gives logits of shape {got.shape[1:]} but {reference_path} gives {expected.shape[1:]}; "
@@ -371,7 +396,7 @@ def verify(
         reference_accuracy, artifact_accuracy = top1_accuracy(expected, labels), top1_accuracy(got, labels)
         accuracy_drop = 100 * (reference_accuracy - artifact_accuracy)
 
-    failures = []
+    failures = _reference_problems(record, metadata, reference_accuracy)
     if not comparison.finite:
         failures.append("the artifact's logits hold NaN or infinity")
     if comparison.min_cosine < thresholds.min_cosine:

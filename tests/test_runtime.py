@@ -48,10 +48,15 @@ def test_load_dispatches_on_the_artifact(small_model: dict[str, Path], tmp_path:
         assert runner.provider == "CPUExecutionProvider" and runner.fallback is None
         assert runner.input_spec.shape == (None, 1, 32, 32) and runner.input_spec.max_batch == 32
         assert runner.metadata is not None and runner.metadata.arch == "se_preact_resnet"
-    with load(small_model["weights"]) as runner:  # the weights' own record names the architecture
-        assert isinstance(runner, TorchRunner) and runner.metadata is not None
+    with pytest.raises(ConfigError, match="no training record"):  # its input size would be a guess
+        load(small_model["weights"])
+    metadata = read_metadata(small_model["onnx"])
+    with load(small_model["weights"], metadata=metadata) as runner:  # the checkpoint names the architecture
+        assert isinstance(runner, TorchRunner) and runner.metadata == metadata
         assert runner.metadata.num_classes == 10
-    with load("se_preact_resnet", model_options=SMALL_OPTIONS, max_batch=4) as runner:
+    with pytest.raises(ConfigError, match="random_weights=True"):
+        load("se_preact_resnet", model_options=SMALL_OPTIONS)
+    with load("se_preact_resnet", model_options=SMALL_OPTIONS, max_batch=4, random_weights=True) as runner:
         assert isinstance(runner, TorchRunner) and runner.input_spec.max_batch == 4
     (tmp_path / "model.engine").write_bytes(b"not a plan")
     with pytest.raises((MissingDependencyError, BadInputError)):  # reaches the TensorRT runner

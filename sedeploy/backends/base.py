@@ -13,6 +13,7 @@ preprocessing) and ``classify(images, top_k)`` (labels and probabilities).
 
 from __future__ import annotations
 
+import io
 import logging
 import os
 import threading
@@ -20,7 +21,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, TypeAlias
 
 import numpy as np
 
@@ -33,8 +34,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ImageInput: TypeAlias = "str | os.PathLike[str] | Image.Image | np.ndarray"
-"""One image for :meth:`Runner.preprocess`: a file path, a PIL image, or uint8 pixels (H, W) or (H, W, C)."""
+ImageInput: TypeAlias = "str | os.PathLike[str] | bytes | BinaryIO | Image.Image | np.ndarray"
+"""One image for :meth:`Runner.preprocess`: a file path, encoded bytes, an open binary file, a PIL image, or uint8
+pixels (H, W) or (H, W, C)."""
 
 _REFUSED_KINDS = {"U": "strings", "S": "bytes", "O": "Python objects", "V": "raw records", "M": "dates"}
 
@@ -124,6 +126,11 @@ def classify_logits(
             )
         )
     return results
+
+
+def _is_file(value: object) -> bool:
+    """An open binary file (``io.BytesIO``, an upload's stream): it has ``read`` and is no array or image."""
+    return callable(getattr(value, "read", None)) and not isinstance(value, np.ndarray)
 
 
 class Runner(ABC):
@@ -230,18 +237,21 @@ class Runner(ABC):
     def preprocess(self, images: ImageInput | Sequence[ImageInput]) -> np.ndarray:
         """Images to the model's input batch (N, C, H, W) with the artifact's own preprocessing.
 
-        ``images`` is one image or a sequence: file paths (decoded by
-        :func:`sedeploy.data.load_image`), PIL images, or uint8 pixel arrays
-        (H, W) / (H, W, C) with C in 1, 3, 4 (a 4-D uint8 array is N such
-        images). Colour and grayscale are converted to the model's channels.
+        ``images`` is one image or a sequence: file paths, encoded image bytes (what a web service
+        receives), open binary files such as ``io.BytesIO`` (all three decoded by
+        :func:`sedeploy.data.load_image`, with its pixel limit and EXIF rotation), PIL images, or uint8 pixel
+        arrays (H, W) / (H, W, C) with C in 1, 3, 4 (a 4-D uint8 array is N such images). Colour and
+        grayscale are converted to the model's channels.
         """
         from PIL import Image
 
         from sedeploy.data import load_image, preprocess
 
         metadata = self._require_metadata("preprocess images")
-        if isinstance(images, (str, os.PathLike, Image.Image)):
-            items: Sequence[ImageInput] = [images]
+        if isinstance(images, (str, os.PathLike, Image.Image, bytes, bytearray, memoryview)) or _is_file(
+            images
+        ):
+            items: Sequence[Any] = [images]
         elif isinstance(images, np.ndarray):
             items = list(images) if images.ndim == 4 else [images]
         else:
@@ -250,6 +260,10 @@ class Runner(ABC):
         rows = np.empty((len(items), *metadata.input_size), dtype=np.float32)
         for index, item in enumerate(items):
             if isinstance(item, (str, os.PathLike)):
+                image = load_image(item, channels)
+            elif isinstance(item, (bytes, bytearray, memoryview)):
+                image = load_image(io.BytesIO(bytes(item)), channels)
+            elif _is_file(item):
                 image = load_image(item, channels)
             else:
                 image = _image_of(item, channels, index)

@@ -25,6 +25,7 @@ from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.models.checkpoint import build_model, load_weights, read_checkpoint
 from sedeploy.models.complexity import estimate_complexity
+from sedeploy.models.record import RECORD_NAME, TrainingRecord, find_training_record
 from sedeploy.models.registry import ModelDefaults, list_models, model_defaults
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,10 @@ class TorchRunner(Runner):
     model and whose preprocessing the runner uses; without it they are derived
     from the model's registry defaults as export does. ``weights_match`` is
     False when the metadata records a weights hash that differs from the file's.
+
+    A weights file with a training record beside it (``model.json``) runs at the record's input size,
+    preprocessing and labels; one without a record needs ``metadata=`` (its size would be a guess). A zoo
+    name alone builds random weights only with ``random_weights=True``.
     """
 
     backend = "torch"
@@ -57,15 +62,26 @@ class TorchRunner(Runner):
         layout: str = "auto",
         device: str | None = None,
         max_batch: int | None = None,
+        random_weights: bool = False,
     ) -> None:
         if max_batch is not None and max_batch < 1:
             raise ConfigError(f"max_batch must be at least 1, got {max_batch}")
         self._device = _torch_device(device)
         self.weights_path: Path | None = None
         self.weights_match: bool | None = None
+        self.record: TrainingRecord | None = None
+        self._random_weights = random_weights
         model = self._build(source, arch, metadata, dict(model_options or {}), layout)
         model.eval().to(self._device)
         self._model: nn.Module | None = model
+        if metadata is None and self.record is not None:
+            metadata = _record_metadata(model, self.record, max_batch)
+        elif metadata is None and self.weights_path is not None:
+            raise ConfigError(
+                f"{self.weights_path} has no training record ({RECORD_NAME} beside it) that says its input size "
+                "and preprocessing; export it with sedeploy export (img_size given) and load the ONNX, or pass "
+                "metadata= (sedeploy.read_metadata of its exported ONNX)"
+            )
         self.metadata = metadata if metadata is not None else _derived_metadata(model, arch, max_batch)
         limit = max_batch or self.metadata.max_batch
         self.input_spec = TensorSpec(
@@ -94,9 +110,18 @@ class TorchRunner(Runner):
             name = str(source)
             if path.suffix or os.sep in name:
                 raise BadInputError(f"weights file {path} does not exist; check the path")
-            logger.warning("%s: no weights given, so the PyTorch model has random weights", name)
+            if not self._random_weights:
+                raise ConfigError(
+                    f"{name} is an architecture without weights; give its weights file, or pass "
+                    "random_weights=True for a model with random weights (speed only, not answers)"
+                )
+            logger.info("%s: no weights given, so the PyTorch model has random weights", name)
             return _create(name, None, options, layout)[0]
         self.weights_path = path
+        self.record = find_training_record(path)
+        if self.record is not None and metadata is None:
+            arch = arch or self.record.arch
+            options = options or dict(self.record.options)
         if arch is None:
             arch = read_checkpoint(path).arch
         if arch is None:
@@ -161,6 +186,28 @@ def _torch_device(device: str | None) -> torch.device:
             f"device {device!r} needs CUDA, which this PyTorch cannot use; load with device='cpu'"
         )
     return chosen
+
+
+def _record_metadata(model: nn.Module, record: TrainingRecord, max_batch: int | None) -> ModelMetadata:
+    """Metadata from the checkpoint's training record: its input size, preprocessing and labels."""
+    from sedeploy._version import __version__
+
+    complexity = estimate_complexity(model, record.input_size)
+    defaults = model_defaults(model)
+    return ModelMetadata(
+        arch=getattr(model, "model_name", None) or record.arch,
+        options=dict(getattr(model, "model_options", record.options)),
+        input_size=record.input_size,
+        num_classes=defaults.num_classes if defaults is not None else len(record.labels or ()),
+        preprocessing=record.preprocessing,
+        params=complexity.params,
+        macs=complexity.macs,
+        opset=0,
+        max_batch=max_batch or DEFAULT_MAX_BATCH,
+        sedeploy_version=__version__,
+        channel_order=channel_order_for(record.in_chans),
+        labels=record.labels,
+    )
 
 
 def _derived_metadata(model: nn.Module, arch: str | None, max_batch: int | None) -> ModelMetadata:

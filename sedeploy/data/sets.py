@@ -7,7 +7,6 @@ import hashlib
 import json
 import logging
 import os
-import sys
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -16,7 +15,6 @@ from typing import Any, TypeVar
 
 import numpy as np
 import PIL
-from tqdm import tqdm
 
 from sedeploy.artifacts.metadata import Preprocessing
 from sedeploy.data.images import (
@@ -34,6 +32,7 @@ from sedeploy.data.images import (
 from sedeploy.data.transforms import _check_preprocessing, preprocess
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import atomic_output, sha256_of_file
+from sedeploy.progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +116,7 @@ def _hash_file(path: Path) -> str | BadImageError:
 
 
 def _run_pool(
-    work: Callable[[_Item], _Result], items: Sequence[_Item], workers: int, bar: tqdm | None = None
+    work: Callable[[_Item], _Result], items: Sequence[_Item], workers: int, bar: Any = None
 ) -> list[_Result]:
     """``work`` over ``items`` in a thread pool, results in item order; advances ``bar`` as items finish."""
     results: list[_Result] = []
@@ -263,9 +262,7 @@ def load_image_set(
             return error
         return None
 
-    with tqdm(
-        total=len(readable), desc="images", unit="img", file=sys.stderr, disable=not progress, leave=False
-    ) as bar:
+    with progress_bar(total=len(readable), desc="images", unit="img", enabled=progress) as bar:
         failures = _run_pool(decode, range(len(readable)), workers, bar)
 
     kept = []
