@@ -26,6 +26,7 @@ import numpy as np
 
 from sedeploy.artifacts.manifest import BuildManifest, ManifestError, checked_manifest, manifest_path
 from sedeploy.artifacts.metadata import PREFIX, ModelMetadata
+from sedeploy.artifacts.naming import is_optimized_onnx
 from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import atomic_output
@@ -439,9 +440,21 @@ def _check_optimized_for_this_cpu(path: Path, manifest: BuildManifest | None) ->
         return
     here = cpu_features()
     if here and tuple(sorted(built_on)) != here:
+        missing = sorted(set(built_on) - set(here))
+        extra = sorted(set(here) - set(built_on))
+        differs = "; ".join(
+            part
+            for part in (
+                f"built with {' '.join(missing)}, which this CPU lacks" if missing else "",
+                f"this CPU adds {' '.join(extra)}" if extra else "",
+            )
+            if part
+        )
+        portable = path.with_name(path.name[: -len(".ort.onnx")] + ".onnx") if is_optimized_onnx(path) else None
+        load_instead = f"load the portable {portable.name} beside it" if portable else "load the portable ONNX"
         raise ManifestError(
-            f"{path} was optimized by ONNX Runtime for a CPU with {' '.join(sorted(built_on))}; this CPU has "
-            f"{' '.join(here)}; rebuild it here with sedeploy build-engine, or load the portable source ONNX"
+            f"{path} was optimized by ONNX Runtime for another kind of CPU ({differs}); {load_instead}, or "
+            "rebuild it here with sedeploy build-engine"
         )
 
 
