@@ -299,7 +299,7 @@ def gemm_probe(
     """Measured dense GEMM rate of this CPU through ONNX Runtime, in GFLOP/s (GOP/s for ``int8``: u8 x s8)."""
     if kind not in ("fp32", "int8"):
         raise ConfigError(f"probe kind must be fp32 or int8, got {kind!r}")
-    ort = import_optional("onnxruntime", "cpu")
+    ort = import_optional("onnxruntime")
     options = ort.SessionOptions()
     options.intra_op_num_threads = (
         threads or usable_cores()
@@ -599,7 +599,7 @@ def write_reports(
 
 def plot_throughput(report: BenchReport, path: Path) -> Path:
     """PNG of images/s against batch size, one line per artifact."""
-    import_optional("matplotlib", "plot")
+    import_optional("matplotlib")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

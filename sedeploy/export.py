@@ -276,7 +276,7 @@ def check_parity(
     seed: int = PARITY_SEED,
 ) -> tuple[Comparison, ...]:
     """Run ``model`` (PyTorch) and the ONNX file (ONNX Runtime, CPU) on the same seeded inputs and compare."""
-    ort = import_optional("onnxruntime", "cpu")
+    ort = import_optional("onnxruntime")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     checks = []
     for batch_size in batch_sizes:

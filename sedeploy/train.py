@@ -697,7 +697,7 @@ def plot_curves(history: Sequence[EpochMetrics], path: str | os.PathLike[str], t
 
     Needs the ``plot`` extra (:class:`~sedeploy.errors.MissingDependencyError` without it).
     """
-    import_optional("matplotlib", "plot")
+    import_optional("matplotlib")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 

@@ -6,13 +6,25 @@ import pytest
 import torch
 
 
+def _onnxruntime_has_cuda() -> bool:
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if torch.cuda.is_available():
-        return
     skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA; none is visible to torch here")
+    skip_cuda_ort = pytest.mark.skip(
+        reason="asserts the CPU onnxruntime build's defaults; onnxruntime-gpu is here"
+    )
+    cuda, cuda_ort = torch.cuda.is_available(), _onnxruntime_has_cuda()
     for item in items:
-        if "gpu" in item.keywords:
+        if "gpu" in item.keywords and not cuda:
             item.add_marker(skip_gpu)
+        if "cpu_onnxruntime" in item.keywords and cuda_ort:
+            item.add_marker(skip_cuda_ort)
 
 
 @pytest.fixture(autouse=True)

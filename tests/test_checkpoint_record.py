@@ -153,8 +153,11 @@ def test_an_int8_build_below_the_verify_thresholds_publishes_nothing(exported: P
     # Ranges cut at the 90th percentile clip every large activation: parity far below verify's thresholds.
     args += ["--calib-dir", str(CALIBRATION), "--calib-size", "32", "--calib-method", "percentile"]
     args += ["--percentile", "90"]
+
     def artifacts() -> list[str]:  # what a runner could load; the calibration cache is no artifact
-        return sorted(path.name for path in exported.parent.iterdir() if path.name.endswith((".onnx", ".json")))
+        return sorted(
+            path.name for path in exported.parent.iterdir() if path.name.endswith((".onnx", ".json"))
+        )
 
     before = [name for name in artifacts() if ".calibration." not in name]
     result = CliRunner().invoke(cli, args)

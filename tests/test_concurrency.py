@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from manifests import make_manifest
 from onnx import numpy_helper
 
 import sedeploy
@@ -164,15 +165,10 @@ def test_two_build_engine_processes_writing_one_path_leave_one_complete_artifact
 
 
 def _manifest_for(artifact: Path, staged: Path, writer: str) -> BuildManifest:
-    return BuildManifest(
-        artifact=artifact.name,
+    return make_manifest(
+        artifact,
         artifact_sha256=sha256_of_file(staged),
-        artifact_format="onnx",
-        backend="onnxruntime",
-        backend_version="test",
-        precision="fp32",
         source_onnx_sha256=writer,
-        source_metadata={},
         device={"description": writer},
     )
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import string
 from collections.abc import Callable
@@ -21,6 +22,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from manifests import make_manifest
 from PIL import Image
 
 from sedeploy.artifacts.manifest import BuildManifest, manifest_path, read_manifest
@@ -63,6 +65,21 @@ def own_errors_only(call: Callable[[], T]) -> T | None:
         return None
 
 
+def usable_metadata(metadata: ModelMetadata | None) -> None:
+    """What every later stage relies on when the parser accepted the metadata: it must hold, not just parse."""
+    if metadata is None:
+        return
+    channels, height, width = metadata.input_size
+    assert min(channels, height, width) >= 1 and metadata.num_classes >= 1 and metadata.max_batch >= 1
+    pre = metadata.preprocessing
+    assert len(pre.mean) == len(pre.std) == channels
+    assert all(math.isfinite(value) for value in pre.mean)
+    assert all(math.isfinite(value) and value > 0 for value in pre.std)
+    assert min(pre.crop) >= 1 and all(size >= 1 for size in pre.resize)
+    assert metadata.labels is None or len(metadata.labels) == metadata.num_classes
+    assert ModelMetadata.from_props(metadata.to_props()) == metadata  # what is written reads back the same
+
+
 @pytest.fixture(scope="module")
 def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("fuzz")
@@ -86,13 +103,13 @@ def test_metadata_from_props_with_damaged_values(valid_props: dict[str, str], da
             props[key] = data.draw(odd_text)
         else:
             props[key] = json.dumps(data.draw(json_values))
-    own_errors_only(lambda: ModelMetadata.from_props(props, "fuzz"))
+    usable_metadata(own_errors_only(lambda: ModelMetadata.from_props(props, "fuzz")))
 
 
 @FUZZ
 @given(props=st.dictionaries(st.text(max_size=30).map(lambda key: "sedeploy." + key), odd_text, max_size=8))
 def test_metadata_from_random_props(props: dict[str, str]) -> None:
-    own_errors_only(lambda: ModelMetadata.from_props(props, "fuzz"))
+    usable_metadata(own_errors_only(lambda: ModelMetadata.from_props(props, "fuzz")))
 
 
 @FUZZ
@@ -101,7 +118,7 @@ def test_metadata_from_dict_with_damaged_values(valid_props: dict[str, str], dat
     values = ModelMetadata.from_props(valid_props).to_dict()
     for key in data.draw(st.lists(st.sampled_from(sorted(values)), min_size=1, max_size=4, unique=True)):
         values[key] = data.draw(json_values)
-    own_errors_only(lambda: ModelMetadata.from_dict(values, "fuzz"))
+    usable_metadata(own_errors_only(lambda: ModelMetadata.from_dict(values, "fuzz")))
 
 
 @FUZZ
@@ -162,17 +179,12 @@ def test_manifest_of_random_json(scratch: Path, value: Any) -> None:
 def test_manifest_with_damaged_fields(
     valid_props: dict[str, str], scratch: Path, data: st.DataObject
 ) -> None:
-    valid = BuildManifest(
-        artifact="model.engine",
-        artifact_sha256="0" * 64,
-        artifact_format="tensorrt_plan",
-        backend="tensorrt",
-        backend_version="10.3",
+    valid = make_manifest(
+        "model.engine",
+        kind="engine",
         precision="int8",
         source_onnx_sha256="1" * 64,
         source_metadata=ModelMetadata.from_props(valid_props).to_dict(),
-        device={"description": "gpu"},
-        engine={"tensorrt_version": "10.3", "profile": {"min": 1, "opt": 8, "max": 32}},
     ).to_dict()
     for key in data.draw(st.lists(st.sampled_from(sorted(valid)), min_size=1, max_size=3, unique=True)):
         if data.draw(st.booleans()):
@@ -290,7 +302,9 @@ REAL_IMAGES = {kind: _encoded(kind) for kind in ("PNG", "JPEG", "BMP", "GIF", "W
 def test_image_of_random_bytes(scratch: Path, blob: bytes, channels: int) -> None:
     path = scratch / "random.png"
     path.write_bytes(blob)
-    own_errors_only(lambda: load_image(path, channels))
+    image = own_errors_only(lambda: load_image(path, channels))
+    if image is not None:  # an accepted file is a decoded picture in the model's channels
+        assert image.mode == ("L" if channels == 1 else "RGB") and min(image.size) >= 1
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # Pillow's own notes on the damaged TIFFs it reads

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sedeploy"
 
 LAYERS: dict[str, int] = {
     # foundation: no sedeploy imports beyond each other
-    "_version": 0, "errors": 0, "files": 1, "optional": 1, "host": 1, "compare": 1,
+    "_version": 0, "errors": 0, "files": 1, "optional": 1, "host": 1, "compare": 1, "progress": 1,
     "artifacts": 2,
     "models": 3,
     "graphs": 4, "data": 4,

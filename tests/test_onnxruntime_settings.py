@@ -80,6 +80,14 @@ def test_runner_settings_reach_the_session_and_keep_the_logits(int8_model: Path,
         optimization_level="extended",
     ) as tuned:
         np.testing.assert_allclose(tuned(images), expected, atol=1e-4)
+        ort = ort_backend.onnxruntime()
+        used = tuned._session.get_session_options()  # what the live session runs with, read back from it
+        assert used.get_session_config_entry(SPIN) == "0"
+        assert used.execution_mode == ort.ExecutionMode.ORT_PARALLEL
+        assert used.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    with sedeploy.load(int8_model, device="cpu") as default:
+        used = default._session.get_session_options()
+        assert used.get_session_config_entry(SPIN) == "1" and used.intra_op_num_threads == usable_cores()
 
 
 def test_split_batch_matches_one_session_and_serves_concurrent_callers(

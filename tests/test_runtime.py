@@ -42,6 +42,7 @@ def small_model(tmp_path_factory: pytest.TempPathFactory, trained_digits: Traine
     return {"weights": weights, "onnx": onnx_path, "int8": int8_path}
 
 
+@pytest.mark.cpu_onnxruntime
 def test_load_dispatches_on_the_artifact(small_model: dict[str, Path], tmp_path: Path) -> None:
     with load(small_model["onnx"]) as runner:
         assert isinstance(runner, OnnxRuntimeRunner)

@@ -11,9 +11,10 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 from google.protobuf import text_format
+from manifests import make_manifest
 from tritonclient.grpc import model_config_pb2
 
-from sedeploy.artifacts.manifest import BuildManifest, read_manifest, write_manifest
+from sedeploy.artifacts.manifest import read_manifest, write_manifest
 from sedeploy.artifacts.metadata import read_metadata
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.cli import cli
@@ -66,12 +67,9 @@ def engine(model: Path) -> Path:
     path = model.with_name("tiny.int8.engine")
     path.write_bytes(b"not really a TensorRT plan \x00\x01\x02" * 64)
     metadata = read_metadata(model)
-    manifest = BuildManifest(
-        artifact=path.name,
-        artifact_sha256=sha256_of_file(path),
-        artifact_format="tensorrt_plan",
-        backend="tensorrt",
-        backend_version="10.3.0",
+    manifest = make_manifest(
+        path,
+        kind="engine",
         precision="int8",
         source_onnx_sha256=sha256_of_file(model),
         source_metadata=metadata.to_dict(),

@@ -54,7 +54,7 @@ _NUMPY_TYPES = {
 
 def onnxruntime() -> Any:
     """The onnxruntime module, or a :class:`MissingDependencyError` naming the extra to install."""
-    return import_optional("onnxruntime", "cpu")
+    return import_optional("onnxruntime")
 
 
 def version() -> str:
@@ -450,8 +450,12 @@ def _check_optimized_for_this_cpu(path: Path, manifest: BuildManifest | None) ->
             )
             if part
         )
-        portable = path.with_name(path.name[: -len(".ort.onnx")] + ".onnx") if is_optimized_onnx(path) else None
-        load_instead = f"load the portable {portable.name} beside it" if portable else "load the portable ONNX"
+        portable = (
+            path.with_name(path.name[: -len(".ort.onnx")] + ".onnx") if is_optimized_onnx(path) else None
+        )
+        load_instead = (
+            f"load the portable {portable.name} beside it" if portable else "load the portable ONNX"
+        )
         raise ManifestError(
             f"{path} was optimized by ONNX Runtime for another kind of CPU ({differs}); {load_instead}, or "
             "rebuild it here with sedeploy build-engine"

@@ -1,0 +1,62 @@
+"""Every registered model, timm-style: a newly registered name is tested without anyone adding it to a list.
+
+Each gets a forward pass at a small size, a complexity count that agrees with its parameters, and (``slow``)
+an export round-trip whose ONNX logits match PyTorch's.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+
+import sedeploy
+from sedeploy.models.registry import get_entry
+from sedeploy.models.senet import SqueezeExcite
+
+SMALL = 64
+"""Input side for the forward pass: big enough for five stride-2 stages, small enough for 2 cores."""
+NAMES = sedeploy.list_models()
+
+
+def _small(name: str) -> torch.nn.Module:
+    return sedeploy.create_model(name, num_classes=5, img_size=SMALL).eval()
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_forward_pass_at_a_small_size(name: str) -> None:
+    model = _small(name)
+    channels = model.default_config.input_size[0]
+    with torch.no_grad():
+        logits = model(torch.randn(2, channels, SMALL, SMALL))
+    assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+    twin = get_entry(name).defaults.plain_twin
+    if twin is not None:  # an SE model's plain twin is the same network without SE
+        assert any(isinstance(module, SqueezeExcite) for module in model.modules())
+        assert not any(isinstance(module, SqueezeExcite) for module in _small(twin).modules())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_complexity_counts_every_parameter(name: str) -> None:
+    model = _small(name)
+    complexity = sedeploy.estimate_complexity(model)
+    assert complexity.params == sum(p.numel() for p in model.parameters())
+    assert complexity.macs > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_export_round_trip(name: str, tmp_path: Path) -> None:
+    model = _small(name)
+    result = sedeploy.export_onnx(model, img_size=SMALL, output=tmp_path / "model.onnx")
+    assert result.metadata.arch == name and all(check.passed(0.99999) for check in result.parity)
+    session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])
+    channels = result.metadata.input_size[0]
+    inputs = np.random.default_rng(0).standard_normal((3, channels, SMALL, SMALL)).astype(np.float32)
+    with torch.no_grad():
+        expected = model(torch.from_numpy(inputs)).numpy()
+    got = session.run(None, {result.metadata.input_name: inputs})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-4 * float(np.abs(expected).max()))
