@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from sedeploy import create_model, cuda_memory
+from sedeploy import create_model
 from sedeploy.artifacts.manifest import read_manifest, write_manifest
+from sedeploy.backends import cuda_memory
 from sedeploy.compare import compare_logits
 
 pytestmark = pytest.mark.gpu
