@@ -103,9 +103,11 @@ class TorchRunner(Runner):
         self.weights_path: Path | None = None
         self.weights_match: bool | None = None
         model = self._build(source, arch, metadata, dict(model_options or {}), layout)
-        model.eval().to(self._device, dtype=self._dtype)
-        self._model: nn.Module | None = model
+        model.eval()
+        # Metadata first: its complexity count traces the model in float32.
         self.metadata = metadata if metadata is not None else _derived_metadata(model, arch, max_batch)
+        model.to(self._device, dtype=self._dtype)
+        self._model: nn.Module | None = model
         limit = max_batch or self.metadata.max_batch
         self.input_spec = TensorSpec(
             self.metadata.input_name, "float32", (None, *self.metadata.input_size), max_batch=limit
