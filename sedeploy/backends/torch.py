@@ -310,6 +310,10 @@ class TorchCudaOps:
     def use(self, stream: Any) -> AbstractContextManager[Any]:
         return torch.cuda.stream(stream)
 
+    def synchronize(self) -> None:
+        """Wait for the whole device (the buffers' zero-fill ran on the default stream)."""
+        torch.cuda.synchronize(self.device)
+
     def capture(self, forward: Callable[[], torch.Tensor], stream: Any) -> _TorchGraph | None:
         """A CUDA graph of ``forward()`` on ``stream`` in thread-local capture mode, or None (said at WARNING)."""
         graph = torch.cuda.CUDAGraph()
@@ -393,6 +397,7 @@ class CudaExecutor:
             )
             for _ in range(slots)
         ]
+        ops.synchronize()  # PyTorch's streams do not wait for the default stream that filled the buffers
         self._pool = cuda_memory.SlotPool(self._slots, self._closed_error)
         self._free_lock = threading.Lock()
         self._freed = False

@@ -89,6 +89,9 @@ class FakeOps:
     def empty(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.zeros(shape)
 
+    def synchronize(self) -> None:
+        self.log.append(("device-sync",))
+
     @contextmanager
     def use(self, stream: _Stream) -> Iterator[None]:
         previous, self.current = self.current, stream.name
