@@ -170,6 +170,9 @@ class TorchRunner(Runner):
                 )
         return model
 
+    def __enter__(self) -> TorchRunner:
+        return self
+
     @property
     def max_batch(self) -> int:
         return self.input_spec.max_batch or DEFAULT_MAX_BATCH
