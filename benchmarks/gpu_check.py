@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import importlib
 import json
 import os
 import platform
@@ -650,8 +651,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         parser.error("--out DIR is required")
     try:
-        import sedeploy.backends.torch  # noqa: F401  (what every section needs)
-        import sedeploy.bench  # noqa: F401
+        for module in ("sedeploy.backends.torch", "sedeploy.bench"):  # what every section needs
+            importlib.import_module(module)
     except ImportError as error:
         print(
             f"gpu_check: cannot run: {error.name or error} is not importable; put its wheel in benchmarks/wheels/ "
