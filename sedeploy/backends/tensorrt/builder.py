@@ -418,6 +418,7 @@ def build_engine(
                 config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
             if version_compat:
                 config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+            _share_profile(config)
             if sparsity:
                 config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
             if dla_core is not None:
@@ -531,6 +532,20 @@ def build_engine(
     return EngineBuildResult(
         output_path, written, manifest, Path(timing_cache) if timing_cache else None, seconds
     )
+
+
+def _share_profile(config: trt.IBuilderConfig) -> None:
+    """Let several execution contexts use the one optimization profile at once (the runner's context pool).
+
+    TensorRT's header says each context in concurrent use needs its own profile
+    unless profile sharing is on; 10.x has it as a preview feature (on by default
+    since 10.0, set here explicitly), 11.x always shares.
+    """
+    import tensorrt as trt
+
+    preview = getattr(trt, "PreviewFeature", None)
+    if preview is not None and hasattr(preview, "PROFILE_SHARING_0806"):
+        config.set_preview_feature(preview.PROFILE_SHARING_0806, True)
 
 
 def _configure_dla(

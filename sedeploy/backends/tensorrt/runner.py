@@ -212,8 +212,8 @@ class TensorRTRunner(Runner):
             profiles = 1
         if contexts > profiles:
             logger.info(
-                "%d execution contexts share %d optimization profile(s); TensorRT asks for one profile per "
-                "context in concurrent use, so build with as many profiles as contexts if results differ",
+                "%d execution contexts share %d optimization profile(s) (TensorRT's profile sharing, which "
+                "sedeploy's builder turns on)",
                 contexts,
                 profiles,
             )
