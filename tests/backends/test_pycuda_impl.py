@@ -7,7 +7,7 @@ import logging
 import sys
 import threading
 from types import ModuleType
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pytest
@@ -40,7 +40,7 @@ def fake_pycuda(library: FakeLibcuda) -> ModuleType:
         pass
 
     class Context:
-        stack: list[Any] = []
+        stack: ClassVar[list[Any]] = []
 
         def __init__(self) -> None:
             self.handle = 0xC0FFEE
