@@ -261,7 +261,9 @@ def torch_runner(clock: Clock, quick: bool) -> dict[str, Any]:
                 for _ in runner.stream([feed] * count):
                     pass
                 e2e = batch * count / (time.perf_counter() - started)
-                gpu_seconds = runner.time_compute(batch, iterations=max(3, count // 2))
+                timer = runner.time_compute
+                assert timer is not None  # a CUDA runner has one
+                gpu_seconds = timer(batch, iterations=max(3, count // 2))
                 gpu_only = batch / _median(gpu_seconds)
                 rows.append(
                     {

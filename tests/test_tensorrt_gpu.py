@@ -189,6 +189,7 @@ def test_torch_cuda_runner_matches_cpu(
     with _torch_runner(small_model, precision=precision) as runner:
         output = runner(batch)
         streamed = np.concatenate(list(runner.stream([batch[:5], batch[5:]])))
+        assert runner.time_compute is not None
         seconds = runner.time_compute(8, iterations=3)
     check = compare_logits(_reference(small_model, batch), output)
     assert check.passed(min_cosine=min_cosine), check.to_text()

@@ -208,12 +208,18 @@ class TorchRunner(Runner):
 
         yield from self._executor.stream(checked())
 
-    def time_compute(self, batch: int, iterations: int, warmup: int = 2) -> list[float]:
-        """Seconds of GPU time per call of the model alone at ``batch`` rows (CUDA events; CUDA only).
+    @property
+    def time_compute(self) -> Callable[..., list[float]] | None:
+        """``time_compute(batch, iterations, warmup=2)``: GPU seconds of the model alone per call, on CUDA only.
 
-        The input stays on the GPU and nothing is copied back, so a call's
-        end-to-end time minus this is the copies and host overhead, as for TensorRT.
+        None on a CPU, so ``bench`` (which times GPU-only beside end to end for
+        runners that have it) skips it there. The input stays on the GPU and nothing
+        is copied back, so a call's end-to-end time minus this is the copies and host
+        overhead, as for TensorRT.
         """
+        return self._time_compute if self._executor is not None else None
+
+    def _time_compute(self, batch: int, iterations: int, warmup: int = 2) -> list[float]:
         if self._executor is None:
             raise ConfigError("time_compute needs a CUDA device; load with device='cuda'")
         if batch < 1 or iterations < 1 or warmup < 0:

@@ -240,6 +240,7 @@ def test_bf16_on_cpu_is_close_to_fp32() -> None:
         bf16._model.load_state_dict(state)  # type: ignore[union-attr]
         output = bf16(batch)
         assert "bf16" in bf16.provider and bf16.precision == "bf16"
+        assert bf16.time_compute is None  # bench times GPU-only only where there is a GPU
         assert output.dtype == np.float32
         streamed = list(bf16.stream([batch, batch[:1]]))
     cosine = (output * reference).sum(1) / np.linalg.norm(output, axis=1) / np.linalg.norm(reference, axis=1)
