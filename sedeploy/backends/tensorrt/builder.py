@@ -8,6 +8,7 @@ where) and 2:4-sparse kernels. 10.x and 11.x differ: found with ``hasattr``.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -386,95 +387,116 @@ def build_engine(
     placements: list[LayerPlacement] = []
     try:
         with cuda:
-            trt_logger = make_trt_logger()
-            builder = trt.Builder(trt_logger)
-            # Builder, network, parser and config are dropped inside this block (see the end of it),
-            # so none outlives the context it was made in.
-            network = builder.create_network(_network_flags(strongly_typed=not legacy_int8))
-            parser = trt.OnnxParser(network, trt_logger)
-            if not parser.parse_from_file(str(onnx_path)):
-                raise EngineBuildError(
-                    format_parser_errors(onnx_path, _parser_issues(parser), trt.__version__)
-                )
-            input_name = network.get_input(0).name if network.num_inputs else ""
-            if network.num_inputs != 1 or input_name != metadata.input_name:
-                raise EngineBuildError(
-                    f"{onnx_path} should have the single input {metadata.input_name!r} its metadata names, "
-                    f"but TensorRT sees {network.num_inputs} input(s) starting with {input_name!r}; export it again"
-                )
-            image_shape = tuple(metadata.input_size)
+            try:
+                trt_logger = make_trt_logger()
+                builder = trt.Builder(trt_logger)
+                # Builder, network, parser and config are dropped inside this block (see the end of it),
+                # so none outlives the context it was made in.
+                network = builder.create_network(_network_flags(strongly_typed=not legacy_int8))
+                parser = trt.OnnxParser(network, trt_logger)
+                if not parser.parse_from_file(str(onnx_path)):
+                    raise EngineBuildError(
+                        format_parser_errors(onnx_path, _parser_issues(parser), trt.__version__)
+                    )
+                input_name = network.get_input(0).name if network.num_inputs else ""
+                if network.num_inputs != 1 or input_name != metadata.input_name:
+                    raise EngineBuildError(
+                        f"{onnx_path} should have the single input {metadata.input_name!r} its metadata names, "
+                        f"but TensorRT sees {network.num_inputs} input(s) starting with {input_name!r}; export it again"
+                    )
+                image_shape = tuple(metadata.input_size)
 
-            config = builder.create_builder_config()
-            optimization_profile = builder.create_optimization_profile()
-            optimization_profile.set_shape(
-                input_name, (batch.min, *image_shape), (batch.opt, *image_shape), (batch.max, *image_shape)
-            )
-            config.add_optimization_profile(optimization_profile)
-            if workspace is not None:
-                config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
-            if opt_level is not None:
-                config.builder_optimization_level = opt_level
-            if hardware_compat:
-                config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
-            if version_compat:
-                config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
-            _share_profile(config)
-            if sparsity:
-                config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
-            if dla_core is not None:
-                placements = _configure_dla(builder, network, config, dla_core, gpu_fallback, gpu.name)
-            cache_path = Path(timing_cache) if timing_cache is not None else None
-            _load_timing_cache(config, cache_path)
-            if progress is not None:
-                if hasattr(trt, "IProgressMonitor") and hasattr(config, "progress_monitor"):
-                    config.progress_monitor = _progress_monitor(progress)
-                else:
-                    logger.info("this TensorRT reports no build progress")
-
-            if implicit_int8 is not None:
-                calibration_path = Path(calibration_cache) if calibration_cache is not None else None
-                calibrator, calibration_batch, calibration_shape = _entropy_calibrator(
-                    implicit_int8, input_name, calibration_path
+                config = builder.create_builder_config()
+                optimization_profile = builder.create_optimization_profile()
+                optimization_profile.set_shape(
+                    input_name,
+                    (batch.min, *image_shape),
+                    (batch.opt, *image_shape),
+                    (batch.max, *image_shape),
                 )
-                if calibration_shape[1:] != image_shape:
+                config.add_optimization_profile(optimization_profile)
+                if workspace is not None:
+                    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace)
+                if opt_level is not None:
+                    config.builder_optimization_level = opt_level
+                if hardware_compat:
+                    config.hardware_compatibility_level = trt.HardwareCompatibilityLevel.AMPERE_PLUS
+                if version_compat:
+                    config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
+                _share_profile(config)
+                if sparsity:
+                    config.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+                if dla_core is not None:
+                    placements = _configure_dla(builder, network, config, dla_core, gpu_fallback, gpu.name)
+                cache_path = Path(timing_cache) if timing_cache is not None else None
+                _load_timing_cache(config, cache_path)
+                if progress is not None:
+                    if hasattr(trt, "IProgressMonitor") and hasattr(config, "progress_monitor"):
+                        config.progress_monitor = _progress_monitor(progress)
+                    else:
+                        logger.info("this TensorRT reports no build progress")
+
+                if implicit_int8 is not None:
+                    calibration_path = Path(calibration_cache) if calibration_cache is not None else None
+                    calibrator, calibration_batch, calibration_shape = _entropy_calibrator(
+                        implicit_int8, input_name, calibration_path
+                    )
+                    if calibration_shape[1:] != image_shape:
+                        raise BadInputError(
+                            f"calibration batches have images of shape {calibration_shape[1:]}, "
+                            f"the model takes {image_shape}"
+                        )
+                    if hasattr(trt.BuilderFlag, "INT8") and hasattr(trt.BuilderFlag, "FP16"):
+                        config.set_flag(trt.BuilderFlag.INT8)
+                        config.set_flag(trt.BuilderFlag.FP16)
+                    if hasattr(config, "int8_calibrator"):
+                        config.int8_calibrator = calibrator
+                    if hasattr(config, "set_calibration_profile"):
+                        calibration_profile = builder.create_optimization_profile()
+                        calibration_profile.set_shape(
+                            input_name, calibration_shape, calibration_shape, calibration_shape
+                        )
+                        config.set_calibration_profile(calibration_profile)
+                    precision = "int8"
+                    recipe = {"flavour": "tensorrt_implicit", "fallback": "fp16"}
+                    calibration = {
+                        "method": "entropy2",
+                        "batch_size": calibration_batch,
+                        "cache": str(calibration_path) if calibration_path else None,
+                    }
+
+                logger.info(
+                    "building TensorRT %s engine from %s, batch %s", trt.__version__, onnx_path, batch
+                )
+                serialized = builder.build_serialized_network(network, config)
+                if serialized is None:
+                    raise EngineBuildError(
+                        f"TensorRT {trt.__version__} could not build an engine from {onnx_path} "
+                        "(its errors are in the log above); fix them or try a smaller --batch or larger --workspace"
+                    )
+                engine_bytes = bytes(memoryview(serialized))  # written with its manifest below, as one unit
+                if cache_path is not None:
+                    save_timing_cache(config, cache_path)
+                if calibrator is not None and calibrator.error is not None:
                     raise BadInputError(
-                        f"calibration batches have images of shape {calibration_shape[1:]}, "
-                        f"the model takes {image_shape}"
-                    )
-                if hasattr(trt.BuilderFlag, "INT8") and hasattr(trt.BuilderFlag, "FP16"):
-                    config.set_flag(trt.BuilderFlag.INT8)
-                    config.set_flag(trt.BuilderFlag.FP16)
-                if hasattr(config, "int8_calibrator"):
-                    config.int8_calibrator = calibrator
-                if hasattr(config, "set_calibration_profile"):
-                    calibration_profile = builder.create_optimization_profile()
-                    calibration_profile.set_shape(
-                        input_name, calibration_shape, calibration_shape, calibration_shape
-                    )
-                    config.set_calibration_profile(calibration_profile)
-                precision = "int8"
-                recipe = {"flavour": "tensorrt_implicit", "fallback": "fp16"}
-                calibration = {
-                    "method": "entropy2",
-                    "batch_size": calibration_batch,
-                    "cache": str(calibration_path) if calibration_path else None,
-                }
-
-            logger.info("building TensorRT %s engine from %s, batch %s", trt.__version__, onnx_path, batch)
-            serialized = builder.build_serialized_network(network, config)
-            if serialized is None:
-                raise EngineBuildError(
-                    f"TensorRT {trt.__version__} could not build an engine from {onnx_path} "
-                    "(its errors are in the log above); fix them or try a smaller --batch or larger --workspace"
-                )
-            engine_bytes = bytes(memoryview(serialized))  # written with its manifest below, as one unit
-            if cache_path is not None:
-                save_timing_cache(config, cache_path)
-            if calibrator is not None and calibrator.error is not None:
-                raise BadInputError(
-                    f"calibration stopped early: reading a calibration batch failed ({calibrator.error})"
-                ) from calibrator.error
-            del serialized, parser, network, config, builder
+                        f"calibration stopped early: reading a calibration batch failed ({calibrator.error})"
+                    ) from calibrator.error
+            except BaseException:
+                # The traceback would keep TensorRT's objects alive past the context: drop them here, newest first.
+                with contextlib.suppress(NameError):
+                    del serialized
+                with contextlib.suppress(NameError):
+                    del optimization_profile
+                with contextlib.suppress(NameError):
+                    del parser
+                with contextlib.suppress(NameError):
+                    del network
+                with contextlib.suppress(NameError):
+                    del config
+                with contextlib.suppress(NameError):
+                    del builder
+                raise
+            del serialized, optimization_profile, parser, network, config, builder
     finally:
         if calibrator is not None:
             with cuda:
