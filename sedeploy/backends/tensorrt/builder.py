@@ -394,6 +394,8 @@ def build_engine(
                 # so none outlives the context it was made in.
                 network = builder.create_network(_network_flags(strongly_typed=not legacy_int8))
                 parser = trt.OnnxParser(network, trt_logger)
+                if dla_core is not None and hasattr(trt.OnnxParserFlag, "ADJUST_FOR_DLA"):
+                    parser.set_flag(trt.OnnxParserFlag.ADJUST_FOR_DLA)  # 10.16+/11.x: DLA-friendlier layers
                 if not parser.parse_from_file(str(onnx_path)):
                     raise EngineBuildError(
                         format_parser_errors(onnx_path, _parser_issues(parser), trt.__version__)
