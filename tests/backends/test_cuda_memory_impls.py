@@ -8,7 +8,9 @@ capture, is the real code.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -247,3 +249,27 @@ def test_pycuda_says_why_it_has_no_graphs() -> None:
 
     reason = PycudaApi.graph_unsupported(object.__new__(PycudaApi))
     assert reason is not None and "SEDEPLOY_CUDA=cuda-python" in reason
+
+
+def _driver_calls() -> set[str]:
+    """Every driver function the cuda-python implementation calls, read from its source."""
+    source = Path(cuda_python_impl.__file__).read_text()
+    return set(re.findall(r'"(cu[A-Z]\w+)"', source))
+
+
+def test_the_fake_driver_offers_every_call_the_implementation_makes() -> None:
+    calls = _driver_calls()
+    assert {"cuMemHostAlloc", "cuStreamBeginCapture", "cuGraphInstantiate"} <= calls
+    assert not [name for name in sorted(calls) if not hasattr(FakeDriver, name)]
+
+
+def test_installed_cuda_python_has_every_call_the_implementation_makes() -> None:
+    if not cuda_memory.cuda_python_importable():
+        pytest.skip(
+            "cuda-python is not installed here (pip install 'sedeploy[cuda]'); the fake driver stands in"
+        )
+    driver, runtime, _ = cuda_python_impl.load_modules()
+    assert not [name for name in sorted(_driver_calls()) if not hasattr(driver, name)]
+    assert hasattr(driver.CUstreamCaptureMode, "CU_STREAM_CAPTURE_MODE_THREAD_LOCAL")
+    assert hasattr(driver.CUstream_flags, "CU_STREAM_NON_BLOCKING")
+    assert hasattr(runtime, "cudaGetLastError")

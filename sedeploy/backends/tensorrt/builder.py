@@ -580,7 +580,12 @@ def _configure_dla(
     gpu_fallback: bool,
     gpu_name: str,
 ) -> list[LayerPlacement]:
-    """Point the build at DLA ``core`` and report each layer's placement; refuse what cannot be built."""
+    """Point the build at DLA ``core`` and report each layer's placement; refuse what cannot be built.
+
+    On an SE-ResNet the SE block's squeeze (global pooling) and its broadcast scale
+    (the gate's ``Mul``) are the layers a DLA is most likely to refuse: with
+    ``gpu_fallback`` they run on the GPU, at the cost of a DLA<->GPU hand-over per block.
+    """
     import tensorrt as trt
 
     available = int(builder.num_DLA_cores)
