@@ -308,7 +308,8 @@ class TorchCudaOps:
         return torch.cuda.Stream(device=self.device)
 
     def event(self, timing: bool = False) -> Any:
-        return torch.cuda.Event(enable_timing=timing)
+        with torch.cuda.device(self.device):  # an event belongs to the device current when it is made
+            return torch.cuda.Event(enable_timing=timing)
 
     def pinned(self, shape: tuple[int, ...]) -> torch.Tensor:
         return torch.empty(shape, dtype=torch.float32, pin_memory=True)
