@@ -371,6 +371,12 @@ def no_gpu_stack(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_modules_import_without_tensorrt_or_pycuda(
     no_gpu_stack: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import sedeploy.backends as backends_package
+
+    # Re-importing rebinds the parent package's attributes too; restore them with sys.modules afterwards, so
+    # later tests see one cuda_memory module, not two.
+    monkeypatch.setattr(backends_package, "cuda_memory", backends_package.cuda_memory)
+    monkeypatch.setattr(backends_package, "tensorrt", backends_package.tensorrt)
     for name in [
         name
         for name in sys.modules

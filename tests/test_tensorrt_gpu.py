@@ -1,5 +1,6 @@
-"""GPU tests of the pinned-memory layer and the TensorRT backend; they skip, with the reason, where
-CUDA, pycuda or TensorRT is missing (conftest skips every ``gpu`` test when torch sees no CUDA)."""
+"""GPU tests of the pinned-memory layer (on pycuda and on cuda-python), the PyTorch CUDA runner and the TensorRT
+backend; they skip, with the reason, where CUDA, the CUDA package or TensorRT is missing (conftest skips every
+``gpu`` test when torch sees no CUDA)."""
 
 from __future__ import annotations
 
@@ -27,18 +28,30 @@ FP32_MIN_COSINE = 0.9995
 """TensorRT may run FP32 convolutions in TF32 on Ampere and newer, so FP32 parity is slightly looser than export's."""
 
 
-@pytest.fixture(scope="module")
-def pycuda_driver() -> Any:
-    return pytest.importorskip(
-        "pycuda.driver", reason="pycuda is not installed: pip install 'sedeploy[tensorrt]'"
-    )
+@pytest.fixture(params=cuda_memory.IMPLEMENTATIONS)
+def pycuda_driver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each CUDA implementation that is installed here, selected through SEDEPLOY_CUDA."""
+    name = request.param
+    if name == "pycuda":
+        pytest.importorskip(
+            "pycuda.driver", reason="pycuda is not installed: pip install 'sedeploy[tensorrt]'"
+        )
+    elif not cuda_memory.cuda_python_importable():
+        pytest.skip("cuda-python is not installed: pip install 'sedeploy[cuda]'")
+    monkeypatch.setenv(cuda_memory.ENV_VAR, name)
+    return str(name)
 
 
 @pytest.fixture(scope="module")
-def tensorrt(pycuda_driver: Any) -> Any:
-    return pytest.importorskip(
+def tensorrt() -> Any:
+    module = pytest.importorskip(
         "tensorrt", reason="TensorRT is not installed: pip install 'sedeploy[tensorrt]'"
     )
+    try:
+        cuda_memory.choose_implementation()
+    except Exception as error:
+        pytest.skip(str(error))
+    return module
 
 
 class _DeviceArray:
@@ -111,7 +124,8 @@ def test_cuda_graph_replays_captured_copies(pycuda_driver: Any) -> None:
     with context, cuda_memory.BufferSet([cuda_memory.TensorLayout("x", "float32", (8,), True)]) as buffers:
         graph = cuda_memory.CudaGraph.capture(buffers.stream, lambda: buffers.upload("x", 8))
         if graph is None:
-            pytest.skip("CUDA graph capture is not available with this pycuda/driver")
+            assert pycuda_driver == "pycuda", "cuda-python must capture graphs"
+            pytest.skip("no released pycuda can capture CUDA graphs")
         for value in (1.0, 2.5):
             buffers.host["x"].array[...] = value
             graph.launch(buffers.stream)
@@ -120,6 +134,102 @@ def test_cuda_graph_replays_captured_copies(pycuda_driver: Any) -> None:
             assert torch.all(device == value)
         graph.free()
     context.free()
+
+
+def test_context_stack_is_as_before_after_close(pycuda_driver: Any) -> None:
+    implementation = cuda_memory.api()
+    before = implementation.current_context()
+    context = cuda_memory.CudaContext(0)
+    with context, cuda_memory.DeviceBuffer(64):
+        assert implementation.current_context() != 0
+    context.free()
+    assert implementation.current_context() == before
+
+
+def test_close_from_another_thread_frees_nothing_in_use(pycuda_driver: Any) -> None:
+    context = cuda_memory.CudaContext(0)
+    errors: list[BaseException] = []
+
+    def release() -> None:
+        try:
+            context.free()
+        except BaseException as error:
+            errors.append(error)
+
+    with context, cuda_memory.DeviceBuffer(64):
+        pass
+    thread = threading.Thread(target=release)
+    thread.start()
+    thread.join()
+    assert not errors
+
+
+# The PyTorch runner on CUDA.
+
+
+@pytest.fixture(scope="module")
+def small_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("se_resnet18", num_classes=CLASSES, img_size=IMAGE[1]).eval()
+
+
+def _torch_runner(model: torch.nn.Module, **options: Any) -> Any:
+    from sedeploy.backends.torch import TorchRunner
+
+    copy = create_model("se_resnet18", num_classes=CLASSES, img_size=IMAGE[1]).eval()
+    copy.load_state_dict(model.state_dict())
+    return TorchRunner(copy, device="cuda", max_batch=MAX_BATCH, **options)
+
+
+@pytest.mark.parametrize(("precision", "min_cosine"), [("fp32", 0.9995), ("fp16", 0.999), ("bf16", 0.99)])
+def test_torch_cuda_runner_matches_cpu(
+    small_model: torch.nn.Module, precision: str, min_cosine: float
+) -> None:
+    batch = _images(2 * MAX_BATCH + 3)
+    with _torch_runner(small_model, precision=precision) as runner:
+        output = runner(batch)
+        streamed = np.concatenate(list(runner.stream([batch[:5], batch[5:]])))
+        assert runner.time_compute is not None
+        seconds = runner.time_compute(8, iterations=3)
+    check = compare_logits(_reference(small_model, batch), output)
+    assert check.passed(min_cosine=min_cosine), check.to_text()
+    np.testing.assert_allclose(streamed, output, rtol=1e-2, atol=1e-2)
+    assert len(seconds) == 3 and all(value > 0 for value in seconds)
+
+
+def test_torch_cuda_graph_really_captures(small_model: torch.nn.Module) -> None:
+    batch = _images(5)
+    with _torch_runner(small_model) as direct:
+        expected = direct(batch)
+    with _torch_runner(small_model, cuda_graph=True, slots=1) as graphed:
+        for _ in range(3):
+            np.testing.assert_allclose(graphed(batch), expected, rtol=1e-4, atol=1e-4)
+        executor = graphed._executor
+        assert executor is not None
+        assert executor.slots[0].graph.captures == 1 and executor.slots[0].graph.replays == 2
+
+
+def test_torch_cuda_two_threads_with_different_batches(small_model: torch.nn.Module) -> None:
+    with _torch_runner(small_model) as runner:
+        sizes = {0: [1, 7, 3, 16], 1: [16, 2, 9, 5]}
+        expected = {size: runner(_images(size, seed=size)) for size in {*sizes[0], *sizes[1]}}
+        errors: list[BaseException] = []
+
+        def work(worker: int) -> None:
+            try:
+                for size in sizes[worker] * 3:
+                    np.testing.assert_allclose(
+                        runner(_images(size, seed=size)), expected[size], rtol=1e-4, atol=1e-4
+                    )
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=work, args=(worker,)) for worker in sizes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors
 
 
 # TensorRT.
@@ -248,6 +358,50 @@ def test_cuda_graph_matches_direct_launch(fp32_engine: Path) -> None:
     with TensorRTRunner(fp32_engine, contexts=1, cuda_graph=True) as graphed:
         for _ in range(3):
             np.testing.assert_allclose(graphed(batch), expected, rtol=1e-4, atol=1e-4)
+        if cuda_memory.api().graph_unsupported() is None:
+            assert graphed._slots[0].graph.captures == 1 and graphed._slots[0].graph.replays == 2
+
+
+def test_two_threads_with_different_batch_sizes_at_once(fp32_engine: Path) -> None:
+    from sedeploy.backends.tensorrt import TensorRTRunner
+
+    sizes = {0: [1, 7, 3, MAX_BATCH], 1: [MAX_BATCH, 2, 9, 5]}
+    with TensorRTRunner(fp32_engine, contexts=2) as runner:
+        expected = {size: runner(_images(size, seed=size)) for size in {*sizes[0], *sizes[1]}}
+        errors: list[BaseException] = []
+
+        def work(worker: int) -> None:
+            try:
+                for size in sizes[worker] * 3:
+                    np.testing.assert_allclose(
+                        runner(_images(size, seed=size)), expected[size], rtol=1e-4, atol=1e-4
+                    )
+            except BaseException as error:
+                errors.append(error)
+
+        threads = [threading.Thread(target=work, args=(worker,)) for worker in sizes]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors
+
+
+def test_break_then_close_and_close_mid_stream(fp32_engine: Path) -> None:
+    from sedeploy.backends.tensorrt import TensorRTRunner
+
+    runner = TensorRTRunner(fp32_engine)
+    for _ in runner.stream([_images(MAX_BATCH, seed) for seed in range(4)]):
+        break
+    runner.close()
+    runner = TensorRTRunner(fp32_engine)
+    outputs = runner.stream(_images(MAX_BATCH, seed) for seed in range(50))
+    next(outputs)
+    closer = threading.Thread(target=runner.close)
+    closer.start()
+    closer.join()
+    with pytest.raises(Exception, match="closed"):
+        list(outputs)
 
 
 def test_close_is_safe_twice_and_a_closed_runner_fails_clearly(fp32_engine: Path) -> None:

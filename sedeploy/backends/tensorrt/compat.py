@@ -43,7 +43,10 @@ class TensorRTOptions:
     ``profile``: the batch range ``MIN:OPT:MAX`` (default 1:8:32 capped by the model's max batch).
     ``workspace``: workspace memory limit in bytes. ``opt_level``: builder optimization level 0-5.
     ``timing_cache``: a file read before and merged after the build. ``hardware_compat``: an engine for every
-    Ampere-and-newer GPU; ``version_compat``: one that later TensorRT releases run.
+    Ampere-and-newer GPU; ``version_compat``: one that later TensorRT releases run. ``dla_core``: build for
+    that deep-learning accelerator of a Jetson (trtexec's ``--useDLACore``), with ``gpu_fallback`` letting
+    layers the DLA cannot run fall back to the GPU (``--allowGPUFallback``). ``sparsity``: let TensorRT use
+    2:4-structured-sparse kernels where the weights are 2:4 sparse (Ampere and newer).
     """
 
     profile: str | None = None
@@ -52,6 +55,9 @@ class TensorRTOptions:
     timing_cache: str | None = None
     hardware_compat: bool = False
     version_compat: bool = False
+    dla_core: int | None = None
+    gpu_fallback: bool = False
+    sparsity: bool = False
 
     def __post_init__(self) -> None:
         if self.profile is not None:
@@ -60,6 +66,7 @@ class TensorRTOptions:
             raise ConfigError(f"opt_level must be 0 to 5, got {self.opt_level}")
         if self.workspace is not None and self.workspace <= 0:
             raise ConfigError(f"workspace must be a positive number of bytes, got {self.workspace}")
+        check_dla_options(self.dla_core, self.gpu_fallback, self.hardware_compat)
 
     def given(self) -> tuple[str, ...]:
         """Names of the options set away from their defaults (what a non-TensorRT build cannot honour)."""
@@ -106,6 +113,34 @@ class EngineRunError(SedeployError):
 
 
 # Pure logic, testable without TensorRT or a GPU.
+
+
+def check_dla_options(dla_core: int | None, gpu_fallback: bool, hardware_compat: bool) -> None:
+    """Refuse DLA options that contradict each other (one line, exit 2)."""
+    if dla_core is not None and (isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < 0):
+        raise ConfigError(f"dla_core must be a DLA core index 0, 1, ..., got {dla_core!r}")
+    if gpu_fallback and dla_core is None:
+        raise ConfigError("--gpu-fallback applies to a DLA build; give --dla-core N as well")
+    if dla_core is not None and hardware_compat:
+        raise ConfigError("a DLA engine cannot be hardware-compatible; drop --hardware-compat or --dla-core")
+
+
+def dla_problem(engine: Mapping[str, Any] | None, available_cores: int) -> str | None:
+    """Why an engine built for a DLA core cannot run on a device with ``available_cores`` DLA cores, or None."""
+    core = (engine or {}).get("dla_core")
+    if core is None:
+        return None
+    if available_cores <= 0:
+        return (
+            f"was built for DLA core {core}, and this device has no DLA; run it on the Jetson it was built "
+            "for, or rebuild it without --dla-core"
+        )
+    if int(core) >= available_cores:
+        return (
+            f"was built for DLA core {core}, and this device has only {available_cores} DLA core(s); "
+            f"rebuild it with --dla-core 0..{available_cores - 1}"
+        )
+    return None
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,14 @@
 """TensorRT runner: checks the manifest before TensorRT sees the plan, then runs batches with pinned memory.
 
 Pinned host buffers and device buffers are allocated once for the profile's largest batch, from a small pool of
-execution contexts; :meth:`TensorRTRunner.stream` double-buffers many batches.
+execution contexts (:class:`~sedeploy.backends.cuda_memory.SlotPool`); :meth:`TensorRTRunner.stream`
+double-buffers many batches. Runs on either CUDA implementation (pycuda or cuda-python).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import typing
 from collections.abc import Iterable, Iterator, Sequence
@@ -28,6 +28,7 @@ from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.backends.tensorrt.compat import (
     EngineMismatchError,
     EngineRunError,
+    dla_problem,
     engine_compatibility_problem,
     make_trt_logger,
     require_tensorrt,
@@ -75,32 +76,42 @@ def join_outputs(parts: Sequence[np.ndarray], empty_shape: tuple[int, ...], dtyp
 
 @dataclass
 class _ExecutionSlot:
-    """One execution context with its own stream and buffers: what one caller uses at a time."""
+    """One execution context with its own stream, buffers and CUDA graph: what one caller uses at a time."""
 
     context: trt.IExecutionContext
     buffers: cuda_memory.BufferSet
-    graphs: dict[int, cuda_memory.CudaGraph | None] = field(default_factory=dict)
+    profile: int = 0
+    graph: cuda_memory.GraphSlot[cuda_memory.CudaGraph] = field(default_factory=cuda_memory.GraphSlot)
     last_rows: int | None = None
-    """Batch size of the context's last run: a graph is replayed only while the shape is unchanged."""
+    """Batch size of the context's last run."""
+
+    def synchronize(self) -> None:
+        """Wait for everything this slot enqueued (copies, engine, graph replays)."""
+        self.buffers.stream.synchronize()
 
     def free(self) -> None:
-        for graph in self.graphs.values():
-            if graph is not None:
-                graph.free()
-        self.graphs.clear()
-        self.buffers.free()
-        del self.context
+        """Wait for the slot's stream, then free graph, buffers and context, in that order."""
+        try:
+            self.synchronize()
+        finally:
+            self.graph.free()
+            self.buffers.free()
+            del self.context
 
 
 class TensorRTRunner(Runner):
     """Runs a TensorRT engine built by :func:`build_engine`: numpy in, numpy out, pinned memory in between.
 
-    ``contexts`` execution contexts (each with its own stream and buffers) serve
-    that many concurrent callers; more callers wait. ``cuda_graph=True`` captures
-    one CUDA graph per batch size after its first run, and falls back to direct
-    launches where capture fails. ``device`` is the CUDA device index. The manifest
-    is required; ``verify_hash=False`` skips hashing the engine against it (the
-    version and GPU checks still run).
+    ``contexts`` execution contexts (each with its own stream and buffers, and its
+    own optimization profile where the engine has that many) serve that many
+    concurrent callers; more callers wait. ``cuda_graph=True`` captures one CUDA
+    graph per context after the first direct run of a batch size and re-records it
+    when the batch size changes; where capture is impossible (pycuda, a failed
+    capture) it says so at WARNING and launches directly. ``device`` is the CUDA
+    device index. The manifest is required; ``verify_hash=False`` skips hashing the
+    engine against it (the version, GPU and DLA checks still run). Nothing is freed
+    while GPU work that uses it may be in flight: every slot's stream is
+    synchronised before it is reused by another caller or freed.
     """
 
     backend = "tensorrt"
@@ -130,9 +141,8 @@ class TensorRTRunner(Runner):
         import tensorrt as trt
 
         self.cuda_graph = cuda_graph
-        self._pool: queue.Queue[_ExecutionSlot] = queue.Queue()
-        self._pool_lock = threading.Lock()
-        self._slots_out = 0
+        self._pool: cuda_memory.SlotPool[_ExecutionSlot] | None = None
+        self._free_lock = threading.Lock()
         self._slots: list[_ExecutionSlot] = []
         self._finished = False
 
@@ -164,6 +174,10 @@ class TensorRTRunner(Runner):
         except BaseException:
             self._free_all()
             raise
+        self._pool = cuda_memory.SlotPool(self._slots, self._closed_error)
+
+    def _closed_error(self) -> Exception:
+        return RunnerClosedError(f"this {self.backend} runner is closed; load the model again")
 
     def _load(self, contexts: int) -> None:
         import tensorrt as trt
@@ -172,6 +186,12 @@ class TensorRTRunner(Runner):
         engine_info = self.manifest.engine or {}
         if engine_info.get("version_compat"):
             runtime.engine_host_code_allowed = True
+        dla_core = engine_info.get("dla_core")
+        if dla_core is not None:
+            problem = dla_problem(engine_info, runtime.num_DLA_cores)
+            if problem is not None:
+                raise EngineMismatchError(f"engine {self.engine_path} {problem}")
+            runtime.DLA_core = int(dla_core)
         self._runtime = runtime
         engine = _deserialize(runtime, self.engine_path)
         self._engine = engine
@@ -182,9 +202,22 @@ class TensorRTRunner(Runner):
                 "sedeploy runs image classifiers with one of each"
             )
         self._input_name, self._output_name = inputs[0], outputs[0]
-        min_shape, _, max_input_shape = (
-            _dims(dims) for dims in engine.get_tensor_profile_shape(self._input_name, 0)
-        )
+        ranges = [
+            tuple(_dims(dims) for dims in engine.get_tensor_profile_shape(self._input_name, index))
+            for index in range(max(int(engine.num_optimization_profiles), 1))
+        ]
+        profiles = sum(1 for shapes in ranges if shapes == ranges[0])
+        if profiles != len(ranges):
+            logger.info("engine profiles cover different shapes; every context uses profile 0")
+            profiles = 1
+        if contexts > profiles:
+            logger.info(
+                "%d execution contexts share %d optimization profile(s) (TensorRT's profile sharing, which "
+                "sedeploy's builder turns on)",
+                contexts,
+                profiles,
+            )
+        min_shape, _, max_input_shape = ranges[0]
         self._min_batch, self._max_batch = min_shape[0], max_input_shape[0]
         input_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._input_name))).name
         output_dtype = np.dtype(trt.nptype(engine.get_tensor_dtype(self._output_name))).name
@@ -206,9 +239,12 @@ class TensorRTRunner(Runner):
         ]
         for index in range(contexts):
             context = first_context if index == 0 else _create_context(engine)
-            slot = _ExecutionSlot(context, cuda_memory.BufferSet(layouts))
+            slot = _ExecutionSlot(context, cuda_memory.BufferSet(layouts), profile=index % profiles)
             self._slots.append(slot)
-            self._pool.put(slot)
+            if slot.profile != 0:
+                if not context.set_optimization_profile_async(slot.profile, slot.buffers.stream.handle):
+                    raise EngineRunError(f"TensorRT refused optimization profile {slot.profile}")
+                slot.synchronize()
 
     def __enter__(self) -> TensorRTRunner:
         return self
@@ -246,19 +282,32 @@ class TensorRTRunner(Runner):
         buffers.download(self._output_name, run_rows)
 
     def _prepare(self, slot: _ExecutionSlot, run_rows: int) -> None:
-        """Set the context's input shape and tensor addresses for a run of ``run_rows`` (host side only)."""
+        """Set the context's input shape and tensor addresses for a run of ``run_rows`` (host side only).
+
+        The output shape TensorRT derives is checked against the buffers, so a
+        wrong engine never writes past them.
+        """
         context = slot.context
         if not context.set_input_shape(self._input_name, (run_rows, *self.input_spec.shape[1:])):
             raise EngineRunError(f"the engine rejects a batch of {run_rows}")
+        expected = (run_rows, *self._output_row_shape)
+        actual = _dims(context.get_tensor_shape(self._output_name))
+        if actual != expected:
+            raise EngineRunError(
+                f"the engine gives output {self._output_name!r} shape {actual} for a batch of {run_rows}, "
+                f"not {expected}; rebuild it with sedeploy build-engine"
+            )
         for name, address in slot.buffers.addresses().items():
-            context.set_tensor_address(name, address)
+            if not context.set_tensor_address(name, address):
+                raise EngineRunError(f"TensorRT refused the device address of tensor {name!r}")
 
     def _launch(self, slot: _ExecutionSlot, run_rows: int) -> None:
-        """Queue the engine alone on the slot's stream: its captured graph when there is one, else a direct run."""
+        """Queue the engine alone on the slot's stream: its graph when recorded for this size, else a direct run."""
         stream = slot.buffers.stream
-        graph = slot.graphs.get(run_rows) if slot.last_rows == run_rows else None
+        graph = slot.graph.graph if self.cuda_graph and slot.graph.replayable(run_rows) else None
         if graph is not None:
             graph.launch(stream)
+            slot.graph.replays += 1
         elif not slot.context.execute_async_v3(stream.handle):
             raise EngineRunError(f"TensorRT failed to run a batch of {run_rows}; see the log")
         slot.last_rows = run_rows
@@ -299,6 +348,7 @@ class TensorRTRunner(Runner):
                         if index >= warmup:
                             seconds.append(total_ms / 1e3)
                 finally:
+                    slot.synchronize()
                     start.free()
                     end.free()
         finally:
@@ -307,26 +357,27 @@ class TensorRTRunner(Runner):
 
     def _collect(self, slot: _ExecutionSlot, rows: int) -> np.ndarray:
         """Wait for the slot's stream and copy the first ``rows`` outputs out of pinned memory."""
-        slot.buffers.stream.synchronize()
+        slot.synchronize()
         return slot.buffers.host[self._output_name].rows(rows).copy()
 
     def _maybe_capture(self, slot: _ExecutionSlot, run_rows: int) -> None:
-        """After a batch size's first direct run (TensorRT's required warm-up), capture a graph for it.
+        """After a batch size's first direct run (TensorRT's required warm-up), record the slot's graph for it.
 
-        After a change of batch size the context runs directly once before its
-        graph for the new size is replayed, so TensorRT's shape-dependent state is
-        always set up by a real enqueue of that shape.
+        A change of batch size frees the slot's graph and runs directly once before
+        the new size is captured, so TensorRT's shape-dependent state is always set up
+        by a real enqueue of that shape, and no graph outlives the shape it was made for.
         """
-        if not self.cuda_graph or run_rows in slot.graphs:
+        if not self.cuda_graph or not slot.graph.needs_record(run_rows):
             return
         stream = slot.buffers.stream
         context = slot.context
+        slot.synchronize()  # the direct run is finished before capture starts
 
         def enqueue() -> None:
             if not context.execute_async_v3(stream.handle):
                 raise EngineRunError("execute_async_v3 failed during graph capture")
 
-        slot.graphs[run_rows] = cuda_memory.CudaGraph.capture(stream, enqueue)
+        slot.graph.record(run_rows, lambda: cuda_memory.CudaGraph.capture(stream, enqueue))
 
     # Many batches.
 
@@ -335,7 +386,11 @@ class TensorRTRunner(Runner):
 
         Two execution slots (two streams, two buffer sets) alternate, so the copies
         of one piece overlap the compute of the previous one. Batches bigger than
-        :attr:`max_batch` are split and re-joined as in a single call.
+        :attr:`max_batch` are split and re-joined as in a single call. Leaving the
+        loop early, a bad batch, or ``close()`` from another thread waits for the
+        work already enqueued before any buffer is reused or freed. Calling the
+        runner inside the loop on the same thread raises
+        :class:`~sedeploy.backends.cuda_memory.PoolDeadlockError` when no slot is left.
         """
         slots = [self._acquire()]
         try:
@@ -353,8 +408,8 @@ class TensorRTRunner(Runner):
         def pieces() -> Iterator[tuple[int, np.ndarray, Chunk | None]]:
             for index, batch in enumerate(batches):
                 if self._closed:
-                    raise EngineRunError("the runner was closed while streaming")
-                batch = np.ascontiguousarray(np.asarray(batch))
+                    raise RunnerClosedError("the runner was closed while streaming; load the model again")
+                batch = np.ascontiguousarray(self._as_input(batch))
                 self.input_spec.check(batch)
                 chunks = plan_chunks(len(batch), self._min_batch, self._max_batch)
                 if not chunks:
@@ -404,46 +459,51 @@ class TensorRTRunner(Runner):
         """Take an execution slot from the pool, waiting for one unless ``wait`` is off (then None if none is free).
 
         A second slot for streaming is never waited for, so two streaming callers
-        cannot each hold one slot while waiting for the other's.
+        cannot each hold one slot while waiting for the other's; a wait that could
+        never end raises instead (see :class:`~sedeploy.backends.cuda_memory.SlotPool`).
         """
-        with self._pool_lock:
-            if self._closed:
-                raise RunnerClosedError(f"this {self.backend} runner is closed; load the model again")
-            if not wait and self._pool.empty():
-                return None
-            self._slots_out += 1
-        return self._pool.get()
+        if self._pool is None:
+            raise self._closed_error()
+        return self._pool.acquire(wait)
 
     def _give_back(self, slot: _ExecutionSlot) -> None:
-        with self._pool_lock:
-            self._slots_out -= 1
-            closed_and_idle = self._closed and self._slots_out == 0
-            self._pool.put(slot)
-        if closed_and_idle:
-            self._free_all()
+        """Return ``slot`` after its stream is idle; free everything if the runner was closed meanwhile."""
+        try:
+            with self._cuda:
+                slot.synchronize()
+        finally:
+            assert self._pool is not None  # a slot was taken from it
+            if self._pool.release(slot):
+                self._free_all()
 
     def _release(self) -> None:
-        with self._pool_lock:
-            idle = self._slots_out == 0
-        if idle:
+        if self._pool is None or self._pool.close():
             self._free_all()
 
     def _free_all(self) -> None:
-        """Free slots, engine, runtime and the CUDA context retention, once, after the last caller."""
-        with self._pool_lock:
+        """Free slots, engine, runtime and the CUDA context retention, once, after the last caller.
+
+        Order: every stream synchronised, then graphs, buffers and execution
+        contexts, then the engine, the runtime, and the context retention last.
+        """
+        with self._free_lock:
             if self._finished:
                 return
             self._finished = True
         if not hasattr(self, "_cuda"):
             return
-        with self._cuda:
-            for slot in self._slots:
-                slot.free()
-            self._slots.clear()
-            for name in ("_engine", "_runtime"):
-                if hasattr(self, name):
-                    delattr(self, name)
-        self._cuda.free()
+        try:
+            with self._cuda:
+                for slot in self._slots:
+                    slot.synchronize()
+                for slot in self._slots:
+                    slot.free()
+                self._slots.clear()
+                for name in ("_engine", "_runtime"):
+                    if hasattr(self, name):
+                        delattr(self, name)
+        finally:
+            self._cuda.free()
 
 
 def _deserialize(runtime: trt.Runtime, path: Path) -> trt.ICudaEngine:
