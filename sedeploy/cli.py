@@ -451,6 +451,22 @@ def _parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
 )
 @click.option("--implicit-int8", is_flag=True, help="TensorRT 10.x legacy INT8 calibrator instead of Q/DQ.")
 @click.option(
+    "--dla-core",
+    type=click.IntRange(min=0),
+    default=None,
+    help="TensorRT: build for this DLA core of a Jetson (FP16/INT8 ONNX); refused where there is none.",
+)
+@click.option(
+    "--gpu-fallback",
+    is_flag=True,
+    help="TensorRT with --dla-core: run layers the DLA cannot on the GPU (trtexec --allowGPUFallback).",
+)
+@click.option(
+    "--sparsity",
+    is_flag=True,
+    help="TensorRT: allow 2:4-sparse kernels for 2:4-sparse weights (Ampere or newer).",
+)
+@click.option(
     "--gate/--no-gate",
     default=True,
     show_default=True,
@@ -491,6 +507,9 @@ def build_engine_command(
     hardware_compat: bool,
     version_compat: bool,
     implicit_int8: bool,
+    dla_core: int | None,
+    gpu_fallback: bool,
+    sparsity: bool,
     gate: bool,
     probe_batches: tuple[int, ...],
     output: str | None,
@@ -512,6 +531,9 @@ def build_engine_command(
         timing_cache=str(timing_cache) if timing_cache else None,
         hardware_compat=hardware_compat,
         version_compat=version_compat,
+        dla_core=dla_core,
+        gpu_fallback=gpu_fallback,
+        sparsity=sparsity,
     )
     options = BuildOptions(
         precision="int8" if int8 else "fp16" if fp16 else "fp32",
