@@ -438,7 +438,7 @@ def bench(
     if not batches or min(batches) < 1:
         raise ConfigError(f"batch sizes must be positive integers, got {list(batches)}")
     if iterations is None and (duration is None or duration <= 0):
-        raise ConfigError("give --iterations N or a positive --duration S")
+        raise ConfigError("give iterations N or a positive duration S", params=("iterations", "duration"))
     if rounds < 1 or warmup < 0:
         raise ConfigError("rounds must be >= 1 and warmup >= 0")
     if profile and profile_runs < 1:

@@ -105,18 +105,19 @@ class BuildOptions:
                 f"and {self.probe_seconds} s"
             )
         if self.implicit_int8 and (self.precision != "int8" or self.backend != "tensorrt"):
-            raise ConfigError("--implicit-int8 goes with --int8 --backend tensorrt")
+            raise ConfigError("implicit_int8 needs an int8 build with backend tensorrt", params=("backend",))
         onnx_only = {
-            "--calib-method": self.calib_method != "entropy",
-            "--percentile": self.percentile != DEFAULT_PERCENTILE,
-            "--quantize-se/--float-se": self.quantize_se is not None,
-            "--target": self.target is not None,
+            "calib_method": self.calib_method != "entropy",
+            "percentile": self.percentile != DEFAULT_PERCENTILE,
+            "quantize_se": self.quantize_se is not None,
+            "target": self.target is not None,
         }
         if self.backend == "openvino" and any(onnx_only.values()):
-            given = ", ".join(flag for flag, set_ in onnx_only.items() if set_)
+            given = ", ".join(name for name, set_ in onnx_only.items() if set_)
             raise ConfigError(
                 f"{given} shape the ONNX Q/DQ recipe; OpenVINO's INT8 comes from NNCF's own recipe, so drop them "
-                "with --backend openvino"
+                "with backend openvino",
+                params=("percentile", "target", "backend"),
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -258,15 +259,14 @@ def _refuse_what_cannot_apply(source: SourceModel, options: BuildOptions) -> Non
     if metadata is not None:
         fixed = {"img_size": tuple(metadata.input_size[1:]), "channels": metadata.input_size[0]}
         for name, value in overrides.items():
-            if (
-                name in fixed
-                and value is not None
-                and (tuple(value) if name == "img_size" else value) != fixed[name]
-            ):
+            given = tuple(value) if name == "img_size" and value is not None else value
+            if name in fixed and given is not None and given != fixed[name]:
+                shown = "x".join(map(str, given)) if isinstance(given, tuple) else given
                 raise ConfigError(
-                    f"{name} {value} contradicts {source.path}'s metadata (its input is "
+                    f"{name} {shown} contradicts {source.path}'s metadata (its input is "
                     f"{'x'.join(map(str, metadata.input_size))}, fixed at export); drop {name}, or export the model "
-                    "again at that size"
+                    "again at that size",
+                    params=("channels",),
                 )
 
 
@@ -372,7 +372,8 @@ def build_engine(
     if backend != "tensorrt" and options.tensorrt.given():
         raise ConfigError(
             f"TensorRT options {', '.join(options.tensorrt.given())} cannot apply: this build runs on {backend} "
-            f"({backend_reason}); drop them, or build with backend='tensorrt' where TensorRT and a GPU are present"
+            f"({backend_reason}); drop them, or build with backend tensorrt where TensorRT and a GPU are present",
+            params=("backend", *options.tensorrt.given()),
         )
     if options.backend == "auto" and backend == "onnxruntime":
         not_probed = _why_not_probed(options, output)
@@ -485,8 +486,9 @@ def _check_output_suffix(output: Path, backend: str) -> None:
     ):
         return
     raise ConfigError(
-        f"-o {output} is not a {backend} artifact name; end it with {suffixes[backend]} "
-        f"(or pick the backend with --backend)"
+        f"output {output} is not a {backend} artifact name; end it with {suffixes[backend]} "
+        f"(or pick the backend with backend)",
+        params=("output", "backend"),
     )
 
 

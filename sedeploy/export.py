@@ -476,7 +476,7 @@ def export_onnx(
                 if failed:
                     raise ParityError(
                         f"ONNX output differs from PyTorch ({'; '.join(c.to_text() for c in failed)}); FP32 needs "
-                        f"cosine >= {MIN_COSINE} and 100% top-1 agreement; no file written; try another --opset "
+                        f"cosine >= {MIN_COSINE} and 100% top-1 agreement; no file written; try another opset "
                         "or torch version"
                     )
     finally:

@@ -153,7 +153,7 @@ def prepare_compare(
 
     source = Path(model_path)
     if source.suffix.lower() != ".onnx" or not source.is_file():
-        raise ConfigError(f"--compare takes one exported FP32 .onnx file; {source} is not one")
+        raise ConfigError(f"the comparison takes one exported FP32 .onnx file; {source} is not one")
     proto = load_onnx(source)
     if metadata_or_none(proto) is None:
         raise ConfigError(f"{source} has no sedeploy metadata; export it with `sedeploy export` first")

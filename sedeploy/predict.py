@@ -107,9 +107,9 @@ def predict(
     smaller). ``progress`` shows a bar when a folder is among the inputs.
     """
     if top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+        raise ConfigError(f"top_k must be at least 1, got {top_k}")
     if batch is not None and batch < 1:
-        raise ConfigError(f"--batch must be at least 1, got {batch}")
+        raise ConfigError(f"batch must be at least 1, got {batch}", params=("batch",))
     if not inputs:
         raise ConfigError("give at least one image file or folder")
     if isinstance(artifact, Runner):

@@ -50,6 +50,7 @@ class LineProgress:
         self._heartbeat = heartbeat_s
         self._started = self._last = time.monotonic()
         self._closed = False
+        self._postfix = ""
         self._line(f"{self.desc}: started" + (f" ({self.total} {self._unit})" if self.total else ""))
 
     def _line(self, text: str) -> None:
@@ -63,7 +64,8 @@ class LineProgress:
         now = time.monotonic()
         if now - self._last >= self._heartbeat:
             self._last = now
-            self._line(f"{self.desc}: {self._count()}, {now - self._started:.0f} s")
+            postfix = f", {self._postfix}" if self._postfix else ""
+            self._line(f"{self.desc}: {self._count()}, {now - self._started:.0f} s{postfix}")
 
     def set_description(self, desc: str, refresh: bool = True) -> None:
         if desc != self.desc:
@@ -72,7 +74,10 @@ class LineProgress:
             self._line(f"{desc} ...")
 
     def set_postfix_str(self, text: str, refresh: bool = True) -> None:
-        pass  # a terminal-only detail; the heartbeat lines carry the counts
+        self._postfix = text
+
+    def set_postfix(self, refresh: bool = True, **values: Any) -> None:
+        self._postfix = ", ".join(f"{key} {value}" for key, value in values.items())
 
     def close(self) -> None:
         if not self._closed:
@@ -109,6 +114,9 @@ class _Silent:
         pass
 
     def set_postfix_str(self, text: str, refresh: bool = True) -> None:
+        pass
+
+    def set_postfix(self, refresh: bool = True, **values: Any) -> None:
         pass
 
     def close(self) -> None:

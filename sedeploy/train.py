@@ -306,7 +306,9 @@ def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+        raise ConfigError(
+            "device cuda was asked for but torch sees no CUDA GPU; use device cpu", params=("device",)
+        )
     return torch.device(device)
 
 
@@ -378,7 +380,7 @@ def _load_data(
         if val_count >= len(images):
             raise TrainingError(
                 f"{data_dir} holds {len(images)} usable image(s): too few to keep {val_count} for validation; "
-                "add images or give --val-dir"
+                "add images or give val_dir"
             )
         val_index, train_index = order[:val_count], order[val_count:]
         train_images, train_labels = images[train_index], targets[train_index]
@@ -506,12 +508,14 @@ def _train_epoch(
 
 def _read_resume(path: Path, arch: str, options: dict[str, Any], epochs: int) -> dict[str, Any]:
     if not path.is_file():
-        raise TrainingError(f"nothing to resume: {path} does not exist; train without --resume first")
+        raise TrainingError(
+            f"nothing to resume: {path} does not exist; train without resume first", params=("resume",)
+        )
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
         raise TrainingError(
-            f"{path} is not a readable training state ({error}); train without --resume"
+            f"{path} is not a readable training state ({error}); train without resume"
         ) from None
     if state.get("arch") != arch or json.loads(state.get("options", "{}")) != options:
         raise TrainingError(
@@ -732,7 +736,7 @@ def plain_twin_config(config: TrainConfig) -> TrainConfig:
     if twin is None:
         raise ConfigError(f"{config.arch} has no plain twin to compare with; choose an SE model")
     if config.weights is not None:
-        raise ConfigError("--compare-plain trains both from scratch; drop --weights")
+        raise ConfigError("compare_plain trains both from scratch; drop weights", params=("weights",))
     options = {key: value for key, value in config.options.items() if key not in _SE_ONLY_OPTIONS}
     return dataclasses.replace(config, arch=twin, options=options)
 

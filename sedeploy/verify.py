@@ -175,9 +175,11 @@ def find_reference(artifact: str | os.PathLike[str]) -> Path:
     """The FP32 ONNX ``artifact`` was built from: the file beside it whose sha256 its manifest records."""
     path = Path(artifact)
     manifest = matching_manifest(path)
-    fix = "give --reference FP32.onnx, WEIGHTS or ARCH"
+    fix = "give reference (the FP32 .onnx, the weights or the architecture)"
     if manifest is None:
-        raise ConfigError(f"{path} has no build manifest that names its source model; {fix}")
+        raise ConfigError(
+            f"{path} has no build manifest that names its source model; {fix}", params=("reference",)
+        )
     parts = path.name.split(".")
     by_name = [path.with_name(".".join(parts[:count]) + ".onnx") for count in range(len(parts) - 1, 0, -1)]
     others = sorted(path.parent.glob("*.onnx"))
@@ -190,7 +192,8 @@ def find_reference(artifact: str | os.PathLike[str]) -> Path:
             return candidate
     raise ConfigError(
         f"the FP32 ONNX {path.name} was built from (sha256 {manifest.source_onnx_sha256[:12]}...) is not in "
-        f"{path.parent}; {fix}"
+        f"{path.parent}; {fix}",
+        params=("reference",),
     )
 
 

@@ -392,7 +392,7 @@ def test_preprocessing_from_metadata_flags_and_clear_errors(tmp_path: Path) -> N
     bare = _tiny_onnx(tmp_path / "bare.onnx", None)
     with pytest.raises(MissingPreprocessingError) as error:
         preprocessing_for(bare)
-    assert str(bare) in str(error.value) and "--img-size, --mean, --std" in str(error.value)
+    assert str(bare) in str(error.value) and "img_size, mean, std" in str(error.value)
     assert error.value.exit_code == 2
     with pytest.raises(MissingPreprocessingError, match="add --std "):
         preprocessing_for(bare, img_size=28, mean=[0.5])

@@ -169,13 +169,12 @@ def preprocessing_for(
         base_channels = len(base.mean)
     else:
         missing = [
-            flag
-            for flag, value in (("--img-size", img_size), ("--mean", mean), ("--std", std))
-            if value is None
+            flag for flag, value in (("img_size", img_size), ("mean", mean), ("std", std)) if value is None
         ]
         raise MissingPreprocessingError(
             f"{model_name} has no sedeploy metadata, so the preprocessing must be given: add "
-            f"{', '.join(missing)} (and --in-chans when it differs from the number of --mean values)"
+            f"{', '.join(missing)} (and channels when it differs from the number of mean values)",
+            params=("mean", "std", "channels"),
         )
 
     crop = _size_pair(img_size, "img_size") if img_size is not None else base.crop
@@ -205,7 +204,8 @@ def preprocessing_for(
         elif len(values) != channels:
             raise ConfigError(
                 f"{model_name}: {name} has {len(values)} values but the model takes {channels} channel(s); "
-                f"give --mean and --std with {channels} value(s) each"
+                f"give mean and std with {channels} value(s) each",
+                params=("mean", "std"),
             )
     preprocessing = Preprocessing(
         resize=resize_sizes,
