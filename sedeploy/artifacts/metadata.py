@@ -42,10 +42,21 @@ from typing import Any, Protocol
 
 import onnx
 
+from sedeploy.artifacts.external_data import check_external_data
 from sedeploy.errors import BadInputError
 
 PREFIX = "sedeploy."
 METADATA_VERSION = 1
+MAX_SIDE = 16384
+"""Largest image side (input size, resize, crop) metadata may name; anything above is refused as absurd."""
+
+
+def _size_problem(key: str, sizes: Sequence[int], count: tuple[int, ...]) -> str | None:
+    if len(sizes) not in count:
+        return f"{key} has {len(sizes)} value(s), expected {' or '.join(map(str, count))}"
+    if any(not 1 <= size <= MAX_SIDE for size in sizes):
+        return f"{key} {list(sizes)} must hold sizes from 1 to {MAX_SIDE}"
+    return None
 
 
 class EvalConfig(Protocol):
@@ -100,6 +111,25 @@ class Preprocessing:
             interpolation=defaults.interpolation,
         )
 
+    def problem(self, channels: int) -> str | None:
+        """Why this preprocessing cannot be applied to a ``channels``-channel image (naming the key), or None."""
+        key = PREFIX + "preprocessing"
+        problem = _size_problem(f"{key} resize", self.resize, (1, 2)) or _size_problem(
+            f"{key} crop", self.crop, (2,)
+        )
+        if problem is not None:
+            return problem
+        if not (math.isfinite(self.crop_pct) and 0 < self.crop_pct <= 1):
+            return f"{key} crop_pct {self.crop_pct} must be in (0, 1]"
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, channels):
+                return f"{key} {name} has {len(values)} values for {channels} channel(s)"
+            if not all(math.isfinite(value) for value in values):
+                return f"{key} {name} {list(values)} holds NaN or infinity"
+        if any(value <= 0 for value in self.std):
+            return f"{key} std {list(self.std)} must be positive (every pixel is divided by it)"
+        return None
+
 
 @dataclass(frozen=True)
 class ModelMetadata:
@@ -151,6 +181,27 @@ class ModelMetadata:
                 shown = ",".join(str(dim) if isinstance(dim, int) else "?" for dim in shape)
                 return f"its input {name!r} has shape ({shown}) but its sedeploy metadata says ({expected})"
         return None
+
+    def problem(self) -> str | None:
+        """Why no later stage could use this record (naming the ``sedeploy.*`` key), or None.
+
+        Checked on every read (:meth:`from_props`): a NaN mean or a zero std would
+        otherwise turn every prediction into NaN without an error.
+        """
+        problem = _size_problem(PREFIX + "input_size", self.input_size, (3,))
+        if problem is not None:
+            return problem
+        if self.num_classes < 1:
+            return f"{PREFIX}num_classes {self.num_classes} must be at least 1"
+        if self.labels is not None and len(self.labels) != self.num_classes:
+            return (
+                f"{PREFIX}labels holds {len(self.labels)} names but {PREFIX}num_classes is {self.num_classes}"
+            )
+        if self.max_batch < 1:
+            return f"{PREFIX}max_batch {self.max_batch} must be at least 1"
+        if self.params < 0 or self.macs < 0:
+            return f"{PREFIX}params and {PREFIX}macs must not be negative"
+        return self.preprocessing.problem(self.in_chans)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (tuples become lists), with ``gmacs`` added."""
@@ -218,9 +269,12 @@ class ModelMetadata:
             labels = json.loads(values["labels"]) if "labels" in values else None
             channels, height, width = (int(v) for v in json.loads(values["input_size"]))
             crop_height, crop_width = (int(v) for v in preprocessing["crop"])
-            return cls(
+            options = json.loads(values["options"])
+            if not isinstance(options, dict) or not isinstance(labels, list | None):
+                raise TypeError("options must be a JSON object and labels a JSON list")
+            metadata = cls(
                 arch=values["arch"],
-                options=json.loads(values["options"]),
+                options=options,
                 input_size=(channels, height, width),
                 num_classes=int(values["num_classes"]),
                 preprocessing=Preprocessing(
@@ -244,11 +298,15 @@ class ModelMetadata:
                 weights_sha256=values.get("weights_sha256"),
                 weights_layout=values.get("weights_layout"),
             )
-        except (KeyError, ValueError, TypeError) as error:
+        except (KeyError, ValueError, TypeError, OverflowError, RecursionError) as error:
             raise BadInputError(
                 f"{source} has incomplete or corrupt sedeploy metadata ({type(error).__name__}: {error}); "
                 "export it again"
             ) from None
+        problem = metadata.problem()
+        if problem is not None:
+            raise BadInputError(f"{source} has unusable sedeploy metadata: {problem}; export it again")
+        return metadata
 
 
 def channel_order_for(in_chans: int) -> str:
@@ -265,7 +323,13 @@ def write_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
 
 
 def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Read an ONNX file (without external data), or fail with one line saying what is wrong with it."""
+    """Read an ONNX file (without external data), or fail with one line saying what is wrong with it.
+
+    The one ONNX reader: its external data is checked here (relative, inside the
+    model's folder, in bounds: :func:`~sedeploy.artifacts.external_data.check_external_data`),
+    so every stage that reads a model through it refuses a hostile one before any
+    backend opens the file.
+    """
     path = Path(path)
     if not path.exists():
         raise BadInputError(
@@ -283,6 +347,7 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise BadInputError(
             f"{path} is not a readable ONNX file (no graph); export one with `sedeploy export`"
         )
+    check_external_data(proto, path)
     return proto
 
 
