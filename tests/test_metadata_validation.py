@@ -86,7 +86,7 @@ def test_a_manifest_record_is_checked_like_the_onnx_keys() -> None:
     data = _good().to_dict()
     data["preprocessing"]["std"] = [0.0, 0.0, 0.0]
     with pytest.raises(
-        BadInputError, match="the manifest has unusable sedeploy metadata: sedeploy.preprocessing std"
+        BadInputError, match=r"the manifest has unusable sedeploy metadata: sedeploy\.preprocessing std"
     ):
         ModelMetadata.from_dict(data)
 
