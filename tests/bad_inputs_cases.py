@@ -1473,7 +1473,7 @@ CASES: list[Case] = [
         "triton",
         lambda a, d: ["triton", str(copy(a.ort, d)), "-o", str(_repository(d)), "--kind", "cpu"],
         1,
-        "File too large",
+        "(File too large); free disk space there or choose another -o",
         "the artifact, its manifest, the existing repository; no staging folder left",
         during=lambda: file_size_limit(64 * 1024),
     ),

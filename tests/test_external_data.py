@@ -130,6 +130,13 @@ def test_legitimate_external_data_builds_verifies_and_goes_into_triton_with_its_
     assert code == 0, output
     assert "model.onnx" in output
 
+    code, output = _invoke("build-engine", str(external), "--fp16", "--backend", "onnxruntime")
+    assert code == 0, output
+    fp16 = external.with_name("model.fp16.onnx")
+    assert check_external_data(onnx.load(str(fp16), load_external_data=False), fp16) == ()
+    code, output = _invoke("verify", str(fp16))
+    assert code == 0, output
+
     repository = tmp_path / "repo"
     code, output = _invoke("triton", str(external), "-o", str(repository), "--kind", "cpu")
     assert code == 0, output

@@ -534,7 +534,22 @@ def _write_files(folder: Path, files: dict[str, Path | str]) -> None:
 
 
 def _place_model(folder: Path, files: dict[str, Path | str], force: bool) -> None:
-    """Write a model folder: a new or replaced one whole (built aside, then renamed), else only what is new."""
+    """Write a model folder: a new or replaced one whole (built aside, then renamed), else only what is new.
+
+    A write that fails (a full disk, a file size limit) leaves the folder as it was and no staging
+    folder behind, and is one :class:`BadInputError` naming where it failed.
+    """
+    try:
+        _place_model_files(folder, files, force)
+    except OSError as error:
+        where = error.filename or folder
+        raise BadInputError(
+            f"cannot write the Triton model {folder.name} at {where} ({error.strerror or error}); "
+            "free disk space there or choose another -o"
+        ) from None
+
+
+def _place_model_files(folder: Path, files: dict[str, Path | str], force: bool) -> None:
     if folder.exists() and not force:
         if not folder.is_dir() or not _holds_same(folder, files):
             raise ModelExistsError(
@@ -551,7 +566,12 @@ def _place_model(folder: Path, files: dict[str, Path | str], force: bool) -> Non
         _write_files(staging, files)
         if folder.exists():
             os.replace(folder, retired)
-        os.replace(staging, folder)
+        try:
+            os.replace(staging, folder)
+        except BaseException:
+            if retired.exists():  # the old model goes back: a failed replace changes nothing
+                os.replace(retired, folder)
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)
