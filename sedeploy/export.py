@@ -37,7 +37,7 @@ from sedeploy.artifacts.metadata import (
     ModelMetadata,
     Preprocessing,
     channel_order_for,
-    load_onnx,
+    check_onnx_file,
     read_labels,
     write_metadata,
 )
@@ -276,7 +276,7 @@ def check_parity(
 ) -> tuple[Comparison, ...]:
     """Run ``model`` (PyTorch) and the ONNX file (ONNX Runtime, CPU) on the same seeded inputs and compare."""
     ort = import_optional("onnxruntime", "cpu")
-    load_onnx(onnx_path)  # its external data stays in its folder, checked before ONNX Runtime opens it
+    check_onnx_file(onnx_path)  # its external data stays in its folder, checked before ONNX Runtime opens it
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     checks = []
     for batch_size in batch_sizes:

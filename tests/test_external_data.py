@@ -314,3 +314,24 @@ def test_a_link_inside_the_folder_is_followed_and_copied_as_a_file(external: Pat
     result = write_repository([external], tmp_path / "repo")
     copied = result.models[0].folder / "1" / DATA
     assert not copied.is_symlink() and copied.read_bytes() == (folder / "real.bin").read_bytes()
+
+
+def test_a_checked_file_is_checked_again_when_its_data_or_its_records_change(
+    external: Path, tmp_path: Path
+) -> None:
+    """``check_onnx_file`` keeps what the model says (parsed once per unchanged file), never the verdict."""
+    from sedeploy.artifacts.metadata import check_onnx_file
+
+    check_onnx_file(external)
+    data = external.parent / DATA
+    outside = tmp_path / "outside.bin"
+    os.replace(data, outside)
+    data.symlink_to(outside)  # the same bytes, now through a link out of the folder
+    with pytest.raises(BadInputError, match="outside the model's folder"):
+        check_onnx_file(external)
+    data.unlink()
+    os.replace(outside, data)
+    check_onnx_file(external)
+    _edited(external, _set("location", "/etc/passwd"))  # a rewritten model is parsed again
+    with pytest.raises(BadInputError, match="absolute path"):
+        check_onnx_file(external)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat as stat_module
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -66,6 +67,16 @@ for _name, _bits in (
 ):
     if hasattr(TensorProto, _name):
         _BITS[getattr(TensorProto, _name)] = _bits
+
+
+@dataclass(frozen=True)
+class ExternalRecord:
+    """What a model says about one external tensor, as written (nothing checked yet): kept without the model."""
+
+    tensor: str
+    entries: tuple[tuple[str, str], ...]
+    dims: tuple[int, ...]
+    data_type: int
 
 
 @dataclass(frozen=True)
@@ -118,12 +129,12 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[tuple[TensorProto, str]]:
         yield from _node_tensors(list(function.node))
 
 
-def _expected_bytes(tensor: TensorProto) -> int | None:
+def _expected_bytes(record: ExternalRecord) -> int | None:
     """The tensor's size in bytes from its dims and type, or None where the type has no fixed size."""
-    bits = _BITS.get(tensor.data_type)
+    bits = _BITS.get(record.data_type)
     if bits is None:
         return None
-    return math.ceil(math.prod(tensor.dims) * bits / 8)
+    return math.ceil(math.prod(record.dims) * bits / 8)
 
 
 def _inside(folder: Path, path: Path) -> bool:
@@ -139,16 +150,21 @@ def _refuse(model_path: Path, name: str, location: str, problem: str) -> BadInpu
     )
 
 
-def _checked(tensor: TensorProto, where: str, model_path: Path, folder: Path) -> ExternalTensor:
+def _checked(
+    record: ExternalRecord,
+    model_path: Path,
+    folder: Path,
+    resolved: dict[str, tuple[Path, os.stat_result | None]],
+) -> ExternalTensor:
     """One external tensor checked against the rule in the module docstring."""
-    name = tensor.name or f"(unnamed {where})"
+    name = record.tensor
     entries: dict[str, str] = {}
-    for entry in tensor.external_data:
-        if entry.key not in _KEYS:
-            raise _refuse(model_path, name, entries.get("location", "?"), f"with unknown key {entry.key!r}")
-        if entry.key in entries:
-            raise _refuse(model_path, name, entry.value, f"with the key {entry.key!r} given twice")
-        entries[entry.key] = entry.value
+    for key, value in record.entries:
+        if key not in _KEYS:
+            raise _refuse(model_path, name, entries.get("location", "?"), f"with unknown key {key!r}")
+        if key in entries:
+            raise _refuse(model_path, name, value, f"with the key {key!r} given twice")
+        entries[key] = value
     location = entries.get("location", "")
     if not location:
         raise _refuse(model_path, name, location, "but names no file")
@@ -160,21 +176,25 @@ def _checked(tensor: TensorProto, where: str, model_path: Path, folder: Path) ->
         raise _refuse(model_path, name, location, "an absolute path outside the model's folder")
     if os.path.normpath(location).split(os.sep)[0] == os.pardir:
         raise _refuse(model_path, name, location, "which climbs out of the model's folder")
-    target = Path(os.path.realpath(folder / location))
+    if location not in resolved:  # many tensors share one file: resolve and stat it once per check
+        target = Path(os.path.realpath(folder / location))
+        try:
+            resolved[location] = target, target.stat()
+        except OSError:
+            resolved[location] = target, None
+    target, stat = resolved[location]
     if not _inside(folder, target):
         raise _refuse(model_path, name, location, f"which resolves to {target}, outside the model's folder")
-    try:
-        stat = target.stat()
-    except OSError:
-        raise _refuse(model_path, name, location, "which does not exist beside the model") from None
-    if not os.path.isfile(target):
+    if stat is None:
+        raise _refuse(model_path, name, location, "which does not exist beside the model")
+    if not stat_module.S_ISREG(stat.st_mode):
         raise _refuse(model_path, name, location, "which is not a regular file")
     try:
         offset = int(entries.get("offset", "0"))
         length = int(entries["length"]) if "length" in entries else stat.st_size - offset
     except ValueError:
         raise _refuse(model_path, name, location, "with an offset or length that is not a number") from None
-    if offset < 0 or length < 0 or any(dim < 0 for dim in tensor.dims):
+    if offset < 0 or length < 0 or any(dim < 0 for dim in record.dims):
         raise _refuse(model_path, name, location, "with a negative offset, length or dimension")
     if offset + length > stat.st_size:
         raise _refuse(
@@ -183,12 +203,36 @@ def _checked(tensor: TensorProto, where: str, model_path: Path, folder: Path) ->
             location,
             f"bytes {offset}..{offset + length} of a {stat.st_size}-byte file (past its end)",
         )
-    expected = _expected_bytes(tensor)
+    expected = _expected_bytes(record)
     if expected is not None and length != expected:
         raise _refuse(
             model_path, name, location, f"{length} bytes at offset {offset} for a tensor of {expected} bytes"
         )
     return ExternalTensor(name, location, offset, length)
+
+
+def external_records(model: onnx.ModelProto) -> tuple[ExternalRecord, ...]:
+    """Every external tensor's record as the model writes it (no file is looked at)."""
+    return tuple(
+        ExternalRecord(
+            tensor.name or f"(unnamed {where})",
+            tuple((entry.key, entry.value) for entry in tensor.external_data),
+            tuple(tensor.dims),
+            tensor.data_type,
+        )
+        for tensor, where in all_tensors(model)
+        if tensor.HasField("data_location") and tensor.data_location == TensorProto.EXTERNAL
+    )
+
+
+def check_records(
+    records: tuple[ExternalRecord, ...], model_path: str | os.PathLike[str]
+) -> tuple[ExternalTensor, ...]:
+    """Check ``records`` (from :func:`external_records`) against the files beside ``model_path`` now."""
+    model_path = Path(model_path)
+    folder = Path(os.path.realpath(model_path.parent))
+    resolved: dict[str, tuple[Path, os.stat_result | None]] = {}
+    return tuple(_checked(record, model_path, folder, resolved) for record in records)
 
 
 def check_external_data(
@@ -199,13 +243,7 @@ def check_external_data(
     Returns the external tensors (none for a self-contained model). A refusal is a
     :class:`BadInputError` of one line naming the tensor and the location.
     """
-    model_path = Path(model_path)
-    folder = Path(os.path.realpath(model_path.parent if str(model_path.parent) else "."))
-    return tuple(
-        _checked(tensor, where, model_path, folder)
-        for tensor, where in all_tensors(model)
-        if tensor.HasField("data_location") and tensor.data_location == TensorProto.EXTERNAL
-    )
+    return check_records(external_records(model), model_path)
 
 
 def external_data_files(model: onnx.ModelProto, model_path: str | os.PathLike[str]) -> tuple[str, ...]:

@@ -35,6 +35,7 @@ import dataclasses
 import json
 import math
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from typing import Any, Protocol
 
 import onnx
 
-from sedeploy.artifacts.external_data import check_external_data
+from sedeploy.artifacts.external_data import ExternalRecord, check_records, external_records
 from sedeploy.errors import BadInputError
 
 PREFIX = "sedeploy."
@@ -322,15 +323,7 @@ def write_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
-def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Read an ONNX file (without external data), or fail with one line saying what is wrong with it.
-
-    The one ONNX reader: its external data is checked here (relative, inside the
-    model's folder, in bounds: :func:`~sedeploy.artifacts.external_data.check_external_data`),
-    so every stage that reads a model through it refuses a hostile one before any
-    backend opens the file.
-    """
-    path = Path(path)
+def _parse_onnx(path: Path) -> onnx.ModelProto:
     if not path.exists():
         raise BadInputError(
             f"ONNX file {path} does not exist; check the path or export one with `sedeploy export`"
@@ -347,8 +340,62 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise BadInputError(
             f"{path} is not a readable ONNX file (no graph); export one with `sedeploy export`"
         )
-    check_external_data(proto, path)
     return proto
+
+
+_RECORDS_KEPT = 64
+_records: dict[tuple[int, int, int, int], tuple[ExternalRecord, ...]] = {}
+_records_lock = threading.Lock()
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """The file's device, inode, size and mtime (ns): a rewrite or replacement changes it."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _remember(path: Path, proto: onnx.ModelProto) -> tuple[ExternalRecord, ...]:
+    records = external_records(proto)
+    identity = _identity(path)
+    if identity is not None:
+        with _records_lock:
+            _records[identity] = records
+            while len(_records) > _RECORDS_KEPT:
+                del _records[next(iter(_records))]
+    return records
+
+
+def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read an ONNX file (without external data), or fail with one line saying what is wrong with it.
+
+    The one ONNX reader: its external data is checked here (relative, inside the
+    model's folder, in bounds: :mod:`sedeploy.artifacts.external_data`), so every
+    stage that reads a model through it refuses a hostile one before any backend
+    opens the file.
+    """
+    path = Path(path)
+    proto = _parse_onnx(path)
+    check_records(_remember(path, proto), path)
+    return proto
+
+
+def check_onnx_file(path: str | os.PathLike[str]) -> None:
+    """:func:`load_onnx`'s checks for a path about to be handed to a backend (ONNX Runtime, OpenVINO, TensorRT).
+
+    What the model says about its external data is parsed once per unchanged file
+    (same inode, size and mtime) and kept; the files it names are checked again on
+    every call.
+    """
+    path = Path(path)
+    identity = _identity(path)
+    with _records_lock:
+        records = _records.get(identity) if identity is not None else None
+    if records is None:
+        records = _remember(path, _parse_onnx(path))
+    check_records(records, path)
 
 
 def read_metadata(model: str | os.PathLike[str] | onnx.ModelProto) -> ModelMetadata:
