@@ -12,9 +12,8 @@ needs, so ``sedeploy triton`` can copy them with it.
 
 The rule: every location is relative, does not climb out with ``..`` (as ONNX's
 own loader), names a regular file that resolves (links followed) inside the
-model's folder, appears once per tensor with only the keys
-ONNX defines, and its offset and length lie inside that file and hold exactly
-the tensor's bytes.
+model's folder, appears once per tensor with only the keys ONNX defines, and
+its offset and length lie inside that file and hold exactly the tensor's bytes.
 """
 
 from __future__ import annotations
@@ -94,9 +93,8 @@ def _attribute_tensors(attribute: AttributeProto, where: str) -> Iterator[tuple[
         yield attribute.t, where
     for tensor in attribute.tensors:
         yield tensor, where
-    for sparse in ([attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []) + list(
-        attribute.sparse_tensors
-    ):
+    sparse_tensors = [attribute.sparse_tensor] if attribute.HasField("sparse_tensor") else []
+    for sparse in [*sparse_tensors, *attribute.sparse_tensors]:
         yield sparse.values, where
         yield sparse.indices, where
     subgraphs = [attribute.g] if attribute.HasField("g") else []

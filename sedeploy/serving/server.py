@@ -437,10 +437,7 @@ class Server:
             time.sleep(0.1)
 
     def _server_pid(self) -> int | None:
-        """The ``tritonserver`` process id (PyTriton keeps it on a private attribute; None if that changes)."""
-        command = getattr(getattr(self._triton, "_triton_server", None), "_tritonserver_running_cmd", None)
-        pid = getattr(command, "pid", None)
-        return pid if isinstance(pid, int) else None
+        return _tritonserver_pid(self._triton)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of Triton's own log (empty after :meth:`stop`)."""
@@ -549,6 +546,13 @@ def _reap(processes: dict[int, str], timeout_s: float) -> None:
         logger.warning("Triton's process %d did not exit; killing it", pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def _tritonserver_pid(triton: Any) -> int | None:
+    """The ``tritonserver`` process id (PyTriton keeps it on a private attribute; None if that changes)."""
+    command = getattr(getattr(triton, "_triton_server", None), "_tritonserver_running_cmd", None)
+    pid = getattr(command, "pid", None)
+    return pid if isinstance(pid, int) else None
 
 
 def _prctl() -> Any:
@@ -794,8 +798,14 @@ def _start(
     except BaseException as error:
         log = _log_tail(Path(log_dir.name), 200)
         logger.debug("Triton's log:\n%s", log)
+        server_pid = _tritonserver_pid(triton)
+        processes = _process_tree(server_pid) if server_pid is not None else {}
         with contextlib.suppress(Exception):
             triton.stop()
+        _reap(
+            processes, ORPHAN_GRACE_S
+        )  # a start that failed half-way leaves no process and no zombie either
+        _wait_for(processes, server_pid, REAP_TIMEOUT_S)
         if subreaper_before is not None:
             _set_subreaper(subreaper_before)
         log_dir.cleanup()
