@@ -26,6 +26,7 @@ from typing import Any
 import onnx
 
 from sedeploy._version import __version__
+from sedeploy.artifacts.metadata import load_onnx
 from sedeploy.artifacts.naming import precision_suffix
 from sedeploy.bench import BenchReport, bench, write_reports
 from sedeploy.build import BuildOptions, build_engine, choose_backend
@@ -339,7 +340,7 @@ def _fp16_note(builds: Sequence[_Build]) -> str | None:
     for build in builds:
         if build.backend != "onnxruntime" or build.precision != "fp16":
             continue
-        graph = onnx.load(str(build.artifact), load_external_data=False).graph
+        graph = load_onnx(build.artifact).graph
         if not any(init.data_type == onnx.TensorProto.FLOAT16 for init in graph.initializer):
             return (
                 f"{build.artifact.name}: ONNX Runtime has no FP16 kernels on this device, so its optimizer "

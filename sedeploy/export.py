@@ -37,6 +37,7 @@ from sedeploy.artifacts.metadata import (
     ModelMetadata,
     Preprocessing,
     channel_order_for,
+    check_onnx_file,
     read_labels,
     write_metadata,
 )
@@ -277,6 +278,7 @@ def check_parity(
 ) -> tuple[Comparison, ...]:
     """Run ``model`` (PyTorch) and the ONNX file (ONNX Runtime, CPU) on the same seeded inputs and compare."""
     ort = import_optional("onnxruntime")
+    check_onnx_file(onnx_path)  # its external data stays in its folder, checked before ONNX Runtime opens it
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     checks = []
     for batch_size in batch_sizes:

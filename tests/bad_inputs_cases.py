@@ -13,15 +13,22 @@ exactly these cases.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
+import os
+import resource
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import tempfile
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -62,6 +69,10 @@ class Case:
     untouched: str
     fake_tensorrt: tuple[str, str] | None = None
     env: dict[str, str] = field(default_factory=dict)
+    patch: Callable[[Any, Path], None] | None = None
+    """Called with pytest's ``monkeypatch`` and the case folder before the run: what fails at the OS boundary."""
+    during: Callable[[], contextlib.AbstractContextManager[None]] | None = None
+    """A context the command runs inside (a resource limit), undone right after it."""
 
 
 # Helpers that make broken files.
@@ -185,6 +196,100 @@ def image_folder(folder: Path, image: Path, classes: int = 0) -> Path:
         for index in range(2):
             shutil.copy2(image, target / f"img{index}.png")
     return folder
+
+
+DATA = "model.onnx.data"
+
+
+def external_data_model(source: Path, folder: Path, **entries: str) -> Path:
+    """``source`` saved as ``folder/model.onnx`` with its weights in ``model.onnx.data`` beside it, as ONNX saves
+    external data; ``entries`` (``location``, ``offset``, ...) then rewrite the largest tensor's record."""
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "model.onnx"
+    onnx.save_model(
+        onnx.load(str(source)), str(path), save_as_external_data=True, location=DATA, size_threshold=64
+    )
+    if entries:
+        model = onnx.load(str(path), load_external_data=False)
+        external = [t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+        largest = max(external, key=lambda t: int({e.key: e.value for e in t.external_data}["length"]))
+        for key, value in entries.items():
+            records = [entry for entry in largest.external_data if entry.key == key]
+            if records:
+                records[0].value = value
+            else:
+                largest.external_data.add(key=key, value=value)
+        onnx.save_model(model, str(path))
+    return path
+
+
+def linked_out(source: Path, folder: Path) -> Path:
+    """A model whose data location is a link inside its folder to a file outside it."""
+    secret = write_bytes(folder / "secret.bin", b"not weights\n" * 4096)
+    model = external_data_model(source, folder / "model", location="weights.bin")
+    (model.parent / "weights.bin").symlink_to(os.path.relpath(secret, model.parent))
+    return model
+
+
+def with_metadata(source: Path, path: Path, key: str, change: Callable[[Any], Any]) -> Path:
+    """``source`` with its ``sedeploy.KEY`` JSON value changed (``preprocessing.FIELD`` reaches inside it;
+    a missing key is added, its old value ``None``)."""
+    model = onnx.load(str(source))
+    top, _, inner = key.partition(".")
+    entries = [entry for entry in model.metadata_props if entry.key == "sedeploy." + top]
+    entry = entries[0] if entries else model.metadata_props.add(key="sedeploy." + top, value="null")
+    value = json.loads(entry.value)
+    if inner:
+        value[inner] = change(value[inner])
+    else:
+        value = change(value)
+    entry.value = json.dumps(value)
+    onnx.save(model, str(path))
+    return path
+
+
+@contextlib.contextmanager
+def file_size_limit(limit: int) -> Iterator[None]:
+    """Writes past ``limit`` bytes fail with EFBIG, as on a full disk: a real OS limit (``RLIMIT_FSIZE``).
+
+    SIGXFSZ, which would kill the process, is ignored while it holds; both are restored afterwards.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+
+
+def disk_full_on_rename(monkeypatch: Any, folder: Path) -> None:
+    """Every ``os.replace`` into ``folder`` fails with ENOSPC (a full disk as the finished file is published)."""
+    real_replace = os.replace
+
+    def replace(source: Any, destination: Any) -> None:
+        if Path(destination).resolve().is_relative_to(folder.resolve()):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(destination))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "replace", replace)
+
+
+def unusable_temp_folder(monkeypatch: Any, folder: Path) -> None:
+    """The system temp folder is a regular file (no temp file can be made there)."""
+    monkeypatch.setattr(tempfile, "tempdir", str(write_bytes(folder / "tmp", b"a file, not a folder\n")))
+
+
+def npy_with_objects(path: Path) -> Path:
+    """An ``.npy`` whose array holds Python objects: loading it would need pickle (which could run code)."""
+    np.save(path, np.array([{"a": 1}, None], dtype=object), allow_pickle=True)
+    return path
+
+
+def huge_safetensors_header(path: Path) -> Path:
+    """A safetensors file whose 8-byte header length claims 2**62 bytes (an allocation bomb)."""
+    return write_bytes(path, struct.pack("<Q", 1 << 62) + b"{}")
 
 
 # The matrix.
@@ -581,7 +686,7 @@ CASES: list[Case] = [
         "predict",
         lambda a, d: ["predict", str(write_bytes(d / "model.onnx", b"")), str(copy(a.image, d))],
         1,
-        "ONNX Runtime cannot load",
+        "not a readable ONNX file",
         "the ONNX file, the image",
     ),
     Case(
@@ -589,7 +694,7 @@ CASES: list[Case] = [
         "predict",
         lambda a, d: ["predict", str(truncated(a.onnx, d)), str(copy(a.image, d))],
         1,
-        "ONNX Runtime cannot load",
+        "not a readable ONNX file",
         "the ONNX file, the image",
     ),
     Case(
@@ -1037,6 +1142,350 @@ CASES: list[Case] = [
         "does not exist",
         "(empty folder)",
     ),
+    # hostile ONNX external data (issue 24): refused by every command before a backend opens the file
+    Case(
+        "predict-onnx-external-data-etc-passwd",
+        "predict",
+        lambda a, d: [
+            "predict",
+            str(external_data_model(a.onnx, d / "model", location="/etc/passwd")),
+            str(copy(a.image, d)),
+        ],
+        1,
+        "keeps its data in '/etc/passwd', an absolute path outside the model's folder",
+        "the model, its data file, the image",
+    ),
+    Case(
+        "build-onnx-external-data-etc-passwd",
+        "build-engine",
+        lambda a, d: [
+            "build-engine",
+            str(external_data_model(a.onnx, d / "model", location="/etc/passwd")),
+            "--backend",
+            "onnxruntime",
+        ],
+        1,
+        "keeps its data in '/etc/passwd'",
+        "the model, its data file",
+    ),
+    Case(
+        "verify-onnx-external-data-etc-passwd",
+        "verify",
+        lambda a, d: [
+            "verify",
+            str(external_data_model(a.onnx, d / "model", location="/etc/passwd")),
+            "--reference",
+            str(copy(a.weights, d)),
+        ],
+        1,
+        "keeps its data in '/etc/passwd'",
+        "the model, its data file, the weights",
+    ),
+    Case(
+        "bench-onnx-external-data-etc-passwd",
+        "bench",
+        lambda a, d: [
+            "bench",
+            str(external_data_model(a.onnx, d / "model", location="/etc/passwd")),
+            "--iterations",
+            "1",
+        ],
+        1,
+        "keeps its data in '/etc/passwd'",
+        "the model, its data file",
+    ),
+    Case(
+        "triton-onnx-external-data-etc-passwd",
+        "triton",
+        lambda a, d: [
+            "triton",
+            str(external_data_model(a.onnx, d / "model", location="/etc/passwd")),
+            "-o",
+            str(_repository(d)),
+        ],
+        1,
+        "keeps its data in '/etc/passwd'",
+        "the model, its data file, the existing repository (nothing copied into it)",
+    ),
+    Case(
+        "serve-onnx-external-data-etc-passwd",
+        "serve",
+        lambda a, d: [
+            "serve",
+            str(external_data_model(a.onnx, d / "model", location="/etc/passwd")),
+            "--http-port",
+            "0",
+            "--grpc-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        1,
+        "keeps its data in '/etc/passwd'",
+        "the model, its data file (Triton never started)",
+    ),
+    Case(
+        "build-onnx-external-data-climbs-out",
+        "build-engine",
+        lambda a, d: [
+            "build-engine",
+            str(external_data_model(a.onnx, d / "model", location="../secret.bin")),
+            "--backend",
+            "onnxruntime",
+        ],
+        1,
+        "climbs out of the model's folder",
+        "the model, its data file",
+    ),
+    Case(
+        "predict-onnx-external-data-link-out",
+        "predict",
+        lambda a, d: ["predict", str(linked_out(a.onnx, d)), str(copy(a.image, d))],
+        1,
+        "outside the model's folder",
+        "the model, its data file, the link, the file it points at, the image",
+    ),
+    Case(
+        "build-onnx-external-data-missing",
+        "build-engine",
+        lambda a, d: [
+            "build-engine",
+            str(external_data_model(a.onnx, d / "model", location="weights.bin")),
+            "--backend",
+            "onnxruntime",
+        ],
+        1,
+        "keeps its data in 'weights.bin', which does not exist beside the model",
+        "the model, its data file",
+    ),
+    Case(
+        "bench-onnx-external-data-past-end",
+        "bench",
+        lambda a, d: [
+            "bench",
+            str(external_data_model(a.onnx, d / "model", offset=str(1 << 40))),
+            "--iterations",
+            "1",
+        ],
+        1,
+        "past its end",
+        "the model, its data file",
+    ),
+    Case(
+        "predict-onnx-external-data-ort-memory-address",
+        "predict",
+        lambda a, d: [
+            "predict",
+            str(external_data_model(a.onnx, d / "model", location="*/_ORT_MEM_ADDR_/*")),
+            str(copy(a.image, d)),
+        ],
+        1,
+        "which makes ONNX Runtime read process memory",
+        "the model, its data file, the image",
+    ),
+    Case(
+        "triton-onnx-external-data-truncated",
+        "triton",
+        lambda a, d: [
+            "triton",
+            str(_truncate_data(external_data_model(a.onnx, d / "model"))),
+            "-o",
+            str(_repository(d)),
+        ],
+        1,
+        "past its end",
+        "the model, its data file, the existing repository",
+    ),
+    Case(
+        "verify-onnx-external-data-location-twice",
+        "verify",
+        lambda a, d: [
+            "verify",
+            str(_location_twice(external_data_model(a.onnx, d / "model"))),
+            "--reference",
+            str(copy(a.weights, d)),
+        ],
+        1,
+        "with the key 'location' given twice",
+        "the model, its data file, the weights",
+    ),
+    # metadata no stage could use (issue 24): refused when read, naming the key
+    Case(
+        "predict-metadata-nan-mean",
+        "predict",
+        lambda a, d: [
+            "predict",
+            str(with_metadata(a.onnx, d / "model.onnx", "preprocessing.mean", lambda v: [float("nan")] * 3)),
+            str(copy(a.image, d)),
+        ],
+        1,
+        "sedeploy.preprocessing mean [nan, nan, nan] holds NaN or infinity",
+        "the ONNX file, the image",
+    ),
+    Case(
+        "predict-metadata-zero-std",
+        "predict",
+        lambda a, d: [
+            "predict",
+            str(with_metadata(a.onnx, d / "model.onnx", "preprocessing.std", lambda v: [v[0], 0.0, v[2]])),
+            str(copy(a.image, d)),
+        ],
+        1,
+        "sedeploy.preprocessing std",
+        "the ONNX file, the image",
+    ),
+    Case(
+        "build-metadata-absurd-crop",
+        "build-engine",
+        lambda a, d: [
+            "build-engine",
+            str(with_metadata(a.onnx, d / "model.onnx", "preprocessing.crop", lambda v: [16, 100000])),
+            "--backend",
+            "onnxruntime",
+        ],
+        1,
+        "sedeploy.preprocessing crop [16, 100000] must hold sizes from 1 to 16384",
+        "the ONNX file",
+    ),
+    Case(
+        "verify-metadata-labels-contradict-classes",
+        "verify",
+        lambda a, d: [
+            "verify",
+            str(with_metadata(a.onnx, d / "model.onnx", "labels", lambda v: ["cat", "dog"])),
+            "--reference",
+            str(copy(a.weights, d)),
+        ],
+        1,
+        "sedeploy.labels holds 2 names but sedeploy.num_classes is 3",
+        "the ONNX file, the weights",
+    ),
+    Case(
+        "triton-metadata-max-batch-zero",
+        "triton",
+        lambda a, d: [
+            "triton",
+            str(with_metadata(a.onnx, d / "model.onnx", "max_batch", lambda v: 0)),
+            "-o",
+            str(_repository(d)),
+        ],
+        1,
+        "sedeploy.max_batch 0 must be at least 1",
+        "the ONNX file, the existing repository",
+    ),
+    Case(
+        "bench-metadata-negative-input-size",
+        "bench",
+        lambda a, d: [
+            "bench",
+            str(with_metadata(a.onnx, d / "model.onnx", "input_size", lambda v: [3, -16, 16])),
+            "--iterations",
+            "1",
+        ],
+        1,
+        "sedeploy.input_size",
+        "the ONNX file",
+    ),
+    # hostile files of the other formats sedeploy reads
+    Case(
+        "predict-manifest-random-bytes",
+        "predict",
+        lambda a, d: [
+            "predict",
+            str(_manifest_replaced(copy(a.ort, d), np.random.default_rng(3).bytes(512))),
+            str(copy(a.image, d)),
+        ],
+        1,
+        "manifest",
+        "the artifact, its manifest, the image",
+    ),
+    Case(
+        "predict-manifest-deeply-nested-json",
+        "predict",
+        lambda a, d: [
+            "predict",
+            str(_manifest_replaced(copy(a.ort, d), b"[" * 200_000 + b"]" * 200_000)),
+            str(copy(a.image, d)),
+        ],
+        1,
+        "manifest",
+        "the artifact, its manifest, the image",
+    ),
+    Case(
+        "export-labels-binary",
+        "export",
+        lambda a, d: [*_tiny_export(d), "--labels", str(random_bytes(d / "labels.txt"))],
+        1,
+        "cannot read labels file",
+        "the labels file, existing out/model.onnx",
+    ),
+    Case(
+        "export-weights-safetensors-huge-header",
+        "export",
+        lambda a, d: [*_tiny_export(d), "--weights", str(huge_safetensors_header(d / "w.safetensors"))],
+        1,
+        "header too large",
+        "the weights, existing out/model.onnx",
+    ),
+    Case(
+        "verify-data-npy-with-objects",
+        "verify",
+        lambda a, d: ["verify", str(_verify_pair(a, d)), "--data", str(npy_with_objects(d / "inputs.npy"))],
+        1,
+        "Object arrays cannot be loaded when allow_pickle=False",
+        "the artifact, its manifest, its source ONNX, the .npy (never unpickled)",
+    ),
+    # resources that run out mid-run
+    Case(
+        "build-file-size-limit",
+        "build-engine",
+        lambda a, d: [
+            "build-engine",
+            str(copy(a.onnx, d)),
+            "--backend",
+            "onnxruntime",
+            "-o",
+            str(existing_output(d, "model.ort.onnx")),
+        ],
+        1,
+        "Protobuf serialization failed",
+        "the ONNX file, existing out/model.ort.onnx; no temporary file left",
+        during=lambda: file_size_limit(64 * 1024),
+    ),
+    Case(
+        "build-disk-full-on-publish",
+        "build-engine",
+        lambda a, d: [
+            "build-engine",
+            str(copy(a.onnx, d)),
+            "--backend",
+            "onnxruntime",
+            "-o",
+            str(existing_output(d, "model.ort.onnx")),
+        ],
+        1,
+        "No space left on device",
+        "the ONNX file, existing out/model.ort.onnx; no temporary file left",
+        patch=lambda monkeypatch, d: disk_full_on_rename(monkeypatch, d / "out"),
+    ),
+    Case(
+        "triton-file-size-limit",
+        "triton",
+        lambda a, d: ["triton", str(copy(a.ort, d)), "-o", str(_repository(d)), "--kind", "cpu"],
+        1,
+        "(File too large); free disk space there or choose another -o",
+        "the artifact, its manifest, the existing repository; no staging folder left",
+        during=lambda: file_size_limit(64 * 1024),
+    ),
+    Case(
+        "bench-profile-no-temp-folder",
+        "bench",
+        lambda a, d: ["bench", str(copy(a.onnx, d)), "--iterations", "1", "--batch", "1", "--profile"],
+        1,
+        "Not a directory",
+        "the ONNX file, the file standing where the temp folder should be",
+        patch=unusable_temp_folder,
+    ),
 ]
 
 
@@ -1049,6 +1498,26 @@ def _verify_pair(assets: Assets, folder: Path) -> Path:
     """The ONNX Runtime artifact with the FP32 ONNX it was built from beside it (where verify looks)."""
     copy(assets.onnx, folder)
     return copy(assets.ort, folder)
+
+
+def _truncate_data(model: Path) -> Path:
+    """Cut the model's external data file to its first half (the model still names the whole range)."""
+    _halved(model.with_name(DATA))
+    return model
+
+
+def _location_twice(model: Path) -> Path:
+    """A second ``location`` entry on one tensor: readers that take the first and the last would disagree."""
+    proto = onnx.load(str(model), load_external_data=False)
+    tensor = next(t for t in proto.graph.initializer if t.data_location == TensorProto.EXTERNAL)
+    tensor.external_data.add(key="location", value="/etc/passwd")
+    onnx.save_model(proto, str(model))
+    return model
+
+
+def _manifest_replaced(artifact: Path, data: bytes) -> Path:
+    manifest_path(artifact).write_bytes(data)
+    return artifact
 
 
 def _halved(path: Path) -> Path:

@@ -35,6 +35,7 @@ import dataclasses
 import json
 import math
 import os
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,10 +43,21 @@ from typing import Any, Protocol
 
 import onnx
 
+from sedeploy.artifacts.external_data import ExternalRecord, check_records, external_records
 from sedeploy.errors import BadInputError
 
 PREFIX = "sedeploy."
 METADATA_VERSION = 1
+MAX_SIDE = 16384
+"""Largest image side (input size, resize, crop) metadata may name; anything above is refused as absurd."""
+
+
+def _size_problem(key: str, sizes: Sequence[int], count: tuple[int, ...]) -> str | None:
+    if len(sizes) not in count:
+        return f"{key} has {len(sizes)} value(s), expected {' or '.join(map(str, count))}"
+    if any(not 1 <= size <= MAX_SIDE for size in sizes):
+        return f"{key} {list(sizes)} must hold sizes from 1 to {MAX_SIDE}"
+    return None
 
 
 class EvalConfig(Protocol):
@@ -100,6 +112,25 @@ class Preprocessing:
             interpolation=defaults.interpolation,
         )
 
+    def problem(self, channels: int) -> str | None:
+        """Why this preprocessing cannot be applied to a ``channels``-channel image (naming the key), or None."""
+        key = PREFIX + "preprocessing"
+        problem = _size_problem(f"{key} resize", self.resize, (1, 2)) or _size_problem(
+            f"{key} crop", self.crop, (2,)
+        )
+        if problem is not None:
+            return problem
+        if not (math.isfinite(self.crop_pct) and 0 < self.crop_pct <= 1):
+            return f"{key} crop_pct {self.crop_pct} must be in (0, 1]"
+        for name, values in (("mean", self.mean), ("std", self.std)):
+            if len(values) not in (1, channels):
+                return f"{key} {name} has {len(values)} values for {channels} channel(s)"
+            if not all(math.isfinite(value) for value in values):
+                return f"{key} {name} {list(values)} holds NaN or infinity"
+        if any(value <= 0 for value in self.std):
+            return f"{key} std {list(self.std)} must be positive (every pixel is divided by it)"
+        return None
+
 
 @dataclass(frozen=True)
 class ModelMetadata:
@@ -151,6 +182,27 @@ class ModelMetadata:
                 shown = ",".join(str(dim) if isinstance(dim, int) else "?" for dim in shape)
                 return f"its input {name!r} has shape ({shown}) but its sedeploy metadata says ({expected})"
         return None
+
+    def problem(self) -> str | None:
+        """Why no later stage could use this record (naming the ``sedeploy.*`` key), or None.
+
+        Checked on every read (:meth:`from_props`): a NaN mean or a zero std would
+        otherwise turn every prediction into NaN without an error.
+        """
+        problem = _size_problem(PREFIX + "input_size", self.input_size, (3,))
+        if problem is not None:
+            return problem
+        if self.num_classes < 1:
+            return f"{PREFIX}num_classes {self.num_classes} must be at least 1"
+        if self.labels is not None and len(self.labels) != self.num_classes:
+            return (
+                f"{PREFIX}labels holds {len(self.labels)} names but {PREFIX}num_classes is {self.num_classes}"
+            )
+        if self.max_batch < 1:
+            return f"{PREFIX}max_batch {self.max_batch} must be at least 1"
+        if self.params < 0 or self.macs < 0:
+            return f"{PREFIX}params and {PREFIX}macs must not be negative"
+        return self.preprocessing.problem(self.in_chans)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (tuples become lists), with ``gmacs`` added."""
@@ -218,9 +270,12 @@ class ModelMetadata:
             labels = json.loads(values["labels"]) if "labels" in values else None
             channels, height, width = (int(v) for v in json.loads(values["input_size"]))
             crop_height, crop_width = (int(v) for v in preprocessing["crop"])
-            return cls(
+            options = json.loads(values["options"])
+            if not isinstance(options, dict) or not isinstance(labels, list | None):
+                raise TypeError("options must be a JSON object and labels a JSON list")
+            metadata = cls(
                 arch=values["arch"],
-                options=json.loads(values["options"]),
+                options=options,
                 input_size=(channels, height, width),
                 num_classes=int(values["num_classes"]),
                 preprocessing=Preprocessing(
@@ -244,11 +299,15 @@ class ModelMetadata:
                 weights_sha256=values.get("weights_sha256"),
                 weights_layout=values.get("weights_layout"),
             )
-        except (KeyError, ValueError, TypeError) as error:
+        except (KeyError, ValueError, TypeError, OverflowError, RecursionError) as error:
             raise BadInputError(
                 f"{source} has incomplete or corrupt sedeploy metadata ({type(error).__name__}: {error}); "
                 "export it again"
             ) from None
+        problem = metadata.problem()
+        if problem is not None:
+            raise BadInputError(f"{source} has unusable sedeploy metadata: {problem}; export it again")
+        return metadata
 
 
 def channel_order_for(in_chans: int) -> str:
@@ -264,9 +323,7 @@ def write_metadata(model: onnx.ModelProto, metadata: ModelMetadata) -> None:
         model.metadata_props.add(key=key, value=value)
 
 
-def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
-    """Read an ONNX file (without external data), or fail with one line saying what is wrong with it."""
-    path = Path(path)
+def _parse_onnx(path: Path) -> onnx.ModelProto:
     if not path.exists():
         raise BadInputError(
             f"ONNX file {path} does not exist; check the path or export one with `sedeploy export`"
@@ -284,6 +341,61 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
             f"{path} is not a readable ONNX file (no graph); export one with `sedeploy export`"
         )
     return proto
+
+
+_RECORDS_KEPT = 64
+_records: dict[tuple[int, int, int, int], tuple[ExternalRecord, ...]] = {}
+_records_lock = threading.Lock()
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """The file's device, inode, size and mtime (ns): a rewrite or replacement changes it."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns
+
+
+def _remember(path: Path, proto: onnx.ModelProto) -> tuple[ExternalRecord, ...]:
+    records = external_records(proto)
+    identity = _identity(path)
+    if identity is not None:
+        with _records_lock:
+            _records[identity] = records
+            while len(_records) > _RECORDS_KEPT:
+                del _records[next(iter(_records))]
+    return records
+
+
+def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Read an ONNX file (without external data), or fail with one line saying what is wrong with it.
+
+    The one ONNX reader: its external data is checked here (relative, inside the
+    model's folder, in bounds: :mod:`sedeploy.artifacts.external_data`), so every
+    stage that reads a model through it refuses a hostile one before any backend
+    opens the file.
+    """
+    path = Path(path)
+    proto = _parse_onnx(path)
+    check_records(_remember(path, proto), path)
+    return proto
+
+
+def check_onnx_file(path: str | os.PathLike[str]) -> None:
+    """:func:`load_onnx`'s checks for a path about to be handed to a backend (ONNX Runtime, OpenVINO, TensorRT).
+
+    What the model says about its external data is parsed once per unchanged file
+    (same inode, size and mtime) and kept; the files it names are checked again on
+    every call.
+    """
+    path = Path(path)
+    identity = _identity(path)
+    with _records_lock:
+        records = _records.get(identity) if identity is not None else None
+    if records is None:
+        records = _remember(path, _parse_onnx(path))
+    check_records(records, path)
 
 
 def read_metadata(model: str | os.PathLike[str] | onnx.ModelProto) -> ModelMetadata:

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from sedeploy.artifacts.external_data import inline_external_data
 from sedeploy.artifacts.manifest import BuildManifest, ManifestError, checked_manifest, manifest_path
-from sedeploy.artifacts.metadata import PREFIX, ModelMetadata
+from sedeploy.artifacts.metadata import PREFIX, ModelMetadata, check_onnx_file
 from sedeploy.artifacts.naming import is_optimized_onnx
 from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
@@ -143,6 +144,7 @@ def create_session(
 ) -> Any:
     """An InferenceSession on ``providers`` (default: :func:`default_providers`)."""
     ort = onnxruntime()
+    check_onnx_file(model_path)  # its external data stays in its folder, checked before ONNX Runtime opens it
     return ort.InferenceSession(
         str(model_path),
         sess_options=session_options(threads, optimization_level),
@@ -159,12 +161,14 @@ def write_optimized_model(
     hold CPU-layout ops); its manifest says for which.
     """
     ort = onnxruntime()
+    check_onnx_file(model_path)  # its external data stays in its folder, checked before ONNX Runtime opens it
     with atomic_output(output_path) as temp_path:
         options = session_options(None, optimization_level, temp_path)
         options.log_severity_level = 3  # its warning that the graph is device-specific is what we intend
         ort.InferenceSession(
             str(model_path), sess_options=options, providers=providers or default_providers()
         )
+        inline_external_data(temp_path, Path(model_path).parent)  # weights ORT left in the source's data file
     logger.info("wrote ONNX Runtime-optimized graph %s", output_path)
     return output_path
 
@@ -182,6 +186,7 @@ def profile_ops(
     ``QLinearGlobalAveragePool``, ...); one warm-up call is left out.
     """
     ort = onnxruntime()
+    check_onnx_file(model_path)  # its external data stays in its folder, checked before ONNX Runtime opens it
     options = session_options(threads, optimization_level)
     with tempfile.TemporaryDirectory(prefix="sedeploy-profile-") as folder:
         options.enable_profiling = True
@@ -296,6 +301,9 @@ class OnnxRuntimeRunner(Runner):
         self._pool: ThreadPoolExecutor | None = None
         self.manifest = checked_manifest(self.model_path, verify_hash=verify_hash)
         _check_optimized_for_this_cpu(self.model_path, self.manifest)
+        check_onnx_file(
+            self.model_path
+        )  # external data checked (inside its folder) before ONNX Runtime opens it
         requested, self._device_id = (list(providers), 0) if providers else providers_for(device)
         if optimization_level is None:
             optimization_level = self._default_optimization_level(requested)

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from sedeploy.artifacts.manifest import BuildManifest, ManifestError, checked_manifest, manifest_path
-from sedeploy.artifacts.metadata import ModelMetadata
+from sedeploy.artifacts.metadata import ModelMetadata, check_onnx_file
 from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import sha256_of_file
@@ -149,6 +149,7 @@ def build_ir(
     ov = openvino()
     if output.suffix != ".xml":
         raise ConfigError(f"an OpenVINO IR is written as .xml (+ .bin), not {output.name}")
+    check_onnx_file(source)  # its external data stays in its folder, checked before OpenVINO opens it
     model = ov.Core().read_model(str(source))
     recipe: dict[str, Any] = {"format": ARTIFACT_FORMAT, "compress_to_fp16": precision == "fp16"}
     if precision == "int8":

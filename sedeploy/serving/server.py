@@ -20,11 +20,19 @@ batch. :class:`Server` is a context manager; :func:`serve_forever` stops it on
 SIGINT/SIGTERM: the models are unloaded first (Triton refuses new requests and
 lets queued and running ones finish), then Triton stops, any of its processes
 still running is killed, and the runners close.
+
+Every process Triton starts is reaped before :meth:`Server.stop` returns: while
+Triton runs, this process is a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``),
+so a Python backend stub that outlives ``tritonserver`` (a Ctrl-C reaches the
+whole process group at once) becomes this process's child instead of a zombie
+left for its parent's parent, and ``stop`` waits for it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import dataclasses
 import errno
 import io
@@ -34,6 +42,7 @@ import re
 import shutil
 import signal
 import socket
+import sys
 import sysconfig
 import tempfile
 import threading
@@ -83,6 +92,9 @@ EXIT_TIMEOUT_S = 2
 """Triton's own wait after SIGINT, once the models are drained (mostly for clients' open connections)."""
 ORPHAN_GRACE_S = 1.0
 """After Triton has exited, how long its Python backend stubs get to exit on their own before they are killed."""
+REAP_TIMEOUT_S = 5.0
+"""How long stopping waits for Triton's processes, once signalled or killed, to be reaped."""
+_PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
 _ACCESS_HEADER = "triton-access-token"
 UNRESTRICTED_ENDPOINTS = ("statistics",)
 """Endpoints PyTriton would put behind its access token that sedeploy leaves open: the statistics are
@@ -332,8 +344,10 @@ class Server:
         host: str,
         ports: tuple[int, int, int],
         log_dir: tempfile.TemporaryDirectory[str],
+        subreaper_before: int | None = None,
     ) -> None:
         self._triton = triton
+        self._subreaper_before = subreaper_before
         self._runners = list(runners)
         self.models = tuple(models)
         self.host = host
@@ -387,6 +401,9 @@ class Server:
                 self._triton.stop()
             finally:
                 _reap(processes, ORPHAN_GRACE_S)
+                _wait_for(processes, server_pid, REAP_TIMEOUT_S)
+                if self._subreaper_before is not None:
+                    _set_subreaper(self._subreaper_before)
                 for folder in folders:
                     shutil.rmtree(folder, ignore_errors=True)
                 for runner in self._runners:
@@ -420,10 +437,7 @@ class Server:
             time.sleep(0.1)
 
     def _server_pid(self) -> int | None:
-        """The ``tritonserver`` process id (PyTriton keeps it on a private attribute; None if that changes)."""
-        command = getattr(getattr(self._triton, "_triton_server", None), "_tritonserver_running_cmd", None)
-        pid = getattr(command, "pid", None)
-        return pid if isinstance(pid, int) else None
+        return _tritonserver_pid(self._triton)
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of Triton's own log (empty after :meth:`stop`)."""
@@ -532,6 +546,74 @@ def _reap(processes: dict[int, str], timeout_s: float) -> None:
         logger.warning("Triton's process %d did not exit; killing it", pid)
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def _tritonserver_pid(triton: Any) -> int | None:
+    """The ``tritonserver`` process id (PyTriton keeps it on a private attribute; None if that changes)."""
+    command = getattr(getattr(triton, "_triton_server", None), "_tritonserver_running_cmd", None)
+    pid = getattr(command, "pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+def _prctl() -> Any:
+    """libc's ``prctl``, or None where there is none (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+def _become_subreaper() -> int | None:
+    """Make this process a child subreaper (orphaned descendants become its children); returns the old setting.
+
+    None where it cannot be done (not Linux): stubs orphaned there go to init as before.
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    before = ctypes.c_int(0)
+    if prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(before), 0, 0, 0) != 0:
+        return None
+    if prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        return None
+    return before.value
+
+
+def _set_subreaper(value: int) -> None:
+    prctl = _prctl()
+    if prctl is not None:
+        prctl(_PR_SET_CHILD_SUBREAPER, value, 0, 0, 0)
+
+
+def _wait_for(processes: dict[int, str], server_pid: int | None, timeout_s: float) -> None:
+    """Reap Triton's processes that are this process's children now, so none is left a zombie.
+
+    Only the pids of Triton's tree are waited for (never another child of this
+    process, whose owner waits for it). ``tritonserver`` itself is PyTriton's
+    child process object's to reap (its watcher thread polls it); it is reaped
+    here only if that has not happened by the deadline.
+    """
+    deadline = time.monotonic() + timeout_s
+    pending = dict(processes)
+    while pending:
+        for pid, started in list(pending.items()):
+            stat = _stat(pid)
+            if stat is None or stat[2] != started:
+                del pending[pid]  # gone (reaped by whoever is its parent), or the pid was reused
+            elif stat[0] != os.getpid():
+                if stat[1] == "Z" or time.monotonic() > deadline:
+                    del pending[pid]  # another process's zombie (no subreaper here): not ours to reap
+            elif pid != server_pid or time.monotonic() > deadline:
+                with contextlib.suppress(ChildProcessError):
+                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                        del pending[pid]
+        if not pending or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for pid in pending:
+        logger.warning("Triton's process %d was not reaped within %.0f s", pid, timeout_s)
 
 
 def _log_tail(folder: Path, lines: int) -> str:
@@ -705,6 +787,7 @@ def _start(
     triton = pytriton.Triton(
         config=config, security_config=pytriton.TritonSecurityConfig(restricted_endpoints=restricted)
     )
+    subreaper_before = _become_subreaper()
     try:
         for runner, model, artifact in zip(runners, models, described, strict=True):
             _bind(triton, runner, model, artifact.labels, top_k)
@@ -715,15 +798,23 @@ def _start(
     except BaseException as error:
         log = _log_tail(Path(log_dir.name), 200)
         logger.debug("Triton's log:\n%s", log)
+        server_pid = _tritonserver_pid(triton)
+        processes = _process_tree(server_pid) if server_pid is not None else {}
         with contextlib.suppress(Exception):
             triton.stop()
+        _reap(
+            processes, ORPHAN_GRACE_S
+        )  # a start that failed half-way leaves no process and no zombie either
+        _wait_for(processes, server_pid, REAP_TIMEOUT_S)
+        if subreaper_before is not None:
+            _set_subreaper(subreaper_before)
         log_dir.cleanup()
         if isinstance(error, SedeployError | KeyboardInterrupt):
             raise
         raise ServeError(
             f"Triton did not start: {_first_error(log) if log else error}; run with -v for Triton's log"
         ) from error
-    return Server(triton, runners, models, host, ports, log_dir)
+    return Server(triton, runners, models, host, ports, log_dir, subreaper_before)
 
 
 def serve_forever(server: Server, on_ready: Callable[[Server], None] | None = None) -> str:

@@ -13,7 +13,8 @@ the first two without the file layout:
    schema, so a config that Triton would reject is never written.
 3. :func:`write_repository` lays out ``<repo>/<name>/config.pbtxt``,
    ``<repo>/<name>/<version>/model.onnx|model.plan`` (with the build manifest copied
-   beside it) and ``labels.txt``; :func:`check_repository` validates a repository
+   beside it, and an ONNX's external data files at the paths the model names) and
+   ``labels.txt``; :func:`check_repository` validates a repository
    against Triton's schema and against the model files.
 
 The schema is ``tritonclient.grpc.model_config_pb2`` from the ``triton`` extra.
@@ -34,6 +35,7 @@ from typing import Any
 
 import onnx
 
+from sedeploy.artifacts.external_data import external_data_files
 from sedeploy.artifacts.manifest import BuildManifest, ManifestError, checked_manifest, manifest_path
 from sedeploy.artifacts.metadata import load_onnx, metadata_or_none
 from sedeploy.artifacts.naming import is_optimized_onnx
@@ -119,6 +121,8 @@ class ServingArtifact:
     input_layout: str | None = None
     arch: str | None = None
     manifest: BuildManifest | None = None
+    data_files: tuple[str, ...] = ()
+    """An ONNX's external data files, relative to its folder as the model names them (checked: inside it)."""
 
     @property
     def model_filename(self) -> str:
@@ -187,6 +191,7 @@ def _read_onnx(path: Path, manifest: BuildManifest | None) -> ServingArtifact:
         input_layout=metadata.input_layout,
         arch=metadata.arch,
         manifest=manifest,
+        data_files=external_data_files(proto, path),
     )
 
 
@@ -471,10 +476,21 @@ class RepositoryResult:
 
 
 def _version_files(artifact: ServingArtifact) -> dict[str, Path]:
-    """The files one version folder holds: the model, and its manifest when there is one."""
+    """The files one version folder holds: the model, its manifest when there is one, its external data files.
+
+    The data files keep the relative paths the model names, so Triton finds them
+    beside the copy as ONNX Runtime finds them beside the original.
+    """
     files = {artifact.model_filename: artifact.path}
     if artifact.manifest is not None:
         files[artifact.model_filename + ".manifest.json"] = manifest_path(artifact.path)
+    for location in artifact.data_files:
+        if os.path.normpath(location) in files:
+            raise BadInputError(
+                f"{artifact.path} keeps external data in {location!r}, the name its copy takes in a Triton "
+                "version folder; save the data under another name (onnx.save_model(..., location=...))"
+            )
+        files[Path(location).as_posix()] = artifact.path.parent / location
     return files
 
 
@@ -518,7 +534,22 @@ def _write_files(folder: Path, files: dict[str, Path | str]) -> None:
 
 
 def _place_model(folder: Path, files: dict[str, Path | str], force: bool) -> None:
-    """Write a model folder: a new or replaced one whole (built aside, then renamed), else only what is new."""
+    """Write a model folder: a new or replaced one whole (built aside, then renamed), else only what is new.
+
+    A write that fails (a full disk, a file size limit) leaves the folder as it was and no staging
+    folder behind, and is one :class:`BadInputError` naming where it failed.
+    """
+    try:
+        _place_model_files(folder, files, force)
+    except OSError as error:
+        where = error.filename or folder
+        raise BadInputError(
+            f"cannot write the Triton model {folder.name} at {where} ({error.strerror or error}); "
+            "free disk space there or choose another -o"
+        ) from None
+
+
+def _place_model_files(folder: Path, files: dict[str, Path | str], force: bool) -> None:
     if folder.exists() and not force:
         if not folder.is_dir() or not _holds_same(folder, files):
             raise ModelExistsError(
@@ -535,7 +566,12 @@ def _place_model(folder: Path, files: dict[str, Path | str], force: bool) -> Non
         _write_files(staging, files)
         if folder.exists():
             os.replace(folder, retired)
-        os.replace(staging, folder)
+        try:
+            os.replace(staging, folder)
+        except BaseException:
+            if retired.exists():  # the old model goes back: a failed replace changes nothing
+                os.replace(retired, folder)
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         shutil.rmtree(retired, ignore_errors=True)

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, SupportsInt
 
 import numpy as np
-import onnx
 
 from sedeploy.artifacts.manifest import (
     BuildManifest,
@@ -27,7 +26,7 @@ from sedeploy.artifacts.manifest import (
     read_manifest,
     write_with_manifest,
 )
-from sedeploy.artifacts.metadata import read_metadata
+from sedeploy.artifacts.metadata import load_onnx, read_metadata
 from sedeploy.artifacts.precision import graph_precision
 from sedeploy.backends import cuda_memory
 from sedeploy.backends.tensorrt.compat import (
@@ -265,7 +264,7 @@ def _source_precision(onnx_path: Path) -> tuple[str, dict[str, Any], dict[str, A
     if manifest_path(onnx_path).is_file():
         source = read_manifest(onnx_path)
         return source.precision, dict(source.recipe), source.calibration
-    model = onnx.load(str(onnx_path), load_external_data=False)
+    model = load_onnx(onnx_path)
     return graph_precision(model), {}, None
 
 
