@@ -7,6 +7,7 @@ a failed or interrupted run leaves the previous file intact and no temp file.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from sedeploy.errors import BadInputError
+
+_OUT_OF_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
+"""Write errors that say the place is full or read-only, not that sedeploy is wrong: one line, a fix."""
 
 
 def temp_path_beside(path: Path) -> Path:
@@ -65,6 +69,12 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
         if temp_path.stat().st_mode & 0o777 != usual_mode:  # a writer that recreated it (safetensors: 0600)
             temp_path.chmod(usual_mode)
         os.replace(temp_path, path)
+    except OSError as error:
+        if error.errno in _OUT_OF_ROOM:
+            raise BadInputError(
+                f"cannot write {path} ({error.strerror or error}); free disk space there or choose another output path"
+            ) from None
+        raise
     finally:
         temp_path.unlink(missing_ok=True)
 

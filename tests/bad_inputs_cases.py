@@ -1080,7 +1080,7 @@ CASES: list[Case] = [
     Case(
         "triton-onnx-truncated",
         "triton",
-        lambda a, d: ["triton", str(truncated(a.ort, d)), "-o", str(_repository(d))],
+        lambda a, d: ["triton", str(truncated(a.onnx, d)), "-o", str(_repository(d))],
         1,
         "not a readable ONNX file",
         "the ONNX file, the existing repository",
@@ -1104,7 +1104,7 @@ CASES: list[Case] = [
     Case(
         "triton-output-is-file",
         "triton",
-        lambda a, d: ["triton", str(copy(a.ort, d)), "-o", str(write_bytes(d / "repo", b"a file"))],
+        lambda a, d: ["triton", str(copy(a.onnx, d)), "-o", str(write_bytes(d / "repo", b"a file"))],
         2,
         "is a file",
         "the artifact, its manifest, the file",
@@ -1112,7 +1112,7 @@ CASES: list[Case] = [
     Case(
         "triton-max-batch-zero",
         "triton",
-        lambda a, d: ["triton", str(copy(a.ort, d)), "-o", str(_repository(d)), "--max-batch", "0"],
+        lambda a, d: ["triton", str(copy(a.onnx, d)), "-o", str(_repository(d)), "--max-batch", "0"],
         2,
         "--max-batch",
         "the artifact, its manifest, the existing repository",
@@ -1122,7 +1122,7 @@ CASES: list[Case] = [
         "triton",
         lambda a, d: [
             "triton",
-            str(copy(a.ort, d)),
+            str(copy(a.onnx, d)),
             "-o",
             str(_repository(d)),
             "--max-batch",
@@ -1471,9 +1471,9 @@ CASES: list[Case] = [
     Case(
         "triton-file-size-limit",
         "triton",
-        lambda a, d: ["triton", str(copy(a.ort, d)), "-o", str(_repository(d)), "--kind", "cpu"],
+        lambda a, d: ["triton", str(copy(a.onnx, d)), "-o", str(_repository(d)), "--kind", "cpu"],
         1,
-        "(File too large); free disk space there or choose another -o",
+        "(File too large); free disk space there",
         "the artifact, its manifest, the existing repository; no staging folder left",
         during=lambda: file_size_limit(64 * 1024),
     ),
@@ -1487,6 +1487,140 @@ CASES: list[Case] = [
         patch=unusable_temp_folder,
     ),
 ]
+
+
+# Issue 25: options that cannot apply are refused, not dropped; weights run only at a size someone recorded.
+CASES += [
+    Case(
+        "build-tensorrt-option-on-onnxruntime",
+        "build-engine",
+        lambda a, d: ["build-engine", str(copy(a.onnx, d)), "--backend", "onnxruntime", "--workspace", "64"],
+        2,
+        "TensorRT options --workspace cannot apply: this build runs on onnxruntime",
+        "the ONNX file",
+    ),
+    Case(
+        "build-img-size-contradicts-metadata",
+        "build-engine",
+        lambda a, d: ["build-engine", str(copy(a.onnx, d)), "--backend", "onnxruntime", "--img-size", "64"],
+        2,
+        "--img-size 64x64 contradicts",
+        "the ONNX file",
+    ),
+    Case(
+        "build-requantize-an-int8-file",
+        "build-engine",
+        lambda a, d: [
+            "build-engine",
+            str(_int8_file(a, d)),
+            "--int8",
+            "--backend",
+            "onnxruntime",
+            "--calib-dir",
+            str(image_folder(d / "calib", a.image)),
+        ],
+        2,
+        "is already int8; build int8 from the FP32 export",
+        "the FP32 ONNX, the INT8 ONNX and its manifest, the images",
+    ),
+    Case(
+        "triton-optimized-onnx",
+        "triton",
+        lambda a, d: ["triton", str(copy(a.ort, d)), "-o", str(_repository(d))],
+        2,
+        "give the portable model.onnx beside it",
+        "the artifact, its manifest, the existing repository",
+    ),
+    Case(
+        "export-size-contradicts-the-record",
+        "export",
+        lambda a, d: [
+            "export",
+            "--weights",
+            str(_recorded_weights(a, d)),
+            "--img-size",
+            "64",
+            "-o",
+            str(existing_output(d)),
+        ],
+        2,
+        "--img-size 64x64 contradicts the training record",
+        "the weights, their model.json, existing out/model.onnx",
+    ),
+    Case(
+        "export-weights-without-record-or-size",
+        "export",
+        lambda a, d: [
+            "export",
+            "se_preact_resnet",
+            "--weights",
+            str(copy(a.weights, d)),
+            "-o",
+            str(existing_output(d)),
+        ],
+        2,
+        "has no training record (model.json beside it) that says its input size; pass --img-size",
+        "the weights, existing out/model.onnx",
+    ),
+    Case(
+        "predict-weights-without-record",
+        "predict",
+        lambda a, d: ["predict", str(copy(a.weights, d)), str(copy(a.image, d))],
+        2,
+        "has no training record (model.json beside it)",
+        "the weights, the image",
+    ),
+    Case(
+        "predict-architecture-without-weights",
+        "predict",
+        lambda a, d: ["predict", "se_resnet18", str(copy(a.image, d))],
+        2,
+        "is an architecture without weights; give its weights file",
+        "the image",
+    ),
+]
+
+
+def _int8_file(assets: Assets, folder: Path) -> Path:
+    """The FP32 ONNX beside an INT8 file built from it (with its manifest), as a build leaves them."""
+    from sedeploy.build import BuildOptions, build_engine
+
+    source = copy(assets.onnx, folder)
+    options = BuildOptions(
+        precision="int8",
+        backend="onnxruntime",
+        target="cpu",
+        calib_dir=image_folder(folder / "c", assets.image),
+        gate=False,  # two calibration images of a random tiny model: the file only has to be INT8
+    )
+    return build_engine(source, options).artifacts[0]
+
+
+def _recorded_weights(assets: Assets, folder: Path) -> Path:
+    """The tiny weights with a training record beside them (1x16x16 here), as sedeploy train writes it."""
+    from sedeploy.artifacts.metadata import read_metadata
+
+    weights = copy(assets.weights, folder)
+    metadata = read_metadata(assets.onnx)
+    record = {
+        "format": "sedeploy-train",
+        "format_version": 1,
+        "arch": metadata.arch,
+        "options": metadata.options,
+        "input_size": list(metadata.input_size),
+        "preprocessing": {
+            "resize": list(metadata.preprocessing.resize),
+            "crop": list(metadata.preprocessing.crop),
+            "crop_pct": metadata.preprocessing.crop_pct,
+            "mean": list(metadata.preprocessing.mean),
+            "std": list(metadata.preprocessing.std),
+            "interpolation": metadata.preprocessing.interpolation,
+        },
+        "labels": ["a", "b", "c"],
+        "checkpoint": weights.name,
+    }
+    (folder / "model.json").write_text(json.dumps(record), encoding="utf-8")
+    return weights
 
 
 def _mkdir(path: Path) -> Path:

@@ -38,7 +38,7 @@ import onnx
 from sedeploy.artifacts.external_data import external_data_files
 from sedeploy.artifacts.manifest import BuildManifest, ManifestError, checked_manifest, manifest_path
 from sedeploy.artifacts.metadata import load_onnx, metadata_or_none
-from sedeploy.artifacts.naming import is_optimized_onnx
+from sedeploy.artifacts.naming import OPTIMIZED_ONNX_SUFFIX, is_optimized_onnx
 from sedeploy.artifacts.precision import graph_precision
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import atomic_output, sha256_of_file
@@ -308,14 +308,6 @@ def _instance_kind(artifacts: Sequence[ServingArtifact], options: ServingOptions
     kind = options.kind or ("cpu" if first.platform == ONNX_PLATFORM and first.flavour == "cpu" else "gpu")
     if kind == "cpu" and first.platform == PLAN_PLATFORM:
         raise ConfigError("a TensorRT engine runs only on a GPU; drop --kind cpu")
-    if kind == "gpu":
-        for artifact in artifacts:
-            providers = (artifact.manifest.device.get("providers") or []) if artifact.manifest else []
-            if is_optimized_onnx(artifact.path) and "CUDAExecutionProvider" not in providers:
-                raise ConfigError(
-                    f"{artifact.path.name} is ONNX Runtime's graph optimized for {', '.join(providers) or 'CPU'} "
-                    "and may hold CPU-only ops; serve the precision ONNX beside it on a GPU, or give --kind cpu"
-                )
     return kind
 
 
@@ -605,6 +597,13 @@ def write_repository(
     if repository.exists() and not repository.is_dir():
         raise BadInputError(f"{repository} is a file; give a folder for the model repository")
     options = options or ServingOptions()
+    for path in artifacts:
+        if is_optimized_onnx(Path(path)):
+            portable = Path(path).with_name(Path(path).name[: -len(OPTIMIZED_ONNX_SUFFIX)] + ".onnx")
+            raise ConfigError(
+                f"{path} is ONNX Runtime's graph optimized for this machine's kind of device, not a file for "
+                f"another server; give the portable {portable.name} beside it (Triton's ONNX Runtime optimizes it there)"
+            )
     served = [read_artifact(path) for path in artifacts]
     base = name or served[0].default_name()
 
