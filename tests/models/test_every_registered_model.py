@@ -6,6 +6,7 @@ an export round-trip whose ONNX logits match PyTorch's.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -47,10 +48,21 @@ def test_complexity_counts_every_parameter(name: str) -> None:
     assert complexity.macs > 0
 
 
+DEEP = re.compile(r"(101|152|154|200|269)")
+"""Depths whose export takes a minute or more on 2 cores: ``heavy``, run with ``pytest -m heavy``."""
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(
+    "name", [pytest.param(name, marks=pytest.mark.heavy) if DEEP.search(name) else name for name in NAMES]
+)
 def test_export_round_trip(name: str, tmp_path: Path) -> None:
     model = _small(name)
+    # Random init lets activations grow through 50+ blocks (logits in the hundreds) until rounding noise
+    # dominates; halved BatchNorm scales keep them bounded, as a trained network's are.
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            torch.nn.init.constant_(module.weight, 0.5)
     result = sedeploy.export_onnx(model, img_size=SMALL, output=tmp_path / "model.onnx")
     assert result.metadata.arch == name and all(check.passed(0.99999) for check in result.parity)
     session = ort.InferenceSession(str(result.path), providers=["CPUExecutionProvider"])

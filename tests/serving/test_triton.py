@@ -186,7 +186,9 @@ def test_several_artifacts_become_versions_or_one_model_per_precision(model: Pat
 
     with pytest.raises(ConfigError, match="one precision per model"):
         write_repository([model, fp16], tmp_path / "mixed", options=accelerated)
-    with pytest.raises(ConfigError, match=r"give the portable tiny\.fp16\.onnx"):  # ORT's graph for this machine
+    with pytest.raises(
+        ConfigError, match=r"give the portable tiny\.fp16\.onnx"
+    ):  # ORT's graph for this machine
         write_repository([model.with_name("tiny.fp16.ort.onnx")], tmp_path / "ort")
     assert not (tmp_path / "mixed").exists() and not (tmp_path / "ort").exists()
 
