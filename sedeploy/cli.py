@@ -71,7 +71,12 @@ from sedeploy.train import (
 )
 from sedeploy.verify import DEFAULT_IMAGES, DEFAULT_SYNTHETIC, DEFAULT_THRESHOLDS, verify
 
-LIBRARY_NAMES: dict[str, str] = {"profile": "batch_profile", "min_cosine": "min_cos", "channels": "in_chans"}
+LIBRARY_NAMES: dict[str, str] = {
+    "profile": "batch_profile",
+    "min_cosine": "min_cos",
+    "channels": "in_chans",
+    "model": "model_target",
+}
 """Library parameter names whose CLI option is named otherwise (library name -> click parameter name)."""
 
 

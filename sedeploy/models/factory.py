@@ -22,7 +22,9 @@ def load_model_factory(target: str, **options: Any) -> nn.Module:
     """
     module_name, sep, attribute = target.partition(":")
     if not sep or not module_name or not attribute:
-        raise ConfigError(f"--model {target!r} is not package.module:factory, e.g. mypkg.nets:build_model")
+        raise ConfigError(
+            f"model {target!r} is not package.module:factory, e.g. mypkg.nets:build_model", params=("model",)
+        )
     added = os.getcwd() not in sys.path
     if added:
         sys.path.insert(0, os.getcwd())
@@ -30,7 +32,8 @@ def load_model_factory(target: str, **options: Any) -> nn.Module:
         module = importlib.import_module(module_name)
     except ImportError as error:
         raise ConfigError(
-            f"--model {target}: cannot import {module_name} ({error}); install it or run from its folder"
+            f"model {target}: cannot import {module_name} ({error}); install it or run from its folder",
+            params=("model",),
         ) from None
     finally:
         if added:
@@ -39,15 +42,16 @@ def load_model_factory(target: str, **options: Any) -> nn.Module:
     for part in attribute.split("."):
         factory = getattr(factory, part, None)
     if not callable(factory):
-        raise ConfigError(f"--model {target}: {module_name} has no callable {attribute}")
+        raise ConfigError(f"model {target}: {module_name} has no callable {attribute}", params=("model",))
     try:
         model = factory(**options)
     except TypeError as error:
         raise ConfigError(
-            f"--model {target}: calling {attribute} failed ({error}); check its options"
+            f"model {target}: calling {attribute} failed ({error}); check its options", params=("model",)
         ) from None
     if not isinstance(model, nn.Module):
         raise ConfigError(
-            f"--model {target}: {attribute} returned a {type(model).__name__}, not an nn.Module"
+            f"model {target}: {attribute} returned a {type(model).__name__}, not an nn.Module",
+            params=("model",),
         )
     return model
