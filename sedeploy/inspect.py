@@ -119,7 +119,7 @@ def inspect_artifact(
     report: PrecisionAudit | None = None
     unavailable = None
     try:
-        report = audit(artifact, source)
+        report = audit(artifact, Path(source) if source is not None else None)
     except MissingDependencyError as error:
         unavailable = str(error)
     except ImportError as error:  # TensorRT's module itself, imported where the engine is read
