@@ -108,8 +108,10 @@ class Calibrator:
 
     passes = 1
 
-    def __init__(self, recipe: Int8Recipe) -> None:
+    def __init__(self, recipe: Int8Recipe, full_range: frozenset[str] = frozenset()) -> None:
         self.recipe = recipe
+        self.full_range = full_range
+        """Tensors that keep their observed range whatever the method: the graph inputs (see :func:`collect_ranges`)."""
         self.low: dict[str, float] = {}
         self.high: dict[str, float] = {}
 
@@ -127,7 +129,7 @@ class Calibrator:
         """Each tensor's range: (-t, t) when symmetric, else the measured range clipped to [-t, t]."""
         ranges = {}
         for name in self.low:
-            threshold = self.threshold(name)
+            threshold = Calibrator.threshold(self, name) if name in self.full_range else self.threshold(name)
             if self.recipe.symmetric:
                 ranges[name] = (-threshold, threshold)
             else:
@@ -144,8 +146,8 @@ class _HistogramCalibrator(Calibrator):
 
     passes = 2
 
-    def __init__(self, recipe: Int8Recipe) -> None:
-        super().__init__(recipe)
+    def __init__(self, recipe: Int8Recipe, full_range: frozenset[str] = frozenset()) -> None:
+        super().__init__(recipe, full_range)
         self.histograms: dict[str, np.ndarray] = {}
 
     def collect(self, pass_index: int, name: str, values: np.ndarray) -> None:
@@ -187,7 +189,7 @@ class PercentileCalibrator(_HistogramCalibrator):
         return float(self.bin_edges(name)[min(index + 1, len(histogram))])
 
 
-CALIBRATORS: dict[str, Callable[[Int8Recipe], Calibrator]] = {
+CALIBRATORS: dict[str, Callable[[Int8Recipe, frozenset[str]], Calibrator]] = {
     "minmax": MinMaxCalibrator,
     "entropy": EntropyCalibrator,
     "percentile": PercentileCalibrator,
@@ -195,9 +197,9 @@ CALIBRATORS: dict[str, Callable[[Int8Recipe], Calibrator]] = {
 """Calibrators by method name."""
 
 
-def create_calibrator(recipe: Int8Recipe) -> Calibrator:
-    """The calibrator ``recipe.method`` names."""
-    return CALIBRATORS[recipe.method](recipe)
+def create_calibrator(recipe: Int8Recipe, full_range: frozenset[str] = frozenset()) -> Calibrator:
+    """The calibrator ``recipe.method`` names; ``full_range`` tensors keep their observed range."""
+    return CALIBRATORS[recipe.method](recipe, full_range)
 
 
 def entropy_start_bin(histogram: np.ndarray, quantized_bins: int = 128) -> int:
@@ -316,11 +318,20 @@ def _fixed_batch(model: onnx.ModelProto, input_name: str) -> int | None:
 def collect_ranges(
     model_path: Path, reader_factory: Callable[[bool], CalibrationDataReader], recipe: Int8Recipe
 ) -> dict[str, tuple[float, float]]:
-    """Run the model on the reader's feeds (once per calibrator pass) and return every calibrated tensor's range."""
+    """Run the model on the reader's feeds (once per calibrator pass) and return every calibrated tensor's range.
+
+    The graph inputs keep their observed range with every method: they are the
+    preprocessed pixels, a bounded set of values, not an activation with a tail.
+    Measured on the digits model, entropy clipped the input from 2.44 to 1.99
+    (saturating every full-intensity stroke) and cost the worst held-out image a
+    cosine of 0.82 against FP32; with the input's full range, 0.998.
+    """
     ort = import_optional("onnxruntime", "cpu")
     model = load(model_path)
     tensors = calibrated_tensors(model)
-    calibrator = create_calibrator(recipe)
+    initializers = {init.name for init in model.graph.initializer}
+    inputs = frozenset(i.name for i in model.graph.input if i.name not in initializers)
+    calibrator = create_calibrator(recipe, inputs)
     with tempfile.TemporaryDirectory(prefix="sedeploy-calibrate-") as work_dir:
         augmented_path = Path(work_dir) / "augmented.onnx"
         onnx.save_model(_augmented(model, tensors), str(augmented_path))

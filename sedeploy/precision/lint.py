@@ -10,14 +10,19 @@ import onnx
 logger = logging.getLogger(__name__)
 
 
-def lint_tensorrt_qdq(model: onnx.ModelProto) -> list[str]:
+def lint_tensorrt_qdq(model: onnx.ModelProto, high_precision: str | None = None) -> list[str]:
     """Problems that stop TensorRT from running ``model`` as an explicitly quantized INT8 network.
 
     Rules: opset >= 13; INT8 only (no UINT8 or other quantized types); every
     zero-point 0; per-channel conv weight scales on axis 0 with one scale per
     output channel; no INT32 (bias) Q/DQ; no Q/DQ left dangling (every
     QuantizeLinear feeds only DequantizeLinear, every DequantizeLinear reads a
-    QuantizeLinear or a constant and feeds something).
+    QuantizeLinear or a constant and feeds something). Placement (ModelOpt's, which
+    TensorRT fuses): a Conv with INT8 weights reads an INT8 input; an Add fed by a
+    Conv leaves that convolution-side input float when its residual input is
+    quantized, so TensorRT fuses the add into the convolution. With
+    ``high_precision="fp16"``: no FP32 tensor besides the graph inputs and outputs
+    (a strongly typed FP16+INT8 graph), and FP16 Q/DQ only from opset 19.
     """
     problems: list[str] = []
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
@@ -93,4 +98,67 @@ def lint_tensorrt_qdq(model: onnx.ModelProto) -> list[str]:
                         )
         if zero_point is not None and np.any(zero_point != 0):
             problems.append(f"{label} has a non-zero zero-point")
+        scale = constant(node.input[1]) if len(node.input) > 1 else None
+        if scale is not None and scale.dtype == np.float16 and opset < 19:
+            problems.append(f"{label} has an FP16 scale below opset 19")
+    problems += _placement_problems(model, producers)
+    if high_precision == "fp16":
+        problems += _fp32_tensors(model)
+    return problems
+
+
+def _dequantized_source(name: str, producers: dict[str, onnx.NodeProto]) -> str | None:
+    """The float tensor behind a Q->DQ pair feeding ``name``, or None when ``name`` is not such a pair's output."""
+    dequantize = producers.get(name)
+    if dequantize is None or dequantize.op_type != "DequantizeLinear":
+        return None
+    quantize = producers.get(dequantize.input[0])
+    return str(quantize.input[0]) if quantize is not None and quantize.op_type == "QuantizeLinear" else None
+
+
+def _placement_problems(model: onnx.ModelProto, producers: dict[str, onnx.NodeProto]) -> list[str]:
+    problems = []
+    initializers = {init.name for init in model.graph.initializer}
+    for node in model.graph.node:
+        label = f"{node.op_type} {node.name or node.output[0]}"
+        if node.op_type == "Conv" and len(node.input) > 1:
+            weight = producers.get(node.input[1])
+            weight_quantized = weight is not None and weight.op_type == "DequantizeLinear"
+            data = producers.get(node.input[0])
+            data_quantized = data is not None and data.op_type == "DequantizeLinear"
+            if weight_quantized and not data_quantized and node.input[0] not in initializers:
+                problems.append(f"{label} has INT8 weights but a float input, so TensorRT runs it in float")
+        if node.op_type == "Add" and len(node.input) == 2:
+            sources = [_dequantized_source(name, producers) for name in node.input]
+            known = [source for source in sources if source is not None]
+            if len(known) < 2:
+                continue
+            if any(source in producers and producers[source].op_type == "Conv" for source in known):
+                problems.append(
+                    f"{label} quantizes its convolution-side input too; leave it float so TensorRT fuses the add "
+                    "into that convolution"
+                )
+    return problems
+
+
+def _fp32_tensors(model: onnx.ModelProto) -> list[str]:
+    """FP32 tensors of an FP16-typed graph besides its inputs and outputs (and the casts at those edges)."""
+    inferred = onnx.shape_inference.infer_shapes(model)
+    types = {
+        info.name: info.type.tensor_type.elem_type
+        for info in [*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output]
+        if info.type.HasField("tensor_type")
+    }
+    edges = {info.name for info in [*model.graph.input, *model.graph.output]}
+    problems = []
+    for node in model.graph.node:
+        for output in node.output:
+            if output in edges or types.get(output) != onnx.TensorProto.FLOAT:
+                continue
+            problems.append(
+                f"{node.op_type} {node.name or output} writes FP32 tensor {output} in an FP16-typed graph"
+            )
+    for init in model.graph.initializer:
+        if init.data_type == onnx.TensorProto.FLOAT:
+            problems.append(f"initializer {init.name} is FP32 in an FP16-typed graph")
     return problems

@@ -25,7 +25,7 @@ DEFAULT_HISTOGRAM_BINS = 2048
 DEFAULT_QUANTIZED_BINS = 128
 """Quantized bins the entropy search folds a candidate range into: the positive half of INT8."""
 HIGH_PRECISIONS = ("fp16", "fp32")
-TENSORRT_QUANTIZED_OPS = ("Conv", "Gemm", "Add")
+TENSORRT_QUANTIZED_OPS = ("Conv", "Gemm", "Add", "MaxPool")
 SE_QUANTIZED_OPS = ("Mul", "ReduceMean", "GlobalAveragePool", "Sigmoid")
 
 
@@ -51,6 +51,10 @@ class Int8Recipe:
     """Images per calibration batch: memory only, the ranges do not depend on it."""
     histogram_bins: int = DEFAULT_HISTOGRAM_BINS
     quantized_bins: int = DEFAULT_QUANTIZED_BINS
+    high_precision: str | None = None
+    """Type of the layers left out of INT8: ``fp16`` (the ``tensorrt`` flavour's default, as ModelOpt's
+    ``--high_precision_dtype``: TensorRT runs a strongly typed graph in the types it is given) or ``fp32``
+    (the ``cpu`` flavour's only choice: ONNX Runtime's x86 kernels have no FP16 convolution)."""
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
@@ -63,6 +67,15 @@ class Int8Recipe:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
         if self.batch_size < 1:
             raise ConfigError(f"calibration batch_size must be >= 1, got {self.batch_size}")
+        if self.high_precision not in (None, *HIGH_PRECISIONS):
+            raise ConfigError(
+                f"unknown high_precision {self.high_precision!r}; valid values: {', '.join(HIGH_PRECISIONS)}"
+            )
+        if self.flavour == "cpu" and self.high_precision == "fp16":
+            raise ConfigError(
+                "high_precision='fp16' goes with the tensorrt flavour; the cpu flavour keeps its float layers in "
+                "fp32 (ONNX Runtime's x86 kernels would cast FP16 back to FP32)"
+            )
         if self.quantized_bins < 2 or self.histogram_bins < self.quantized_bins:
             raise ConfigError(
                 f"histogram_bins ({self.histogram_bins}) must be at least quantized_bins "
@@ -73,6 +86,13 @@ class Int8Recipe:
     def se_quantized(self) -> bool:
         """Whether the SE path is quantized, the flavour's default resolved."""
         return self.quantize_se if self.quantize_se is not None else self.flavour == "cpu"
+
+    @property
+    def float_type(self) -> str:
+        """The type of the layers left out of INT8, the flavour's default resolved."""
+        if self.high_precision is not None:
+            return self.high_precision
+        return "fp16" if self.flavour == "tensorrt" else "fp32"
 
     @property
     def symmetric(self) -> bool:
@@ -117,6 +137,7 @@ class Int8Recipe:
             "percentile": self.percentile if self.method == "percentile" else None,
             "calibration_parameters": self.calibration_parameters(),
             "quantize_se": self.se_quantized,
+            "high_precision": self.float_type,
             "activations": "int8 symmetric" if self.flavour == "tensorrt" else "uint8 asymmetric",
             "weights": "int8 symmetric per-channel (output-channel axis)",
             "bias": "float" if self.flavour == "tensorrt" else "int32 (ONNX Runtime default)",
