@@ -32,10 +32,12 @@ from sedeploy.precision.recipe import (
     DEFAULT_PERCENTILE,
     DEFAULT_QUANTIZED_BINS,
     FLAVOURS,
+    HIGH_PRECISIONS,
     SE_QUANTIZED_OPS,
     TENSORRT_QUANTIZED_OPS,
     Int8Recipe,
     PrecisionError,
+    fidelity_optimization_level,
 )
 
 __all__ = [
@@ -48,6 +50,7 @@ __all__ = [
     "DEFAULT_PERCENTILE",
     "DEFAULT_QUANTIZED_BINS",
     "FLAVOURS",
+    "HIGH_PRECISIONS",
     "SE_QUANTIZED_OPS",
     "TENSORRT_QUANTIZED_OPS",
     "ArrayCalibrationReader",
@@ -62,6 +65,7 @@ __all__ = [
     "convert_fp16",
     "create_calibrator",
     "entropy_threshold_bin",
+    "fidelity_optimization_level",
     "images_sha256",
     "lint_tensorrt_qdq",
     "quantize_int8",
