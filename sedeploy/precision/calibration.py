@@ -442,8 +442,10 @@ def tensorrt_calibration_cache(ranges: CalibrationRanges, calibrator: str = "Ent
 
 
 def calibration_cache_path(model_path: Path, recipe: Int8Recipe) -> Path:
-    """Where the calibration cache of ``model_path`` for ``recipe`` lives: beside the model."""
-    return naming.calibration_cache_path(model_path, recipe.method, recipe.symmetric)
+    """Where the calibration cache of ``model_path`` for ``recipe`` lives: beside the model, one file per
+    method (and per percentile, so a sweep over percentiles keeps each one's ranges)."""
+    method = f"percentile-{recipe.percentile:g}" if recipe.method == "percentile" else recipe.method
+    return naming.calibration_cache_path(model_path, method, recipe.symmetric)
 
 
 def calibrate(
