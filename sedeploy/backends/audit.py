@@ -376,14 +376,21 @@ def onnxruntime_precisions(source: onnx.ModelProto, optimized: onnx.ModelProto) 
 
 
 def audit_onnxruntime(
-    artifact: str | Path, source: str | Path | None = None, providers: Sequence[str] | None = None
+    artifact: str | Path,
+    source: str | Path | None = None,
+    providers: Sequence[str] | None = None,
+    already_optimized: bool | None = None,
 ) -> PrecisionAudit:
-    """Audit an ONNX Runtime artifact: its optimized graph as this ONNX Runtime writes it (or the ``.ort.onnx``)."""
+    """Audit an ONNX Runtime artifact: its optimized graph as this ONNX Runtime writes it (or the ``.ort.onnx``).
+
+    ``already_optimized``: the file is ONNX Runtime's optimized graph (default: judged by its ``.ort.onnx``
+    name; pass True for a staged optimized graph under a temporary name).
+    """
     from sedeploy.backends import onnxruntime as ort_backend
 
     path = Path(artifact)
     source_path = Path(source) if source is not None else find_source(path)
-    if naming.is_optimized_onnx(path):
+    if already_optimized if already_optimized is not None else naming.is_optimized_onnx(path):
         optimized, method = load_onnx(path), "ONNX Runtime optimized graph (.ort.onnx as saved)"
     else:
         with tempfile.TemporaryDirectory(prefix="sedeploy-audit-") as folder:
