@@ -609,8 +609,29 @@ def audit_gate(asked: str, report: PrecisionAudit, min_share: float = DEFAULT_MI
     others.sort(key=lambda layer: -layer.macs)
     named = ", ".join(f"{layer.name} ({layer.precision})" for layer in others[:3])
     more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+    where = {
+        "int8": "the cpu INT8 flavour runs int8 on ONNX Runtime, the tensorrt flavour on TensorRT",
+        "fp16": "TensorRT and OpenVINO run fp16; ONNX Runtime's x86 CPU kernels do not",
+    }.get(asked, f"one that runs {asked}")
     raise PrecisionError(
         f"asked {asked}, but only {100 * share:.0f}% of the MACs run in {asked} on {report.backend}: "
-        f"{named}{more} do not; build for a backend that runs {asked} "
-        f"(e.g. the cpu INT8 flavour on ONNX Runtime), or lower min_precision_share ({min_share})"
+        f"{named}{more} do not; build for a backend that runs it ({where}), "
+        f"or lower min_precision_share ({min_share})"
     )
+
+
+def audit_failure(
+    asked: str, report: PrecisionAudit, min_share: float = DEFAULT_MIN_PRECISION_SHARE
+) -> str | None:
+    """The gate's one-line failure for ``report``, or None when the asked precision is realised (for verify/bench)."""
+    try:
+        audit_gate(asked, report, min_share)
+    except PrecisionError as error:
+        return str(error)
+    return None
+
+
+def gate_applies(backend: str, recipe: Mapping[str, Any]) -> bool:
+    """Whether the asked precision is judged on ``backend``: not for a tensorrt-flavour INT8 file on another
+    backend, where it runs only as TensorRT's numerics check (ONNX Runtime's CPU kernels run it in float)."""
+    return not (recipe.get("flavour") == "tensorrt" and backend != "tensorrt")

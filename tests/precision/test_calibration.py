@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from sedeploy.artifacts.manifest import read_manifest
 from sedeploy.build import BuildOptions, build_engine
@@ -86,12 +86,16 @@ def test_entropy_start_is_tensorrts_for_activations_from_zero_and_later_for_offs
 
 
 def _identity_model(path: Path) -> Path:
-    """A graph whose one calibrated tensor is its input: ``y = Relu(x) + x`` over FEATURES values."""
+    """``m = x * 1``, ``y = Relu(m) + m``: the calibrated activation ``m`` holds the input's values."""
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", FEATURES])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", FEATURES])
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Add", ["r", "x"], ["y"])], "g", [x], [y]
-    )
+    one = numpy_helper.from_array(np.array(1.0, dtype=np.float32), "one")
+    nodes = [
+        helper.make_node("Mul", ["x", "one"], ["m"]),
+        helper.make_node("Relu", ["m"], ["r"]),
+        helper.make_node("Add", ["r", "m"], ["y"]),
+    ]
+    graph = helper.make_graph(nodes, "g", [x], [y], [one])
     onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -104,9 +108,9 @@ def skewed(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, np.ndarray]:
     return model, values
 
 
-def _amax(model: Path, values: np.ndarray, **recipe: object) -> float:
+def _amax(model: Path, values: np.ndarray, tensor: str = "m", **recipe: object) -> float:
     ranges = calibrate(model, values, "x", Int8Recipe(flavour="tensorrt", **recipe), "data")  # type: ignore[arg-type]
-    return ranges.amax()["x"]
+    return ranges.amax()[tensor]
 
 
 def test_three_methods_give_the_ranges_they_are_named_for_on_a_long_tail(
@@ -125,6 +129,15 @@ def test_three_methods_give_the_ranges_they_are_named_for_on_a_long_tail(
     assert entropy < 0.6 * minmax
     assert float(np.mean(magnitudes > entropy)) < 0.01
     assert len({round(minmax, 4), round(percentile, 4), round(entropy, 4)}) == 3
+
+
+def test_graph_inputs_keep_their_full_range_with_every_method(skewed: tuple[Path, np.ndarray]) -> None:
+    """The input is the preprocessed pixels, not an activation with a tail: clipping it only saturates data."""
+    model, values = skewed
+    full = float(np.abs(values).max())
+    for method in CALIBRATION_METHODS:
+        assert _amax(model, values, tensor="x", method=method) == pytest.approx(full, rel=1e-6)
+    assert _amax(model, values, method="entropy") < 0.6 * full  # the same values inside the graph are clipped
 
 
 @pytest.mark.parametrize("method", CALIBRATION_METHODS)
