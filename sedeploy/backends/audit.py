@@ -635,3 +635,17 @@ def gate_applies(backend: str, recipe: Mapping[str, Any]) -> bool:
     """Whether the asked precision is judged on ``backend``: not for a tensorrt-flavour INT8 file on another
     backend, where it runs only as TensorRT's numerics check (ONNX Runtime's CPU kernels run it in float)."""
     return not (recipe.get("flavour") == "tensorrt" and backend != "tensorrt")
+
+
+def format_shares(shares: Mapping[str, float]) -> str:
+    """``int8 96%, fp32 4%``: MAC shares for a table cell."""
+    return ", ".join(f"{name} {100 * share:.0f}%" for name, share in shares.items())
+
+
+def recorded_shares(artifact: str | Path) -> dict[str, float] | None:
+    """The MAC shares the build recorded in the artifact's manifest (``precision_audit``), or None (cheap: for bench)."""
+    manifest = matching_manifest(Path(artifact))
+    record = getattr(manifest, "precision_audit", None) if manifest is not None else None
+    if not isinstance(record, Mapping) or not isinstance(record.get("shares"), Mapping):
+        return None
+    return {str(name): float(share) for name, share in record["shares"].items()}

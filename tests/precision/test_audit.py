@@ -212,3 +212,14 @@ def test_inspect_every_artifact_kind(builds: dict[str, Path], kind: str) -> None
     assert data["model"]["arch"] == "se_preact_resnet"
     if kind.startswith("int8"):
         assert "calibration: entropy (histogram_bins 2048, quantized_bins 128, symmetric False)" in text
+
+
+def test_shares_format_for_tables_and_nothing_recorded_without_a_build_audit(builds: dict[str, Path]) -> None:
+    from sedeploy.backends.audit import format_shares, recorded_shares
+
+    report = audit(builds["ov-int8"])
+    text = format_shares(report.shares())
+    assert text.startswith("int8 ") and text.endswith("%")
+    manifest = read_manifest(builds["ov-int8"])
+    expected = None if not getattr(manifest, "precision_audit", None) else manifest.precision_audit["shares"]  # type: ignore[attr-defined]
+    assert recorded_shares(builds["ov-int8"]) == expected
