@@ -19,7 +19,7 @@ from pathlib import Path
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.export import export_onnx
 from sedeploy.host import describe_machine
-from sedeploy.precision.quantize import CALIBRATION_METHODS, FLAVOURS
+from sedeploy.precision import CALIBRATION_METHODS, FLAVOURS
 from sedeploy.train import TrainConfig, train
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the digits image folders

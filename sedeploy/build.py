@@ -39,7 +39,7 @@ from sedeploy.data import ImageSet, load_image_set, preprocessing_for
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import check_writable, folder_lock, pause_for_tests, sha256_of_file, temp_path_beside
 from sedeploy.host import cpu_features, describe_host
-from sedeploy.precision.quantize import (
+from sedeploy.precision import (
     DEFAULT_FP16_BLOCK_LIST,
     DEFAULT_PERCENTILE,
     Int8Recipe,

@@ -35,7 +35,7 @@ from sedeploy.files import check_writable, write_json_atomic
 from sedeploy.info import model_info
 from sedeploy.ladder import compare
 from sedeploy.models.checkpoint import LAYOUTS
-from sedeploy.precision.quantize import CALIBRATION_METHODS, DEFAULT_PERCENTILE, FLAVOURS
+from sedeploy.precision import CALIBRATION_METHODS, DEFAULT_PERCENTILE, FLAVOURS
 from sedeploy.predict import predict
 from sedeploy.serving.loadtest import (
     DEFAULT_DURATION_S,

@@ -18,7 +18,7 @@ from sedeploy.build import BuildOptions, build_engine
 from sedeploy.data import images_decoded
 from sedeploy.errors import BadInputError
 from sedeploy.files import sha256_of_file
-from sedeploy.precision.quantize import Int8Recipe, calibration_cache_path
+from sedeploy.precision import Int8Recipe, calibration_cache_path
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import sedeploy
 from sedeploy.artifacts.manifest import ManifestError, manifest_path, read_manifest
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.files import sha256_of_file
-from sedeploy.precision.quantize import CalibrationRanges, Int8Recipe, calibration_cache_path
+from sedeploy.precision import CalibrationRanges, Int8Recipe, calibration_cache_path
 
 
 @pytest.fixture

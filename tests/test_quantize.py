@@ -15,7 +15,7 @@ from sedeploy.backends import onnxruntime as ort_backend
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.compare import compare_logits, top1_accuracy
 from sedeploy.graphs.se_blocks import find_se_blocks
-from sedeploy.precision.quantize import CALIBRATION_METHODS, FLAVOURS, lint_tensorrt_qdq
+from sedeploy.precision import CALIBRATION_METHODS, FLAVOURS, lint_tensorrt_qdq
 
 
 def _logits(path: Path, images: np.ndarray) -> np.ndarray:
