@@ -33,6 +33,14 @@ from sedeploy.artifacts.manifest import (
 from sedeploy.artifacts.metadata import ModelMetadata, load_onnx, metadata_or_none
 from sedeploy.artifacts.precision import graph_precision
 from sedeploy.backends import onnxruntime as ort_backend
+from sedeploy.backends.audit import (
+    DEFAULT_MIN_PRECISION_SHARE,
+    PrecisionAudit,
+    audit_gate,
+    audit_onnxruntime,
+    format_shares,
+    gate_applies,
+)
 from sedeploy.backends.tensorrt.compat import TensorRTOptions, resolve_batch_profile
 from sedeploy.compare import DEFAULT_THRESHOLDS, Comparison, compare_logits, parity_failures
 from sedeploy.data import ImageSet, load_image_set, preprocessing_for
@@ -40,13 +48,17 @@ from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import check_writable, folder_lock, pause_for_tests, sha256_of_file, temp_path_beside
 from sedeploy.host import cpu_features, describe_host
 from sedeploy.precision import (
+    CALIBRATION_METHODS,
     DEFAULT_FP16_BLOCK_LIST,
     DEFAULT_PERCENTILE,
+    HIGH_PRECISIONS,
     Int8Recipe,
     PrecisionError,
     calibrate_cached,
     convert_fp16,
+    fidelity_optimization_level,
     quantize_int8,
+    sweep_calibration,
 )
 from sedeploy.progress import stage
 
@@ -91,6 +103,12 @@ class BuildOptions:
     gate: bool = True
     """Refuse to publish an FP16/INT8 file whose parity with FP32 misses verify's thresholds; False publishes
     anyway (recorded in the manifest)."""
+    high_precision: str | None = None
+    """INT8 tensorrt flavour: type of the layers left out of INT8, ``fp16`` (default) or ``fp32``."""
+    min_precision_share: float = DEFAULT_MIN_PRECISION_SHARE
+    """The build fails when the asked precision covers less than this share of the MACs (precision audit)."""
+    sweep_data: Path | None = None
+    """``calib_method="sweep"``: the held-out image folder each candidate is measured on."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -99,6 +117,22 @@ class BuildOptions:
             raise ConfigError(f"unknown backend {self.backend!r}; valid values: {', '.join(BACKENDS)}")
         if self.calib_size < 1:
             raise ConfigError(f"calib_size must be at least 1, got {self.calib_size}")
+        if self.calib_method not in (*CALIBRATION_METHODS, "sweep"):
+            raise ConfigError(
+                f"unknown calibration method {self.calib_method!r}; valid values: "
+                f"{', '.join((*CALIBRATION_METHODS, 'sweep'))}"
+            )
+        if self.calib_method == "sweep" and self.sweep_data is None:
+            raise ConfigError(
+                "calib_method sweep measures each candidate on held-out images; give sweep_data",
+                params=("sweep_data",),
+            )
+        if self.high_precision not in (None, *HIGH_PRECISIONS):
+            raise ConfigError(
+                f"unknown high_precision {self.high_precision!r}; valid values: {', '.join(HIGH_PRECISIONS)}"
+            )
+        if not 0.0 <= self.min_precision_share <= 1.0:
+            raise ConfigError(f"min_precision_share must be in [0, 1], got {self.min_precision_share}")
         if not self.probe_batches or min(self.probe_batches) < 1 or self.probe_seconds <= 0:
             raise ConfigError(
                 f"the auto probe needs positive batch sizes and seconds, got batches {list(self.probe_batches)} "
@@ -111,6 +145,7 @@ class BuildOptions:
             "percentile": self.percentile != DEFAULT_PERCENTILE,
             "quantize_se": self.quantize_se is not None,
             "target": self.target is not None,
+            "high_precision": self.high_precision is not None,
         }
         if self.backend == "openvino" and any(onnx_only.values()):
             given = ", ".join(name for name, set_ in onnx_only.items() if set_)
@@ -136,6 +171,9 @@ class BuildOptions:
             "implicit_int8": self.implicit_int8,
             "tensorrt": self.tensorrt.to_dict(),
             "gate": self.gate,
+            "high_precision": self.high_precision,
+            "min_precision_share": self.min_precision_share,
+            "sweep_data": str(self.sweep_data) if self.sweep_data else None,
         }
 
 
@@ -155,6 +193,8 @@ class BuildResult:
     """``auto`` on a CPU: the measured ONNX Runtime / OpenVINO probe that picked ``backend``."""
     notes: tuple[str, ...] = ()
     """Warnings the user should read (a small calibration set, a parity gate that was switched off)."""
+    precision_audit: PrecisionAudit | None = None
+    """What each layer of the built artifact runs in (``backends.audit``)."""
 
     @property
     def artifact(self) -> Path:
@@ -173,6 +213,7 @@ class BuildResult:
             "seconds": round(self.seconds, 3),
             "probe": self.probe,
             "notes": list(self.notes),
+            "precision_audit": self.precision_audit.to_dict() if self.precision_audit else None,
         }
 
     def to_text(self) -> str:
@@ -189,6 +230,8 @@ class BuildResult:
         if self.fidelity:
             runtime = "OpenVINO" if self.backend == "openvino" else "ONNX Runtime"
             lines.append(f"{self.precision} vs fp32 (ONNX Runtime) on {runtime}: {self.fidelity.to_text()}")
+        if self.precision_audit:
+            lines.append(f"runs as: {self.precision_audit.shares_text()}")
         lines += [f"note: {note}" for note in self.notes]
         lines.append(f"done in {self.seconds:.1f} s")
         return "\n".join(lines)
@@ -336,10 +379,16 @@ def _calibration_notes(calibration_set: ImageSet | None) -> tuple[str, ...]:
 
 
 def _check_on_onnxruntime(
-    reference_path: Path, candidate_path: Path, images: np.ndarray, input_name: str
+    reference_path: Path,
+    candidate_path: Path,
+    images: np.ndarray,
+    input_name: str,
+    optimization_level: str = "all",
 ) -> Comparison:
     reference = ort_backend.create_session(reference_path, ["CPUExecutionProvider"])
-    candidate = ort_backend.create_session(candidate_path, ["CPUExecutionProvider"])
+    candidate = ort_backend.create_session(
+        candidate_path, ["CPUExecutionProvider"], optimization_level=optimization_level
+    )
     batch = np.ascontiguousarray(images[:_CHECK_IMAGES], dtype=np.float32)
     return compare_logits(
         reference.run(None, {input_name: batch})[0], candidate.run(None, {input_name: batch})[0]
@@ -425,10 +474,26 @@ def build_engine(
         )
         artifacts: list[Path] = []
         manifests: list[BuildManifest] = []
+        precision_audit: PrecisionAudit | None = None
         if backend == "onnxruntime":
             with stage("build: ONNX Runtime optimized graph", progress):
-                artifacts, manifests = _publish_onnxruntime(
-                    model_path, precision_path, staged_path, output, started, common
+                artifacts, manifests, precision_audit = _publish_onnxruntime(
+                    model_path,
+                    precision_path,
+                    staged_path,
+                    output,
+                    started,
+                    common,
+                    options.min_precision_share,
+                )
+            if (
+                not gate_applies("onnxruntime", recipe, built_precision, ort_backend.has_cuda())
+                and precision_audit
+            ):
+                notes += (
+                    f"{built_precision} runs as {format_shares(precision_audit.shares())} of the MACs on ONNX Runtime "
+                    "here: the file is the portable one for TensorRT and GPUs; for 16-bit floats on a CPU, build "
+                    "bf16 with the openvino backend where the CPU has BF16 units",
                 )
         else:
             from sedeploy.backends import tensorrt as trt_backend
@@ -460,6 +525,7 @@ def build_engine(
             )
             artifacts.append(engine_path)
             manifests.append(engine_manifest)
+            precision_audit = _audit_engine(engine_path, engine_manifest, model_path, options)
     finally:
         if staged_path is not None:
             staged_path.unlink(missing_ok=True)
@@ -473,7 +539,25 @@ def build_engine(
         calibration=calibration,
         seconds=time.perf_counter() - started,
         notes=notes,
+        precision_audit=precision_audit,
     )
+
+
+def _audit_engine(
+    engine_path: Path, manifest: BuildManifest, model_path: Path, options: BuildOptions
+) -> PrecisionAudit:
+    """Audit a built engine (its inspector JSON), record it in its manifest, and fail it below the asked share."""
+    from sedeploy.backends.audit import audit_tensorrt
+
+    precision_audit = audit_tensorrt(engine_path, source=model_path)
+    write_manifest(replace(manifest, precision_audit=precision_audit.to_dict()), engine_path)
+    try:
+        audit_gate(manifest.precision, precision_audit, options.min_precision_share)
+    except PrecisionError:
+        engine_path.unlink(missing_ok=True)
+        manifest_path(engine_path).unlink(missing_ok=True)
+        raise
+    return precision_audit
 
 
 def _check_output_suffix(output: Path, backend: str) -> None:
@@ -598,6 +682,7 @@ def _build_auto_cpu(
         calibration=chosen.calibration,
         seconds=time.perf_counter() - started,
         probe=probe,
+        precision_audit=chosen.precision_audit,
     )
 
 
@@ -656,6 +741,17 @@ def _build_openvino(
         write_manifest(manifest, staged_xml)  # the check below loads the staged IR as a runner would
         check_images = images if images is not None else _random_images(proto, metadata)
         fidelity = _check_on_openvino(model_path, staged_xml, check_images, input_name)
+        from sedeploy.backends.audit import audit_openvino
+
+        precision_audit = audit_openvino(staged_xml, source=model_path)
+        audit_gate(
+            options.precision,
+            precision_audit,
+            options.min_precision_share,
+            intended_float=manifest.recipe.get("float_nodes") or (),
+        )
+        manifest = replace(manifest, precision_audit=precision_audit.to_dict())
+        write_manifest(manifest, staged_xml)
         pause_for_tests("publish")
         commit_with_manifests(
             [(staged_xml.with_suffix(".bin"), xml.with_suffix(".bin")), (staged_xml, xml)], [(manifest, xml)]
@@ -669,6 +765,7 @@ def _build_openvino(
         fidelity=fidelity,
         calibration=calibration,
         seconds=time.perf_counter() - started,
+        precision_audit=precision_audit,
     )
 
 
@@ -711,10 +808,27 @@ def _make_precision_file(
         assert calibration_set is not None
         int8 = Int8Recipe(
             flavour=target,
-            method=options.calib_method,
+            method="entropy" if options.calib_method == "sweep" else options.calib_method,
             percentile=options.percentile,
             quantize_se=options.quantize_se,
+            high_precision=options.high_precision,
         )
+        sweep: dict[str, Any] | None = None
+        if options.calib_method == "sweep":
+            assert options.sweep_data is not None
+            preprocessing, channels = preprocessing_for(model_path, **options.preprocessing_overrides)
+            held_out = load_image_set(options.sweep_data, preprocessing, channels, progress=progress)
+            report = sweep_calibration(
+                model_path,
+                calibration_set.images,
+                input_name,
+                calibration_set.report.dataset_sha256,
+                held_out.images,
+                held_out.labels,
+                base=int8,
+                progress=progress,
+            )
+            int8, sweep = report.best.recipe, report.to_dict()
         ranges, reused = calibrate_cached(
             model_path,
             calibration_set.images,
@@ -736,10 +850,14 @@ def _make_precision_file(
             "folder": calibration_set.report.folder,
             "reused": reused,
             "tensors": len(ranges.ranges),
+            "parameters": int8.calibration_parameters(),
+            "sweep": sweep,
         }
     check_images = calibration_set.images if calibration_set is not None else _random_images(proto, metadata)
     with stage(f"build: {options.precision} parity check", progress):
-        fidelity = _check_on_onnxruntime(model_path, staged_path, check_images, input_name)
+        fidelity = _check_on_onnxruntime(
+            model_path, staged_path, check_images, input_name, fidelity_optimization_level(recipe)
+        )
     if not fidelity.finite:
         raise PrecisionError(f"the {options.precision} graph gives non-finite logits; nothing was written")
     if options.precision == "fp16" and fidelity.mean_cosine < FP16_MIN_COSINE:
@@ -761,33 +879,39 @@ def _publish_onnxruntime(
     output: str | Path | None,
     started: float,
     common: dict[str, Any],
-) -> tuple[list[Path], list[BuildManifest]]:
-    """Write ONNX Runtime's optimized graph, then publish it, the precision ONNX and their manifests as one unit.
+    min_precision_share: float = DEFAULT_MIN_PRECISION_SHARE,
+) -> tuple[list[Path], list[BuildManifest], PrecisionAudit]:
+    """Write ONNX Runtime's optimized graph, audit it, then publish it, the precision ONNX and their manifests as one unit.
 
     ``staged_path`` is the checked precision ONNX under its temporary name (None
     for FP32). Everything is staged first and renamed into place together under
     the folder's lock (:func:`~sedeploy.artifacts.manifest.commit_with_manifests`), so an
     interrupted or concurrent build never leaves an artifact beside another
-    build's manifest.
+    build's manifest. A graph whose asked precision covers less than
+    ``min_precision_share`` of the MACs once optimized is not published (:func:`audit_gate`).
     """
     providers = ort_backend.default_providers()
     device = {"description": describe_host(), "providers": providers, "cpu_features": list(cpu_features())}
     artifacts: list[Path] = []
     manifests: list[BuildManifest] = []
     staged: list[tuple[Path, Path]] = []
-    if staged_path is not None:
-        manifests.append(_manifest(precision_path, "onnxruntime", device, started, staged_path, **common))
-        artifacts.append(precision_path)
-        staged.append((staged_path, precision_path))
     optimized_path = (
         Path(output)
         if output and staged_path is None  # FP32: the optimized graph is what -o names
         else naming.optimized_onnx_path(precision_path)
     )
     optimized_staged = temp_path_beside(optimized_path)
-    staged.append((optimized_staged, optimized_path))
     try:
         ort_backend.write_optimized_model(staged_path or model_path, optimized_staged, providers)
+        precision_audit = audit_onnxruntime(optimized_staged, source=model_path, already_optimized=True)
+        if gate_applies("onnxruntime", common["recipe"], common["precision"], ort_backend.has_cuda()):
+            audit_gate(common["precision"], precision_audit, min_precision_share)
+        common = {**common, "precision_audit": precision_audit.to_dict()}
+        if staged_path is not None:
+            manifests.append(_manifest(precision_path, "onnxruntime", device, started, staged_path, **common))
+            artifacts.append(precision_path)
+            staged.append((staged_path, precision_path))
+        staged.append((optimized_staged, optimized_path))
         optimized_device = {**device, "optimization_level": "all"}
         manifests.append(
             _manifest(optimized_path, "onnxruntime", optimized_device, started, optimized_staged, **common)
@@ -797,7 +921,7 @@ def _publish_onnxruntime(
         commit_with_manifests(staged, list(zip(manifests, artifacts, strict=True)))
     finally:
         optimized_staged.unlink(missing_ok=True)
-    return artifacts, manifests
+    return artifacts, manifests, precision_audit
 
 
 def _manifest(

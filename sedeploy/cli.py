@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from sedeploy._version import __version__
+from sedeploy.backends.audit import DEFAULT_MIN_PRECISION_SHARE
 from sedeploy.backends.tensorrt.compat import TensorRTOptions
 from sedeploy.bench import bench, write_reports
 from sedeploy.build import (
@@ -35,7 +36,7 @@ from sedeploy.files import check_writable, write_json_atomic
 from sedeploy.info import model_info
 from sedeploy.ladder import compare
 from sedeploy.models.checkpoint import LAYOUTS
-from sedeploy.precision import CALIBRATION_METHODS, DEFAULT_PERCENTILE, FLAVOURS
+from sedeploy.precision import CALIBRATION_METHODS, DEFAULT_PERCENTILE, FLAVOURS, HIGH_PRECISIONS
 from sedeploy.predict import predict
 from sedeploy.serving.loadtest import (
     DEFAULT_DURATION_S,
@@ -409,7 +410,33 @@ def _parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
 )
 @click.option("--calib-dir", type=click.Path(), help="Calibration images (default: calibration/).")
 @click.option("--calib-size", type=click.IntRange(min=1), default=DEFAULT_CALIBRATION_SIZE, show_default=True)
-@click.option("--calib-method", type=click.Choice(CALIBRATION_METHODS), default="entropy", show_default=True)
+@click.option(
+    "--calib-method",
+    type=click.Choice((*CALIBRATION_METHODS, "sweep")),
+    default="entropy",
+    show_default=True,
+    help="entropy: TensorRT's (2048-bin histogram, KL over 128 levels); sweep: try every method with the SE "
+    "path float and quantized, measure each on --data, keep the most faithful.",
+)
+@click.option(
+    "--data",
+    "sweep_data",
+    type=click.Path(),
+    help="--calib-method sweep: held-out images (class folders for accuracy) each candidate is measured on.",
+)
+@click.option(
+    "--high-precision",
+    type=click.Choice(HIGH_PRECISIONS),
+    help="INT8 tensorrt flavour: type of the layers left out of INT8 (default fp16, as ModelOpt).",
+)
+@click.option(
+    "--min-precision-share",
+    type=click.FloatRange(0, 1),
+    default=DEFAULT_MIN_PRECISION_SHARE,
+    show_default=True,
+    help="Fail when the asked precision runs less than this share of the MACs after the backend optimised "
+    "the graph (precision audit).",
+)
 @click.option(
     "--percentile",
     type=float,
@@ -496,6 +523,9 @@ def build_engine_command(
     calib_dir: str | None,
     calib_size: int,
     calib_method: str,
+    sweep_data: str | None,
+    high_precision: str | None,
+    min_precision_share: float,
     percentile: float,
     quantize_se: bool | None,
     recalibrate: bool,
@@ -547,6 +577,9 @@ def build_engine_command(
         calib_dir=Path(calib_dir) if calib_dir else None,
         calib_size=calib_size,
         calib_method=calib_method,
+        sweep_data=Path(sweep_data) if sweep_data else None,
+        high_precision=high_precision,
+        min_precision_share=min_precision_share,
         percentile=percentile,
         quantize_se=quantize_se,
         recalibrate=recalibrate,
@@ -892,6 +925,21 @@ def verify_command(
     _emit(report, json_out)
     if not report.passed:
         ctx.exit(1)
+
+
+@cli.command("inspect")
+@click.argument("artifact", type=click.Path())
+@click.option("--source", type=click.Path(), help="The exported .onnx it was built from, when not beside it.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def inspect_command(artifact: str, source: str | None, as_json: bool) -> None:
+    """What ARTIFACT is (manifest, model) and what precision each layer runs in after the backend optimised it."""
+    from sedeploy.inspect import inspect_artifact
+
+    report = inspect_artifact(artifact, source)
+    if as_json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    else:
+        click.echo(report.to_text())
 
 
 @cli.command("predict")

@@ -41,10 +41,11 @@ from sedeploy.artifacts.manifest import matching_manifest
 from sedeploy.artifacts.metadata import ModelMetadata
 from sedeploy.artifacts.naming import artifact_backend
 from sedeploy.artifacts.precision import detect_precision
+from sedeploy.backends.audit import DEFAULT_MIN_PRECISION_SHARE, audit, audit_failure, gate_applies
 from sedeploy.backends.base import Runner
 from sedeploy.compare import DEFAULT_THRESHOLDS, Comparison, Thresholds, compare_logits, top1_accuracy
 from sedeploy.data import load_image_set
-from sedeploy.errors import BadInputError, ConfigError
+from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import sha256_of_file
 from sedeploy.models.record import TrainingRecord
 from sedeploy.progress import progress_bar
@@ -88,6 +89,8 @@ class VerifyReport:
     failures: tuple[str, ...]
     skipped_images: tuple[dict[str, str], ...]
     seconds: float
+    precision_audit: dict[str, Any] | None = None
+    """The artifact's precision audit (``backends.audit``): what its layers run in here; None where it cannot run."""
 
     @property
     def passed(self) -> bool:
@@ -152,6 +155,11 @@ class VerifyReport:
             lines.append(f"  {self.nonfinite_inputs} input(s) held NaN or infinity and were left out")
         if self.skipped_images:
             lines.append(f"  {len(self.skipped_images)} unreadable image(s) skipped")
+        if self.precision_audit is not None:
+            shares = ", ".join(
+                f"{name} {100 * share:.1f}%" for name, share in self.precision_audit["shares"].items()
+            )
+            lines.append(f"  runs as: {shares} of the MACs on {self.precision_audit['backend']}")
         if self.top1_gate == "not gated":
             lines.append("  top-1 is not gated on synthetic inputs (give --data for that)")
         lines.append("")
@@ -165,6 +173,31 @@ class VerifyReport:
         lines.append("")
         lines.append("PASS" if self.passed else "FAIL: " + "; ".join(self.failures))
         return "\n".join(line.rstrip() for line in lines)
+
+
+def _onnxruntime_has_cuda() -> bool:
+    from sedeploy.backends import onnxruntime as ort_backend
+
+    return ort_backend.has_cuda()
+
+
+def _audit(
+    artifact: Path, reference: Path, precision: str, min_share: float, failures: list[str]
+) -> dict[str, Any] | None:
+    """The artifact's precision audit, re-run on the file (a manifest's record is not trusted); adds the gate's
+    failure where the asked precision is not what runs."""
+    try:
+        report = audit(artifact, source=reference if reference.suffix.lower() == ".onnx" else None)
+    except (MissingDependencyError, ImportError, BadInputError) as error:
+        logger.info("precision audit of %s not run: %s", artifact, error)
+        return None
+    manifest = matching_manifest(artifact)
+    recipe = manifest.recipe if manifest else {}
+    if gate_applies(report.backend, recipe, precision, _onnxruntime_has_cuda()):
+        failure = audit_failure(precision, report, min_share, recipe.get("float_nodes") or ())
+        if failure:
+            failures.append(failure)
+    return report.to_dict()
 
 
 def _mark(ok: bool) -> str:
@@ -336,6 +369,7 @@ def verify(
     verify_hash: bool = True,
     seed: int = 0,
     progress: bool = False,
+    min_precision_share: float = DEFAULT_MIN_PRECISION_SHARE,
 ) -> VerifyReport:
     """Run ``artifact`` and its reference on the same inputs and judge the difference; see the module docstring.
 
@@ -415,6 +449,7 @@ def verify(
         changed = 100 * (1 - comparison.top1_agreement)
         if changed > thresholds.max_top1_drop:
             failures.append(f"top-1 changed on {changed:.2f}% of images > {thresholds.max_top1_drop} pp")
+    precision_audit = _audit(artifact_path, reference_path, precision, min_precision_share, failures)
     report = VerifyReport(
         artifact=str(artifact_path),
         artifact_runner=descriptions[0],
@@ -435,6 +470,7 @@ def verify(
         failures=tuple(failures),
         skipped_images=inputs.skipped,
         seconds=time.perf_counter() - started,
+        precision_audit=precision_audit,
     )
     logger.info("verify %s: %s", artifact_path, "pass" if report.passed else "; ".join(failures))
     return report

@@ -39,6 +39,7 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "recipe": dict,
     "calibration": (dict, type(None)),
     "engine": (dict, type(None)),
+    "precision_audit": (dict, type(None)),
     "build_options": dict,
     "build_seconds": (int, float),
     "sedeploy_version": str,
@@ -83,6 +84,8 @@ class BuildManifest:
     recipe: dict[str, Any] = field(default_factory=dict)
     calibration: dict[str, Any] | None = None
     engine: dict[str, Any] | None = None
+    precision_audit: dict[str, Any] | None = None
+    """What each Conv/Gemm/MatMul runs in after the backend optimised it (``backends.audit.PrecisionAudit``)."""
     build_options: dict[str, Any] = field(default_factory=dict)
     build_seconds: float = 0.0
     sedeploy_version: str = __version__

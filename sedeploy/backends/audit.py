@@ -26,7 +26,7 @@ import json
 import logging
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,10 +145,15 @@ class PrecisionAudit:
             sums[layer.precision] = sums.get(layer.precision, 0) + layer.macs
         return {name: sums[name] / total for name in sorted(sums, key=lambda key: -sums[key])}
 
-    def share_of(self, asked: str) -> float:
-        """Share of the MACs that run in ``asked`` precision or one that honours it (:data:`PRECISION_FAMILIES`)."""
+    def share_of(self, asked: str, excluding: Collection[str] = ()) -> float:
+        """Share of the MACs that run in ``asked`` precision or one that honours it (:data:`PRECISION_FAMILIES`).
+
+        ``excluding``: layers left out of the count (those a recipe keeps in float by design).
+        """
         family = PRECISION_FAMILIES.get(asked, frozenset({asked}))
-        return sum(share for precision, share in self.shares().items() if precision in family)
+        counted = [layer for layer in self.layers if layer.name not in excluding]
+        total = sum(layer.macs for layer in counted) or 1
+        return sum(layer.macs for layer in counted if layer.precision in family) / total
 
     def left_in_float(self) -> list[str]:
         """Names of the layers that do not run in INT8 (float or not found), largest first."""
@@ -591,20 +596,29 @@ def audit(artifact: str | Path, source: str | Path | None = None) -> PrecisionAu
     return AUDITORS[backend](artifact, source)
 
 
-def audit_gate(asked: str, report: PrecisionAudit, min_share: float = DEFAULT_MIN_PRECISION_SHARE) -> None:
+def audit_gate(
+    asked: str,
+    report: PrecisionAudit,
+    min_share: float = DEFAULT_MIN_PRECISION_SHARE,
+    intended_float: Collection[str] = (),
+) -> None:
     """Raise :class:`PrecisionError` when ``asked`` precision covers less than ``min_share`` of the MACs.
 
-    FP32 always passes. The message is the one line a build prints.
+    ``intended_float``: layers the recipe keeps in float on purpose (OpenVINO's stem on the raw pixels), left
+    out of the share: the gate catches precision that was asked and silently not realised, not a recipe's
+    own choice. FP32 always passes. The message is the one line a build prints.
     """
     if not 0.0 <= min_share <= 1.0:
         raise ConfigError(f"min_precision_share must be in [0, 1], got {min_share}")
     if asked == "fp32":
         return
-    share = report.share_of(asked)
+    share = report.share_of(asked, intended_float)
     if share >= min_share:
         return
     others = [
-        layer for layer in report.layers if layer.precision not in PRECISION_FAMILIES.get(asked, {asked})
+        layer
+        for layer in report.layers
+        if layer.precision not in PRECISION_FAMILIES.get(asked, {asked}) and layer.name not in intended_float
     ]
     others.sort(key=lambda layer: -layer.macs)
     named = ", ".join(f"{layer.name} ({layer.precision})" for layer in others[:3])
@@ -621,20 +635,29 @@ def audit_gate(asked: str, report: PrecisionAudit, min_share: float = DEFAULT_MI
 
 
 def audit_failure(
-    asked: str, report: PrecisionAudit, min_share: float = DEFAULT_MIN_PRECISION_SHARE
+    asked: str,
+    report: PrecisionAudit,
+    min_share: float = DEFAULT_MIN_PRECISION_SHARE,
+    intended_float: Collection[str] = (),
 ) -> str | None:
     """The gate's one-line failure for ``report``, or None when the asked precision is realised (for verify/bench)."""
     try:
-        audit_gate(asked, report, min_share)
+        audit_gate(asked, report, min_share, intended_float)
     except PrecisionError as error:
         return str(error)
     return None
 
 
-def gate_applies(backend: str, recipe: Mapping[str, Any]) -> bool:
-    """Whether the asked precision is judged on ``backend``: not for a tensorrt-flavour INT8 file on another
-    backend, where it runs only as TensorRT's numerics check (ONNX Runtime's CPU kernels run it in float)."""
-    return not (recipe.get("flavour") == "tensorrt" and backend != "tensorrt")
+def gate_applies(backend: str, recipe: Mapping[str, Any], precision: str = "", cuda: bool = False) -> bool:
+    """Whether the asked precision is judged on ``backend``.
+
+    Not for a tensorrt-flavour INT8 file on another backend, nor for an FP16 file on ONNX Runtime without
+    CUDA: both are portable files for GPUs, and ONNX Runtime's CPU kernels run them in float (the build says
+    so in a note instead of failing).
+    """
+    if recipe.get("flavour") == "tensorrt" and backend != "tensorrt":
+        return False
+    return not (precision == "fp16" and backend == "onnxruntime" and not cuda)
 
 
 def format_shares(shares: Mapping[str, float]) -> str:

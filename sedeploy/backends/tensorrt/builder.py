@@ -408,6 +408,8 @@ def build_engine(
                 image_shape = tuple(metadata.input_size)
 
                 config = builder.create_builder_config()
+                # Per-layer precisions in the engine inspector's JSON: what the precision audit reads.
+                config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
                 optimization_profile = builder.create_optimization_profile()
                 optimization_profile.set_shape(
                     input_name,
