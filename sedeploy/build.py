@@ -58,9 +58,9 @@ from sedeploy.precision import (
     convert_fp16,
     fidelity_optimization_level,
     quantize_int8,
-    sweep_calibration,
 )
 from sedeploy.progress import stage
+from sedeploy.sweep import sweep_calibration
 
 logger = logging.getLogger(__name__)
 

@@ -125,8 +125,10 @@ def test_calibration_cache_is_not_reused_when_preprocessing_changes(built: tuple
     assert first.calibration is not None and first.calibration["reused"] is False
     again = build_engine(model, _int8_options(calib))
     assert again.calibration is not None and again.calibration["reused"] is True
+    # Other normalisation than the model was trained with: INT8 drifts from FP32 and the parity gate would
+    # refuse to publish; the cache decision is what this test is about.
     shifted = build_engine(
-        model, _int8_options(calib, preprocessing_overrides={"mean": (0.2,), "std": (0.4,)})
+        model, _int8_options(calib, preprocessing_overrides={"mean": (0.2,), "std": (0.4,)}, gate=False)
     )
     assert shifted.calibration is not None and shifted.calibration["reused"] is False
     assert shifted.calibration["dataset_sha256"] == first.calibration["dataset_sha256"]  # same files

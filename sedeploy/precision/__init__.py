@@ -39,7 +39,6 @@ from sedeploy.precision.recipe import (
     PrecisionError,
     fidelity_optimization_level,
 )
-from sedeploy.precision.sweep import SweepReport, SweepRow, sweep_calibration, sweep_candidates
 
 __all__ = [
     "CALIBRATION_FORMAT",
@@ -60,8 +59,6 @@ __all__ = [
     "Calibrator",
     "Int8Recipe",
     "PrecisionError",
-    "SweepReport",
-    "SweepRow",
     "calibrate",
     "calibrate_cached",
     "calibration_cache_path",
@@ -72,8 +69,6 @@ __all__ = [
     "images_sha256",
     "lint_tensorrt_qdq",
     "quantize_int8",
-    "sweep_calibration",
-    "sweep_candidates",
     "tensorrt_calibration_cache",
     "write_calibration_cache",
 ]

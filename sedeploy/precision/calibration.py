@@ -459,7 +459,7 @@ def calibrate(
     """Run ``recipe``'s calibrator on ``images`` and return the activation ranges."""
     pause_for_tests("calibrate")
     if len(images) == 0:
-        raise BadInputError("no calibration images; give a folder of images with --calib-dir")
+        raise BadInputError("no calibration images; give a folder of images as calib_dir")
     fixed_batch = _fixed_batch(load(model_path), input_name)
     batch_size = fixed_batch or recipe.batch_size
 

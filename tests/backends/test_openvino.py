@@ -115,7 +115,7 @@ def test_onnx_only_recipe_flags_are_refused_not_ignored(trained_digits, tmp_path
 
     model = tmp_path / "digits.onnx"
     shutil.copy(trained_digits.onnx_path, model)
-    with pytest.raises(ConfigError, match="--calib-method shape the ONNX Q/DQ recipe"):
+    with pytest.raises(ConfigError, match="calib_method shape the ONNX Q/DQ recipe"):
         build_engine(
             model,
             BuildOptions(

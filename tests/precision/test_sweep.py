@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from sedeploy.data import load_image_set, preprocessing_for
-from sedeploy.precision import Int8Recipe, sweep_calibration, sweep_candidates
+from sedeploy.precision import Int8Recipe
+from sedeploy.sweep import sweep_calibration, sweep_candidates
 
 
 def test_candidates_cover_every_method_and_se_choice() -> None:
