@@ -9,9 +9,9 @@ import torch
 
 from sedeploy.models.complexity import Complexity, estimate_complexity
 from sedeploy.models.registry import create_model, get_entry, model_defaults
-from sedeploy.models.senet import SE_OPTION_NAMES
+from sedeploy.models.senet import RESNET_SE_OPTION_NAMES
 
-_SE_ONLY_OPTIONS = (*SE_OPTION_NAMES, "se_stages")
+_SE_ONLY_OPTIONS = RESNET_SE_OPTION_NAMES
 """Options a plain twin does not take; it shares all others with its SE model."""
 
 
@@ -95,7 +95,8 @@ def model_info(arch: str, img_size: tuple[int, int] | None = None, **options: An
         plain_complexity = None
         twin = entry.defaults.plain_twin
         if twin is not None:
-            twin_options = {k: v for k, v in options.items() if k not in _SE_ONLY_OPTIONS}
+            twin_options = dict(entry.defaults.plain_twin_options)
+            twin_options.update((k, v) for k, v in options.items() if k not in _SE_ONLY_OPTIONS)
             plain_complexity = estimate_complexity(create_model(twin, img_size=img_size, **twin_options))
     defaults = model_defaults(model)
     assert defaults is not None  # create_model always attaches them
