@@ -22,7 +22,7 @@ import sedeploy
 from sedeploy.cli import cli
 from sedeploy.errors import ConfigError, WeightsMismatchError
 from sedeploy.info import model_info
-from sedeploy.models.checkpoint import Checkpoint, build_model, convert_layout
+from sedeploy.models.checkpoint import Checkpoint, build_model, convert_layout, save_checkpoint
 from sedeploy.models.complexity import estimate_complexity
 from sedeploy.models.senet import SqueezeExcite
 from sedeploy.models.timm_names import TIMM_MODELS, fitting_models
@@ -307,3 +307,16 @@ def test_pretrainedmodels_senet154_resolves_to_the_legacy_model(tmp_path: pathli
     timm_model.load_state_dict(model.state_dict())
     with torch.no_grad():
         assert not torch.allclose(timm_model(image), reference(image), atol=1e-3)
+
+
+def test_sedeploy_checkpoint_of_a_timm_name_round_trips(tmp_path: pathlib.Path) -> None:
+    # A file sedeploy writes records the name; its tensors are in sedeploy's (= timm's) names.
+    original = randomize(sedeploy.create_model("legacy_seresnet18", num_classes=3))
+    path = save_checkpoint(original, tmp_path / "mine.safetensors")
+
+    model, checkpoint = build_model("legacy_seresnet18", path)
+
+    assert checkpoint is not None and checkpoint.layout == "sedeploy"
+    image = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        torch.testing.assert_close(model(image), original(image))
