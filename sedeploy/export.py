@@ -153,7 +153,9 @@ def _resolve_source(
         module, checkpoint = build_model(model, weights, layout=layout, img_size=img_size, **requested)
         zoo_options: dict[str, Any] = getattr(module, "model_options", {})
         zoo_defaults: ModelDefaults = getattr(module, "default_config", ModelDefaults())
-        return _Source(module, model, model, dict(zoo_options), zoo_defaults, checkpoint, True)
+        # The weights may resolve the name to another model (senet154 with legacy weights: legacy_senet154).
+        arch = str(getattr(module, "model_name", model))
+        return _Source(module, arch, model, dict(zoo_options), zoo_defaults, checkpoint, True)
     if isinstance(model, str):
         module = load_model_factory(model, **options)
         arch, name = model, model.replace(":", ".")

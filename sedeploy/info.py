@@ -9,9 +9,9 @@ import torch
 
 from sedeploy.models.complexity import Complexity, estimate_complexity
 from sedeploy.models.registry import create_model, get_entry, model_defaults
-from sedeploy.models.senet import SE_OPTION_NAMES
+from sedeploy.models.senet import RESNET_SE_OPTION_NAMES
 
-_SE_ONLY_OPTIONS = (*SE_OPTION_NAMES, "se_stages")
+_SE_ONLY_OPTIONS = RESNET_SE_OPTION_NAMES
 """Options a plain twin does not take; it shares all others with its SE model."""
 
 
@@ -25,6 +25,7 @@ class ModelInfo:
     complexity: Complexity
     plain_twin: str | None = None
     plain_complexity: Complexity | None = None
+    plain_twin_options: dict[str, Any] | None = None
 
     @property
     def se_overhead(self) -> dict[str, float] | None:
@@ -48,7 +49,11 @@ class ModelInfo:
             "(the SENet paper's 'GFLOPs' column is gmacs)",
         }
         if self.plain_complexity is not None:
-            data["plain_twin"] = {"arch": self.plain_twin, **self.plain_complexity.to_dict()}
+            data["plain_twin"] = {
+                "arch": self.plain_twin,
+                "options": dict(self.plain_twin_options or {}),
+                **self.plain_complexity.to_dict(),
+            }
             data["se_overhead"] = self.se_overhead
         return data
 
@@ -76,7 +81,8 @@ class ModelInfo:
         overhead = self.se_overhead
         if overhead is not None and self.plain_complexity is not None:
             lines.append(
-                f"  vs {self.plain_twin}: {self.plain_complexity.gmacs:.4f} GMACs, "
+                f"  vs {self.plain_twin}{_options_text(self.plain_twin_options)}: "
+                f"{self.plain_complexity.gmacs:.4f} GMACs, "
                 f"{self.plain_complexity.params / 1e6:.2f} M params -> SE adds "
                 f"{overhead['macs_pct']:+.2f}% compute, {overhead['params_pct']:+.2f}% params"
             )
@@ -94,8 +100,10 @@ def model_info(arch: str, img_size: tuple[int, int] | None = None, **options: An
         complexity = estimate_complexity(model)
         plain_complexity = None
         twin = entry.defaults.plain_twin
+        twin_options: dict[str, Any] | None = None
         if twin is not None:
-            twin_options = {k: v for k, v in options.items() if k not in _SE_ONLY_OPTIONS}
+            twin_options = dict(entry.defaults.plain_twin_options)
+            twin_options.update((k, v) for k, v in options.items() if k not in _SE_ONLY_OPTIONS)
             plain_complexity = estimate_complexity(create_model(twin, img_size=img_size, **twin_options))
     defaults = model_defaults(model)
     assert defaults is not None  # create_model always attaches them
@@ -106,4 +114,11 @@ def model_info(arch: str, img_size: tuple[int, int] | None = None, **options: An
         complexity=complexity,
         plain_twin=twin,
         plain_complexity=plain_complexity,
+        plain_twin_options=twin_options,
     )
+
+
+def _options_text(options: dict[str, Any] | None) -> str:
+    if not options:
+        return ""
+    return " (" + ", ".join(f"{key}={value!r}" for key, value in options.items()) + ")"

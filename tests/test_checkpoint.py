@@ -111,17 +111,15 @@ def test_legacy_senet_layout_gives_source_logits(tmp_path, arch, groups, stride_
     assert not torch.allclose(_logits(padded), _logits(reference), atol=1e-3)
 
 
-def test_legacy_basic_block_layout_is_refused(tmp_path):
-    state_dict = {
-        "layer0.conv1.weight": torch.zeros(64, 3, 7, 7),
-        "layer1.0.conv1.weight": torch.zeros(64, 64, 3, 3),
-        "layer1.0.conv2.weight": torch.zeros(64, 64, 3, 3),
-        "layer1.0.se_module.fc1.weight": torch.zeros(4, 64, 1, 1),
-    }
-    path = _save_torch(state_dict, tmp_path / "legacy18.pth")
+def test_legacy_basic_block_layout_loads_with_relu_before_se(tmp_path):
+    # The original release's basic block applies a ReLU before SE: the layout implies block_style="legacy".
+    reference = randomize(LegacySENet((2, 2, 2, 2), kind="basic", num_classes=10))
+    path = _save_torch(reference.state_dict(), tmp_path / "legacy18.pth")
 
-    with pytest.raises(BadInputError, match="ReLU before SE"):
-        build_model("se_resnet18", path)
+    model, checkpoint = build_model("se_resnet18", path)
+
+    assert checkpoint is not None and checkpoint.implied_options["block_style"] == "legacy"
+    _assert_same_logits(model, reference)
 
 
 def _seed_linear_se_source() -> nn.Module:

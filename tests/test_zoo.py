@@ -145,7 +145,7 @@ def test_legacy_stem_pools_with_ceil_mode() -> None:
         ("se_resnet50", {"squeeze": "median"}, "unknown squeeze 'median'; valid values: avg, max"),
         ("se_resnet50", {"gate": "softmax"}, "unknown gate 'softmax'"),
         ("se_resnet50", {"stride_placement": "v2"}, "unknown stride_placement 'v2'"),
-        ("se_resnet50", {"stem": "deep"}, "unknown stem 'deep'"),
+        ("se_resnet50", {"stem": "spiral"}, "unknown stem 'spiral'"),
         ("se_resnet50", {"ratio": 8}, "unknown option(s) ratio"),
         ("resnet50", {"reduction": 8}, "SE options apply only to SE models"),
     ],
@@ -160,7 +160,7 @@ def test_bad_options_fail_at_construction_with_one_line(name: str, options: dict
 
 def test_unknown_architecture_lists_valid_names() -> None:
     with pytest.raises(ConfigError) as excinfo:
-        sedeploy.create_model("senet154")
+        sedeploy.create_model("senet155")
     for name in sedeploy.list_models():
         assert name in str(excinfo.value)
 

@@ -19,12 +19,14 @@ Layouts
     (``conv1``, ``bn1``, ``layer1.0.se.fc1``, ``layer1.0.downsample.0``, ``fc``).
     ``timm``: timm's ``seresnet*`` / ``seresnext*`` / ``resnet*``: the same names,
     and timm always strides in the 3x3 conv, so it implies ``stride_placement="v1.5"``.
-    ``legacy``: timm's ``legacy_seresnet*`` / ``legacy_seresnext*``, i.e. the
-    original SENet weights as the ``pretrainedmodels`` package distributes them
-    (``layer0.conv1``, ``layer0.bn1``, ``layerN.i.se_module.fc1``, ``last_linear``);
-    implies ``stem="legacy"`` (max-pool without padding, ``ceil_mode``) and
-    ``stride_placement="v1"`` for SE-ResNet, ``"v1.5"`` for SE-ResNeXt (read from
-    whether the 3x3 conv is grouped).
+    ``legacy``: timm's ``legacy_*``, i.e. the original SENet weights as the
+    ``pretrainedmodels`` package distributes them (``layer0.conv1``, ``layer0.bn1``,
+    ``layerN.i.se_module.fc1``, ``last_linear``; SENet-154's three-conv stem
+    ``layer0.conv1..3`` becomes ``conv1.0/.3/.6``); implies ``stem="legacy"``
+    (max-pool without padding, ``ceil_mode``; ``legacy_deep`` for the three-conv
+    stem), ``stride_placement="v1"`` for SE-ResNet, ``"v1.5"`` for SE-ResNeXt and
+    SENet-154 (read from whether the 3x3 conv is grouped), ``block_style="legacy"``
+    for basic blocks (ReLU before SE), and SENet-154's 3x3 shortcut convs.
     In every layout, SE weights stored as Linear layers (2-D ``se.fc1.weight``, as
     in the seed notebook's SEBlock) are reshaped to the 1x1 convs the zoo uses,
     and SE layers without biases imply ``se_bias=False``.
@@ -40,6 +42,13 @@ Telling sedeploy's layout from timm's
     with ``v1`` striding must be loaded with ``layout="sedeploy"`` (``--layout
     sedeploy``). Options the user passes that contradict the layout fail with a
     :class:`ConfigError` instead of being silently overridden.
+
+Names that fix the layout
+    timm's names (:mod:`sedeploy.models.timm_names`: ``seresnet50``,
+    ``legacy_seresnet18``, ...) each expect one layout and take no architecture
+    options: a checkpoint in the other layout, or one whose tensors do not fit,
+    fails with the registered names that do fit ("these weights look like
+    legacy_seresnet18"). ``senet154`` with legacy weights builds ``legacy_senet154``.
 """
 
 from __future__ import annotations
@@ -83,6 +92,14 @@ _LEGACY_RENAMES = (
     (re.compile(r"^layer0\.bn1\."), "bn1."),
     (re.compile(r"\.se_module\."), ".se."),
     (re.compile(r"^last_linear\."), "fc."),
+)
+_LEGACY_DEEP_STEM_RENAMES = (
+    (re.compile(r"^layer0\.conv1\."), "conv1.0."),
+    (re.compile(r"^layer0\.bn1\."), "conv1.1."),
+    (re.compile(r"^layer0\.conv2\."), "conv1.3."),
+    (re.compile(r"^layer0\.bn2\."), "conv1.4."),
+    (re.compile(r"^layer0\.conv3\."), "conv1.6."),
+    (re.compile(r"^layer0\.bn3\."), "bn1."),
 )
 _SE_FC_WEIGHT = re.compile(r"\.se\.fc[12]\.weight$")
 _SHOWN_NAMES = 3
@@ -236,8 +253,9 @@ def convert_layout(checkpoint: Checkpoint, layout: str = "auto") -> Checkpoint:
     state_dict = dict(checkpoint.state_dict)
     implied: dict[str, Any] = {}
     if layout == "legacy":
-        state_dict = {_legacy_name(key): value for key, value in state_dict.items()}
-        implied.update(_legacy_options(state_dict, checkpoint.path))
+        deep_stem = "layer0.conv2.weight" in state_dict
+        state_dict = {_legacy_name(key, deep_stem): value for key, value in state_dict.items()}
+        implied.update(_legacy_options(state_dict, deep_stem))
     elif layout == "timm":
         implied["stride_placement"] = "v1.5"
     state_dict = {
@@ -251,22 +269,39 @@ def convert_layout(checkpoint: Checkpoint, layout: str = "auto") -> Checkpoint:
     return replace(checkpoint, state_dict=state_dict, layout=layout, implied_options=implied)
 
 
-def _legacy_name(key: str) -> str:
+def _legacy_name(key: str, deep_stem: bool) -> str:
+    if deep_stem:
+        # SENet-154's layer0: conv1, bn1, relu1, conv2, bn2, relu2, conv3, bn3, relu3 -> timm's
+        # conv1 = Sequential(conv, bn, relu, conv, bn, relu, conv) and bn1.
+        for pattern, new in _LEGACY_DEEP_STEM_RENAMES:
+            key = pattern.sub(new, key)
     for pattern, new in _LEGACY_RENAMES:
         key = pattern.sub(new, key)
     return key
 
 
-def _legacy_options(state_dict: Mapping[str, torch.Tensor], path: Path) -> dict[str, Any]:
+def _legacy_options(state_dict: Mapping[str, torch.Tensor], deep_stem: bool) -> dict[str, Any]:
+    implied: dict[str, Any] = {"stem": "legacy_deep" if deep_stem else "legacy"}
+    if deep_stem and "conv1.0.weight" in state_dict:
+        implied["stem_width"] = int(state_dict["conv1.0.weight"].shape[0])
     first_conv2 = state_dict.get("layer1.0.conv2.weight")
-    if "layer1.0.conv3.weight" not in state_dict or first_conv2 is None:
-        raise BadInputError(
-            f"{path} is a legacy SENet basic-block model (legacy_seresnet18/34), whose blocks apply a ReLU "
-            "before SE; sedeploy's basic block does not, so it cannot compute the same logits; "
-            "use timm's seresnet18/34 layout or a bottleneck model"
-        )
-    grouped = first_conv2.shape[0] != first_conv2.shape[1]
-    return {"stem": "legacy", "stride_placement": "v1.5" if grouped else "v1"}
+    if "layer1.0.conv3.weight" not in state_dict:
+        implied["block_style"] = "legacy"  # SEResNetBlock: ReLU before SE
+    elif first_conv2 is not None:
+        grouped = first_conv2.shape[0] != first_conv2.shape[1]
+        implied["stride_placement"] = "v1.5" if grouped else "v1"
+    shortcut = state_dict.get("layer2.0.downsample.0.weight")
+    if shortcut is not None and shortcut.ndim == 4 and shortcut.shape[-1] == 3:
+        implied["downsample"] = "conv3x3"
+    first_conv1 = state_dict.get("layer1.0.conv1.weight")
+    if (
+        "layer1.0.conv3.weight" in state_dict
+        and first_conv1 is not None
+        and first_conv2 is not None
+        and first_conv2.shape[0] == 2 * first_conv1.shape[0]
+    ):
+        implied["reduce_first"] = 2  # SEBottleneck (SENet-154): the first 1x1 conv is half the 3x3's width
+    return implied
 
 
 def _shape_options(state_dict: Mapping[str, torch.Tensor]) -> dict[str, Any]:
@@ -340,6 +375,7 @@ def build_model(
 
     Returns the model in eval mode and the converted checkpoint (``None`` without weights).
     """
+    from sedeploy.models import timm_names
     from sedeploy.models.registry import create_model
 
     if weights is None:
@@ -350,12 +386,56 @@ def build_model(
         raise WeightsMismatchError(
             f"{checkpoint.path} holds {checkpoint.arch} weights, not {arch}; export it as {checkpoint.arch}"
         )
+    if checkpoint.layout == "legacy":
+        arch = timm_names.LEGACY_COUNTERPARTS.get(arch, arch)
     source = f"{checkpoint.path} ({checkpoint.layout} layout)"
-    model = create_model(
-        arch, img_size=img_size, **merge_options(checkpoint.implied_options, options, source)
-    )
-    load_weights(model, checkpoint.state_dict, source)
+    expected = timm_names.expected_layout(arch)
+    implied = checkpoint.implied_options
+    if expected is not None:
+        # A timm name is its architecture: only the shapes the file sets (classes, channels) carry over.
+        if checkpoint.layout not in (expected, "sedeploy"):
+            raise WeightsMismatchError(
+                f"{arch} takes weights in {_LAYOUT_NAMES[expected]}, but {checkpoint.path} is in "
+                f"{_LAYOUT_NAMES[checkpoint.layout]}{fit_hint(checkpoint, arch)}"
+            )
+        implied = {key: value for key, value in implied.items() if key in _SHAPE_OPTIONS}
+    model = create_model(arch, img_size=img_size, **merge_options(implied, options, source))
+    try:
+        load_weights(model, checkpoint.state_dict, source)
+    except WeightsMismatchError as error:
+        hint = fit_hint(checkpoint, arch) if checkpoint.layout in ("timm", "legacy") else ""
+        if not hint.startswith("; these"):
+            raise
+        raise WeightsMismatchError(f"{error}{hint}") from None
     return model.eval(), checkpoint
+
+
+_SHAPE_OPTIONS = ("num_classes", "in_chans")
+_LAYOUT_NAMES = {
+    "timm": "timm's resnet.py layout (conv1, layerN.i.se, fc)",
+    "legacy": "the original SENet release's layout (layer0.*, layerN.i.se_module, last_linear)",
+    "sedeploy": "sedeploy's layout",
+}
+
+
+def fit_hint(checkpoint: Checkpoint, arch: str) -> str:
+    """``"; these weights look like NAME; use that name"`` for the timm names a converted checkpoint fits.
+
+    Empty where the checkpoint is sedeploy's own; a no-fit sentence where no registered timm name fits.
+    """
+    from sedeploy.models import timm_names
+
+    if checkpoint.layout not in ("timm", "legacy"):
+        return ""
+    shapes = {
+        key: checkpoint.implied_options[key] for key in _SHAPE_OPTIONS if key in checkpoint.implied_options
+    }
+    fitting = timm_names.fitting_models(checkpoint.state_dict, checkpoint.layout, **shapes)
+    fits = [name for name in fitting if name != arch]
+    if not fits:
+        return f"; no registered {checkpoint.layout} model fits them exactly either"
+    names = " or ".join(fits)
+    return f"; these weights look like {names}; use {'that name' if len(fits) == 1 else 'one of those names'}"
 
 
 def save_checkpoint(model: nn.Module, path: str | os.PathLike[str]) -> Path:

@@ -40,6 +40,9 @@ class ModelDefaults:
     interpolation: str = "bilinear"
     labels: tuple[str, ...] | None = None
     plain_twin: str | None = None
+    plain_twin_options: tuple[tuple[str, Any], ...] = ()
+    """Options that make ``plain_twin`` the same network without SE (timm's ``resnet50`` is sedeploy's
+    ``resnet50`` with ``stride_placement="v1.5"``); the SE model's own non-SE options are added to them."""
 
     def for_options(self, in_chans: int, num_classes: int, img_size: tuple[int, int] | None) -> ModelDefaults:
         """Return these defaults adapted to a channel count, class count and input size."""
@@ -70,7 +73,12 @@ class ModelEntry:
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
-ZOO_MODULES = ("sedeploy.models.senet", "sedeploy.models.preact_resnet", "sedeploy.models.mobilenet")
+ZOO_MODULES = (
+    "sedeploy.models.senet",
+    "sedeploy.models.timm_names",
+    "sedeploy.models.preact_resnet",
+    "sedeploy.models.mobilenet",
+)
 """Modules whose import registers the zoo's models."""
 
 
