@@ -63,7 +63,7 @@ from sedeploy.models.checkpoint import (
 )
 from sedeploy.models.record import LABELS_NAME, RECORD_FORMAT, RECORD_NAME, RECORD_VERSION
 from sedeploy.models.registry import create_model, get_entry, model_defaults
-from sedeploy.models.senet import SE_OPTION_NAMES
+from sedeploy.models.senet import RESNET_SE_OPTION_NAMES
 from sedeploy.optional import import_optional
 from sedeploy.progress import progress_bar
 
@@ -78,7 +78,7 @@ CURVES_NAME = "curves.png"
 RESUME_NAME = "last.pt"
 PLAIN_DIR_NAME = "plain"
 WARMUP_SHARE = 0.05
-_SE_ONLY_OPTIONS = (*SE_OPTION_NAMES, "se_stages")
+_SE_ONLY_OPTIONS = RESNET_SE_OPTION_NAMES
 _MAX_SHIFT, _MAX_ROTATION_DEG, _SCALE_RANGE = 0.1, 10.0, (0.9, 1.1)
 
 
@@ -732,12 +732,14 @@ def plot_curves(history: Sequence[EpochMetrics], path: str | os.PathLike[str], t
 
 def plain_twin_config(config: TrainConfig) -> TrainConfig:
     """The same settings for the model's plain twin (ResNet for SE-ResNet); SE-only options dropped."""
-    twin = get_entry(config.arch).defaults.plain_twin
+    defaults = get_entry(config.arch).defaults
+    twin = defaults.plain_twin
     if twin is None:
         raise ConfigError(f"{config.arch} has no plain twin to compare with; choose an SE model")
     if config.weights is not None:
         raise ConfigError("compare_plain trains both from scratch; drop weights", params=("weights",))
-    options = {key: value for key, value in config.options.items() if key not in _SE_ONLY_OPTIONS}
+    options = dict(defaults.plain_twin_options)
+    options.update((key, value) for key, value in config.options.items() if key not in _SE_ONLY_OPTIONS)
     return dataclasses.replace(config, arch=twin, options=options)
 
 

@@ -17,6 +17,7 @@ import torch
 import sedeploy
 from sedeploy.models.registry import get_entry
 from sedeploy.models.senet import SqueezeExcite
+from sedeploy.models.timm_names import TIMM_MODELS
 
 SMALL = 64
 """Input side for the forward pass: big enough for five stride-2 stages, small enough for 2 cores."""
@@ -50,11 +51,17 @@ def test_complexity_counts_every_parameter(name: str) -> None:
 
 DEEP = re.compile(r"(101|152|154|200|269)")
 """Depths whose export takes a minute or more on 2 cores: ``heavy``, run with ``pytest -m heavy``."""
+TIMM_NAMES = set(TIMM_MODELS)
+"""timm's names: their export round-trips against timm's own network are in ``test_timm_names.py`` (``slow``)."""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "name", [pytest.param(name, marks=pytest.mark.heavy) if DEEP.search(name) else name for name in NAMES]
+    "name",
+    [
+        pytest.param(name, marks=pytest.mark.heavy) if DEEP.search(name) or name in TIMM_NAMES else name
+        for name in NAMES
+    ],
 )
 def test_export_round_trip(name: str, tmp_path: Path) -> None:
     model = _small(name)
