@@ -50,7 +50,7 @@ from sedeploy.precision.quantize import (
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "openvino")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_CALIBRATION_DIR = Path("calibration")
 DEFAULT_CALIBRATION_SIZE = 512
 FP16_MIN_COSINE = 0.999
@@ -89,6 +89,11 @@ class BuildOptions:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; valid values: {', '.join(PRECISIONS)}")
+        if self.precision == "bf16" and self.backend != "openvino":
+            raise ConfigError(
+                "precision 'bf16' is built for OpenVINO only (ONNX Runtime has no faster BF16 path on a CPU); "
+                "pass backend='openvino'"
+            )
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; valid values: {', '.join(BACKENDS)}")
         if self.calib_size < 1:
@@ -499,7 +504,11 @@ def _build_openvino(
     started: float,
     reason: str,
 ) -> BuildResult:
-    """The OpenVINO IR of the FP32 ONNX: NNCF quantizes INT8 from the FP32 graph on the calibration set."""
+    """The OpenVINO IR of the FP32 ONNX: NNCF quantizes INT8 from the FP32 graph on the calibration set.
+
+    The IR's float type and hint are measured here at ``options.probe_batches`` (or pinned by the options'
+    ``float_type`` / ``hint``), recorded in the manifest, and the fidelity check runs the IR that way.
+    """
     from sedeploy.backends import openvino as ov_backend
 
     xml = Path(output) if output else naming.openvino_path(model_path, options.precision)
@@ -525,32 +534,49 @@ def _build_openvino(
                 "reused": False,
                 "tensors": None,
             }
-        manifest = ov_backend.ir_manifest(
+
+        def manifest_with(runtime: dict[str, Any] | None) -> BuildManifest:
+            return ov_backend.ir_manifest(
+                staged_xml,
+                started,
+                {"description": describe_host()},
+                runtime,
+                source_onnx_sha256=sha256_of_file(model_path),
+                source_metadata=metadata.to_dict() if metadata else {},
+                precision=options.precision,
+                recipe=recipe,
+                calibration=calibration,
+                build_options={  # without the ONNX-recipe options: NNCF's own recipe is recorded in `recipe`
+                    key: value
+                    for key, value in {**options.to_dict(), "target": "openvino"}.items()
+                    if key not in ("calib_method", "percentile", "quantize_se")
+                },
+                sedeploy_version=__version__,
+            )
+
+        write_manifest(manifest_with(None), staged_xml)  # the probe loads the staged IR as a runner would
+        # BuildOptions gains `float_type` / `hint` with the CLI wiring (--float-type, --hint); absent, both measured.
+        runtime = ov_backend.choose_runtime(
             staged_xml,
-            started,
-            {"description": describe_host()},
-            source_onnx_sha256=sha256_of_file(model_path),
-            source_metadata=metadata.to_dict() if metadata else {},
-            precision=options.precision,
-            recipe=recipe,
-            calibration=calibration,
-            build_options={  # without the ONNX-recipe options: NNCF's own recipe is recorded in `recipe`
-                key: value
-                for key, value in {**options.to_dict(), "target": "openvino"}.items()
-                if key not in ("calib_method", "percentile", "quantize_se")
-            },
-            sedeploy_version=__version__,
+            options.precision,
+            options.probe_batches,
+            options.probe_seconds / 4,
+            float_type=getattr(options, "float_type", None),
+            hint=getattr(options, "hint", None),
         )
-        write_manifest(manifest, staged_xml)  # the check below loads the staged IR as a runner would
+        manifest = manifest_with(runtime)
+        write_manifest(
+            manifest, staged_xml
+        )  # the check below runs the IR as the runner will: recorded choice
         check_images = images if images is not None else _random_images(proto, metadata)
-        fidelity = _check_on_openvino(model_path, staged_xml, check_images, input_name)
+        fidelity = _check_on_openvino(model_path, staged_xml, check_images, input_name, options.precision)
         pause_for_tests("publish")
         commit_with_manifests(
             [(staged_xml.with_suffix(".bin"), xml.with_suffix(".bin")), (staged_xml, xml)], [(manifest, xml)]
         )
     return BuildResult(
         backend="openvino",
-        backend_reason=reason,
+        backend_reason=f"{reason}; {options.precision} IR {ov_backend.describe_choice(manifest.engine or {})}",
         precision=options.precision,
         artifacts=(xml,),
         manifests=(manifest,),
@@ -560,16 +586,32 @@ def _build_openvino(
     )
 
 
-def _check_on_openvino(reference_path: Path, xml: Path, images: np.ndarray, input_name: str) -> Comparison:
-    from sedeploy.backends.openvino import OpenVinoRunner
+def _check_on_openvino(
+    reference_path: Path, xml: Path, images: np.ndarray, input_name: str, precision: str = "fp32"
+) -> Comparison:
+    """Run the staged IR as its manifest says (float type, hint) against FP32 on ONNX Runtime.
+
+    Non-finite logits are refused; an FP16 or BF16 IR must also keep the FP16 gate (mean cosine
+    :data:`FP16_MIN_COSINE`) and the top-1 agreement :data:`~sedeploy.backends.openvino.FLOAT_MIN_TOP1`.
+    """
+    from sedeploy.backends.openvino import FLOAT_MIN_TOP1, OpenVinoRunner
 
     reference = ort_backend.create_session(reference_path, ["CPUExecutionProvider"])
     batch = np.ascontiguousarray(images[:_CHECK_IMAGES], dtype=np.float32)
-    with OpenVinoRunner(xml) as runner:
+    runner = OpenVinoRunner(xml)
+    with runner:
         candidate = runner(batch)
     fidelity = compare_logits(reference.run(None, {input_name: batch})[0], candidate)
     if not fidelity.finite:
         raise PrecisionError(f"the OpenVINO IR {xml.name} gives non-finite logits; nothing usable was built")
+    if precision in ("fp16", "bf16") and (
+        fidelity.mean_cosine < FP16_MIN_COSINE or fidelity.top1_agreement < FLOAT_MIN_TOP1
+    ):
+        raise PrecisionError(
+            f"the {precision} IR run in {runner.float_type} drifts from FP32 (mean cosine {fidelity.mean_cosine:.5f}, "
+            f"need {FP16_MIN_COSINE}; top-1 agreement {100 * fidelity.top1_agreement:.1f}%, need "
+            f"{100 * FLOAT_MIN_TOP1:.0f}%); build precision='fp32' or 'int8' instead"
+        )
     return fidelity
 
 
