@@ -13,6 +13,7 @@ import pytest
 import sedeploy
 from sedeploy import host
 from sedeploy.artifacts.manifest import read_manifest
+from sedeploy.bench import bench
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.verify import verify
@@ -141,6 +142,10 @@ def test_bf16_ir_is_gated_against_fp32_and_recorded(trained_digits, digits_onnx:
     with sedeploy.load(result.artifact) as runner:
         logits = runner(trained_digits.test_images)
     assert (logits.argmax(1) == trained_digits.test_labels).mean() >= trained_digits.torch_accuracy - 0.01
+    report = bench([result.artifact], batches=(2,), iterations=3, rounds=1, warmup=1, probe_seconds=0.1)
+    row = report.rows[0]  # divided by the BF16 roof (oneDNN), labelled with this CPU's BF16 unit
+    assert row.roof_kind == "bf16" and row.roof_gflops == report.probes["bf16"]
+    assert report.probe_labels["bf16"].endswith(str(host.onednn_units(host.matrix_units()).best("bf16")))
 
 
 def test_bf16_on_a_cpu_without_bf16_units_is_one_line_and_builds_nothing(
