@@ -253,3 +253,38 @@ def onednn_units(units: MatrixUnits, max_isa: str | None = None) -> MatrixUnits:
     return MatrixUnits(
         **{precision: tuple(filter(allowed, found)) for precision, found in units.to_dict().items()}
     )
+
+
+def host_report(cpuinfo: str | None = None) -> dict[str, Any]:
+    """What ``sedeploy info --host`` reports: :func:`describe_machine` plus what oneDNN may use under its cap.
+
+    ``cpuinfo``: describe a recorded ``/proc/cpuinfo`` text instead of this CPU (its units only; versions and
+    cores stay this machine's).
+    """
+    report = describe_machine()
+    units = matrix_units() if cpuinfo is None else parse_matrix_units(cpuinfo)
+    if cpuinfo is not None:
+        report.update(
+            cpu=parse_cpu_model(cpuinfo) or "unknown", matrix_units=units.to_dict(), isa=units.describe()
+        )
+    report["usable_cores"] = usable_cores()
+    report["onednn_matrix_units"] = onednn_units(units).to_dict()
+    return report
+
+
+def host_report_text(report: dict[str, Any] | None = None) -> str:
+    """:func:`host_report` as aligned lines: the CPU, then each arithmetic type's units, fastest first."""
+    report = report or host_report()
+    lines = [f"{'cpu':<8} {report['cpu']}, {report['cores']} cores ({report['usable_cores']} usable)"]
+    for precision, units in report["matrix_units"].items():
+        lines.append(f"{precision:<8} {' '.join(units) if units else 'none'}")
+    cap = report.get("onednn_max_cpu_isa")
+    if cap:
+        allowed = "; ".join(
+            f"{precision.upper()} {' '.join(units) or 'none'}"
+            for precision, units in report["onednn_matrix_units"].items()
+        )
+        lines.append(f"{'oneDNN':<8} ONEDNN_MAX_CPU_ISA={cap}: OpenVINO and torch may use {allowed}")
+    versions = ", ".join(f"{name} {version}" for name, version in report["versions"].items())
+    lines.append(f"{'versions':<8} {versions}")
+    return "\n".join(lines)

@@ -78,3 +78,22 @@ def test_cpu_features_are_unchanged_by_the_matrix_unit_parser() -> None:
     assert set(features) <= set(host.CPU_FEATURES)
     assert {"amx_int8", "amx_bf16", "avx512_fp16"} <= set(features)
     assert host.parse_cpu_model(text) == "Intel(R) Xeon(R) Platinum 8488C"
+
+
+def test_the_host_report_names_every_unit_and_the_onednn_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    report = host.host_report(cpuinfo("intel_xeon_sapphire_rapids_amx.txt"))
+    assert report["cpu"] == "Intel(R) Xeon(R) Platinum 8488C"
+    assert report["matrix_units"]["bf16"] == ["AMX-BF16", "AVX512-BF16"]
+    assert report["onednn_matrix_units"]["bf16"] == [] and report["onednn_max_cpu_isa"] == "AVX512_CORE_VNNI"
+    lines = host.host_report_text(report).splitlines()
+    assert lines[0].startswith("cpu      Intel(R) Xeon(R) Platinum 8488C, ")
+    assert "int8     AMX-INT8 AVX512-VNNI AVX-VNNI" in lines and "fp16     AVX512-FP16" in lines
+    assert any(
+        line.startswith("oneDNN   ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI: ") and "BF16 none" in line
+        for line in lines
+    )
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA")
+    assert not any(
+        line.startswith("oneDNN") for line in host.host_report_text(host.host_report()).splitlines()
+    )
