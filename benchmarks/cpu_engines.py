@@ -111,6 +111,7 @@ PATHS: tuple[dict[str, Any], ...] = (
         "options": {},
         "engine": "openvino",
         "runs": "fp16 IR, recorded",
+        "needs": "half",
     },
 )
 TORCH_LABEL = "PyTorch torch.compile BF16 autocast (inductor freezing)"
@@ -151,7 +152,7 @@ def prepare(rebuild: bool, has_bf16: bool) -> dict[str, Path]:
     for key, precision, backend in wanted:
         # Keyed by the sedeploy version of the recipe: an IR from before the measured float type lacks its record.
         paths[key] = edge_cpu._cached(
-            WORK, f"{key}-v21", lambda p=precision, b=backend: make(p, b), seconds, rebuild
+            WORK, f"{key}-v21b", lambda p=precision, b=backend: make(p, b), seconds, rebuild
         )
     return paths
 
@@ -192,8 +193,14 @@ class _CompiledTorch(Runner):
 
 
 def runnable(path: dict[str, Any]) -> bool:
-    """False for a row that needs BF16 units oneDNN may not use here (or under the VNNI cap)."""
-    return path.get("needs") != "bf16" or onednn_units(matrix_units()).best("bf16") is not None
+    """False for a row that needs BF16 (or any half-precision) units oneDNN may not use here or under the cap."""
+    units = onednn_units(matrix_units())
+    needs = path.get("needs")
+    if needs == "bf16":
+        return units.best("bf16") is not None
+    if needs == "half":
+        return units.best("bf16") is not None or units.best("fp16") is not None
+    return True
 
 
 def timed_run(
@@ -340,7 +347,15 @@ def child_main(args: argparse.Namespace) -> None:
     rows = [PATHS[0], *[path for path in PATHS if path["engine"] == "openvino" and runnable(path)]]
     keyed, report = timed_run(paths, rows, args.torch, args.seconds, args.rounds)
     labels = [row["label"] for row in rows] + ([TORCH_LABEL] if args.torch else [])
-    print(json.dumps({"table": table(keyed, labels), "bench": report.to_dict(), "isa": describe_isa()}))
+    print(
+        json.dumps(
+            {
+                "table": table(keyed, labels),
+                "bench": report.to_dict(),
+                "isa": onednn_units(matrix_units()).describe(),
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -369,20 +384,25 @@ def main() -> None:
     load_after = load_average()
     labels = [row["label"] for row in rows] + ([TORCH_LABEL] if args.torch else [])
     main_table = table(keyed, labels)
+    WORK.joinpath("cpu_engines_main.json").write_text(
+        json.dumps(
+            {"rows": main_table, "bench": report.to_dict(), "load": [load_before, load_after]}, default=str
+        )
+    )  # kept even if the capped run below fails
     vnni: dict[str, Any] | None = None
+    vnni_error: str | None = None
     if args.vnni:
         command = [sys.executable, __file__, "--seconds", str(args.seconds), "--rounds", str(args.rounds)]
         command += ["--child", json.dumps({key: str(value) for key, value in paths.items()})]
         command += [] if args.torch else ["--no-torch"]
-        done = subprocess.run(
-            command,
-            env={**os.environ, "ONEDNN_MAX_CPU_ISA": VNNI_CAP},
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        vnni = json.loads(done.stdout.strip().splitlines()[-1])
-        vnni["load_after"] = load_average()
+        env = {**os.environ, "ONEDNN_MAX_CPU_ISA": VNNI_CAP}
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        if done.returncode == 0:
+            vnni = json.loads(done.stdout.strip().splitlines()[-1])
+            vnni["load_after"] = load_average()
+        else:
+            vnni_error = (done.stderr.strip().splitlines() or ["no output"])[-1]
+            logger.error("the VNNI-capped run failed: %s", done.stderr[-3000:])
     machine = report.machine
     probes = "; ".join(
         f"{kind} {value:.0f} {'GOP/s' if kind == 'int8' else 'GFLOP/s'} ({report.probe_labels.get(kind, '?')})"
@@ -405,6 +425,15 @@ def main() -> None:
     ]
     problems = [row.roof_problem for row in report.rows if row.roof_problem]
     lines += [f"- probe problem: {problem}" for problem in problems]
+    lines += [
+        "",
+        "Reading the rows: *f32 floats* pins the float layers of the INT8 IR to f32, as sedeploy's runner did "
+        "before issue 21; *as built* is `sedeploy.load` on the IR `build-engine --int8 --backend openvino` wrote, "
+        "with the float type and hint its build measured (the choice and its figures are listed at the end); "
+        "the torch row is compiled once and bench alternates batch 1 and 8, so dynamo recompiles it for a "
+        "dynamic batch (a lower bound for torch). A row's share is against the roof of the arithmetic it runs "
+        "in; above 100% it is reported as a probe problem instead of a figure.",
+    ]
     if vnni is not None:
         lines += [
             "",
@@ -417,6 +446,8 @@ def main() -> None:
             "",
             *markdown_table(vnni["table"]),
         ]
+    if vnni_error is not None:
+        lines += ["", f"The VNNI-capped run failed: {vnni_error}"]
     if fidelity:
         lines += [
             "",

@@ -197,9 +197,13 @@ def _time_configs(
     seconds: float,
     rounds: int = 2,
 ) -> dict[str, dict[int, float]]:
-    """Images/s of ``xml`` under each named runner config at each batch, interleaved over ``rounds``."""
+    """Images/s of ``xml`` under each named runner config at each batch, interleaved over ``rounds``.
+
+    From the median call time: on a shared machine a call that another process interrupts is an outlier, and
+    the median ignores it where a mean would charge it to whichever config was running.
+    """
     runners = {name: OpenVinoRunner(xml, verify_hash=False, **config) for name, config in configs.items()}
-    spent: dict[tuple[str, int], list[float]] = {}
+    calls_s: dict[tuple[str, int], list[float]] = {}
     try:
         rng = np.random.default_rng(0)
         for _ in range(rounds):
@@ -208,22 +212,20 @@ def _time_configs(
                     shape = (batch, *(dim or 1 for dim in runner.input_spec.shape[1:]))
                     feed = rng.standard_normal(shape).astype(np.float32)
                     runner(feed)  # warm-up: first-call allocations
-                    calls, started = 0, time.perf_counter()
-                    while calls < 3 or (
-                        time.perf_counter() - started < seconds / rounds and calls < MAX_PROBE_CALLS
-                    ):
+                    record = calls_s.setdefault((name, batch), [])
+                    started = time.perf_counter()
+                    for call in range(MAX_PROBE_CALLS):
+                        if call >= 3 and time.perf_counter() - started >= seconds / rounds:
+                            break
+                        call_started = time.perf_counter()
                         runner(feed)
-                        calls += 1
-                    elapsed = time.perf_counter() - started
-                    record = spent.setdefault((name, batch), [0.0, 0.0])
-                    record[0] += calls * batch
-                    record[1] += elapsed
+                        record.append(time.perf_counter() - call_started)
                     time.sleep(0.02)  # let the previous runner's threads park
     finally:
         for runner in runners.values():
             runner.close()
     return {
-        name: {batch: spent[(name, batch)][0] / spent[(name, batch)][1] for batch in batches}
+        name: {batch: batch / float(np.median(calls_s[(name, batch)])) for batch in batches}
         for name in configs
     }
 
@@ -298,25 +300,30 @@ def _rounded(rates: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
 
 
 def describe_choice(engine: dict[str, Any]) -> str:
-    """One line: what an IR computes in and why, e.g. ``runs in bf16 (measured: 1.9x f32), latency hint``."""
+    """One line: what an IR computes in and why, e.g. ``runs in bf16 (measured: 1.90x f32), latency hint (...)``."""
     float_type = engine.get("inference_precision")
     if float_type is None:
         return "float type not recorded"
     choice = engine.get("runtime_choice") or {}
-    float_choice = choice.get("float_type", {})
-    text = f"runs in {float_type}"
-    rates = float_choice.get("images_per_s")
-    if rates and float_type in rates:
-        chosen = _score({int(b): r for b, r in rates[float_type].items()})
+    hint = engine.get("performance_hint", "latency")
+    return (
+        f"runs in {float_type}{_why(choice.get('float_type', {}), float_type)}, "
+        f"{hint} hint{_why(choice.get('hint', {}), hint)}"
+    )
+
+
+def _why(decision: dict[str, Any], chosen: str) -> str:
+    """`` (measured: 1.90x f32)`` from a recorded decision with rates, else `` (pinned)`` and the like."""
+    rates = decision.get("images_per_s")
+    if rates and chosen in rates:
+        score = _score({int(batch): rate for batch, rate in rates[chosen].items()})
         others = [
-            f"{chosen / _score({int(b): r for b, r in by.items()}):.2f}x {name}"
+            f"{score / _score({int(batch): rate for batch, rate in by.items()}):.2f}x {name}"
             for name, by in rates.items()
-            if name != float_type
+            if name != chosen
         ]
-        text += f" (measured: {', '.join(others)})"
-    elif float_choice.get("decided"):
-        text += f" ({float_choice['decided']})"
-    return f"{text}, {engine.get('performance_hint', 'latency')} hint"
+        return f" (measured: {', '.join(others)})"
+    return f" ({decision['decided']})" if decision.get("decided") else ""
 
 
 def build_ir(

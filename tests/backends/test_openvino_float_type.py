@@ -179,3 +179,63 @@ def test_unknown_pins_are_refused_naming_the_parameter(digits_onnx: Path) -> Non
     with pytest.raises(ConfigError, match="unknown float_type 'fp8'"):
         build_engine(digits_onnx, PinnedOptions(backend="openvino", float_type="fp8"))
     assert not list(digits_onnx.parent.glob("*.xml"))
+
+
+def test_the_recorded_choice_reads_as_one_line() -> None:
+    from sedeploy.backends.openvino import describe_choice
+
+    rates = {"f32": {"1": 100.0, "8": 100.0}, "bf16": {"1": 150.0, "8": 240.0}}
+    engine = {
+        "inference_precision": "bf16",
+        "performance_hint": "latency",
+        "runtime_choice": {
+            "float_type": {"decided": "measured", "images_per_s": rates},
+            "hint": {"decided": "pinned"},
+        },
+    }
+    assert describe_choice(engine) == "runs in bf16 (measured: 1.90x f32), latency hint (pinned)"
+    assert describe_choice({}) == "float type not recorded"
+
+
+@pytest.mark.parametrize(
+    ("bf16_gain", "throughput_gain", "expected"),
+    [
+        (1.02, 1.0, ("f32", "latency")),
+        (1.10, 1.02, ("bf16", "latency")),
+        (1.10, 1.20, ("bf16", "throughput")),
+    ],
+)
+def test_a_less_accurate_float_type_or_throughput_must_win_by_the_margin(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    bf16_gain: float,
+    throughput_gain: float,
+    expected: tuple[str, str],
+) -> None:
+    """The decision rule on given timings (what a shared machine measures is not repeatable): most accurate
+    first, another float type or THROUGHPUT only when at least MIN_GAIN (5%) faster."""
+    from sedeploy.backends import openvino as ov_backend
+
+    xml = tmp_path / "digits.openvino.xml"  # only the timings would open it
+    rates = {
+        "f32": 100.0,
+        "bf16": 100.0 * bf16_gain,
+        "f16": 50.0,
+        "latency": 100.0,
+        "throughput": 100 * throughput_gain,
+    }
+
+    def timed(path: Path, configs: dict, batches: tuple[int, ...], seconds: float) -> dict:  # type: ignore[type-arg]
+        assert path == xml and seconds == 0.1
+        return {name: {batch: rates[name] for batch in batches} for name in configs}
+
+    monkeypatch.setattr(ov_backend, "_time_configs", timed)
+    monkeypatch.setattr(
+        ov_backend, "float_type_candidates", lambda core, device, precision: ("f32", "bf16", "f16")
+    )
+    choice = ov_backend.choose_runtime(xml, "int8", (1, 8), 0.1)
+    assert (choice["inference_precision"], choice["performance_hint"]) == expected
+    assert choice["runtime_choice"]["float_type"]["images_per_s"]["f16"] == {"1": 50.0, "8": 50.0}
+    only_one = ov_backend.choose_runtime(xml, "int8", (1,), 0.1, float_type="f32")
+    assert only_one["performance_hint"] == "latency"
+    assert only_one["runtime_choice"]["hint"]["decided"] == "batch 1 has nothing to split across streams"
