@@ -239,3 +239,20 @@ def test_a_less_accurate_float_type_or_throughput_must_win_by_the_margin(
     only_one = ov_backend.choose_runtime(xml, "int8", (1,), 0.1, float_type="f32")
     assert only_one["performance_hint"] == "latency"
     assert only_one["runtime_choice"]["hint"]["decided"] == "batch 1 has nothing to split across streams"
+
+
+def test_throughput_must_win_at_every_batch_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """THROUGHPUT 1.5x faster at batch 8 but 0.6x at batch 1 keeps LATENCY for (1, 8); asked for 8 alone, it wins."""
+    from sedeploy.backends import openvino as ov_backend
+
+    per_batch = {"latency": {1: 60.0, 8: 50.0}, "throughput": {1: 36.0, 8: 75.0}}
+
+    def timed(path: Path, configs: dict, batches: tuple[int, ...], seconds: float) -> dict:  # type: ignore[type-arg]
+        return {name: {batch: per_batch[name][batch] for batch in batches} for name in configs}
+
+    monkeypatch.setattr(ov_backend, "_time_configs", timed)
+    xml = tmp_path / "model.openvino.xml"  # only the timings would open it
+    assert ov_backend.choose_runtime(xml, "fp32", (1, 8), 0.1)["performance_hint"] == "latency"
+    assert ov_backend.choose_runtime(xml, "fp32", (8,), 0.1)["performance_hint"] == "throughput"
