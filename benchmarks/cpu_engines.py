@@ -152,7 +152,7 @@ def prepare(rebuild: bool, has_bf16: bool) -> dict[str, Path]:
     for key, precision, backend in wanted:
         # Keyed by the sedeploy version of the recipe: an IR from before the measured float type lacks its record.
         paths[key] = edge_cpu._cached(
-            WORK, f"{key}-v21b", lambda p=precision, b=backend: make(p, b), seconds, rebuild
+            WORK, f"{key}-v21c", lambda p=precision, b=backend: make(p, b), seconds, rebuild
         )
     return paths
 
