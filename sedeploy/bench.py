@@ -3,10 +3,16 @@
 Per artifact and batch size: images/s, latency mean/p50/p90/p99, the model's
 GMACs and GFLOPs per image (from its ONNX metadata, i.e. the one estimator in
 :mod:`sedeploy.models.complexity`), achieved GFLOP/s and the share of the device's roof.
-On CPUs the roof is measured in the same run by a short ONNX Runtime GEMM probe
-in the artifact's precision (FP32 GEMM; u8 x s8 integer GEMM for INT8), before
-and after the timings, keeping the higher figure; on
-NVIDIA GPUs it comes from a table of published dense peaks. Several artifacts
+On CPUs the roof is measured in the same run, per precision, with the engine that
+reaches it (:func:`cpu_roof_probes`): FP32 through ONNX Runtime's MLAS; INT8 u8 x s8
+through MLAS and oneDNN (``torch._int_mm``), the higher counts; BF16 (and FP16) through
+oneDNN (a torch matmul) where the CPU has those units. Each probe is labelled with the
+ISA that ran it and taken before the timings and after every round, interleaved with
+the rows it divides (under load a probe reads a fraction of the roof), keeping the
+highest figure. A row's share is against the roof of the arithmetic it runs in (an
+OpenVINO runner's float type counts). A share above 100% means the probe
+under-measured: it is reported as a probe problem, never as a figure. On
+NVIDIA GPUs the roof comes from a table of published dense peaks. Several artifacts
 are run interleaved (A B A B ...) so a noisy machine affects all alike, with
 ONNX Runtime's spinning threads paused between samples. Runners that can time
 their compute alone (TensorRT, with CUDA events) add compute-only columns, so the
@@ -19,6 +25,7 @@ where TensorRT and a GPU are present) and benches them against PyTorch eager.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -34,9 +41,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from sedeploy._version import __version__
 from sedeploy.backends.base import Runner
-from sedeploy.errors import ConfigError
+from sedeploy.errors import ConfigError, SedeployError
 from sedeploy.files import atomic_output, write_json_atomic
-from sedeploy.host import describe_machine, usable_cores
+from sedeploy.host import describe_machine, matrix_units, onednn_units, usable_cores
 from sedeploy.optional import import_optional
 
 logger = logging.getLogger(__name__)
@@ -108,6 +115,8 @@ class BenchRow:
     ratio_to_first: float | None = None
     compute: LatencyStats | None = None
     """GPU time of the engine alone per call (CUDA events), for runners that offer ``time_compute``."""
+    roof_kind: str | None = None
+    """Which roof divides this row: ``fp32``, ``bf16``, ``fp16`` or ``int8`` (the arithmetic it runs in)."""
 
     @property
     def gflops_per_image(self) -> float:
@@ -119,8 +128,27 @@ class BenchRow:
         return self.gflops_per_image * self.stats.images_per_s
 
     @property
-    def roof_share(self) -> float | None:
+    def measured_share(self) -> float | None:
+        """Achieved over roof as measured, above 1 when the probe under-measured (use :attr:`roof_share`)."""
         return self.achieved_gflops / self.roof_gflops if self.roof_gflops else None
+
+    @property
+    def roof_share(self) -> float | None:
+        """Share of its own precision's roof; None without a roof or when above 100% (:attr:`roof_problem`)."""
+        share = self.measured_share
+        return share if share is not None and share <= ROOF_WARNING_SHARE else None
+
+    @property
+    def roof_problem(self) -> str | None:
+        """A line naming the probe problem when this row beats its roof, else None."""
+        share = self.measured_share
+        if share is None or share <= ROOF_WARNING_SHARE:
+            return None
+        return (
+            f"{self.label} at batch {self.stats.batch} ran {self.achieved_gflops:.0f} GFLOP/s, above the "
+            f"{self.roof_kind or 'measured'} roof probe's {self.roof_gflops:.0f}: the probe under-measured this "
+            "machine (load, or an engine the probe does not use); no share is given"
+        )
 
     @property
     def copy_ms(self) -> float | None:
@@ -139,8 +167,10 @@ class BenchRow:
             "gflops_per_image": self.gflops_per_image,
             "achieved_gflops": self.achieved_gflops,
             "roof_gflops": self.roof_gflops,
+            "roof_kind": self.roof_kind,
             "roof_share": self.roof_share,
-            "roof_share_suspect": self.roof_share is not None and self.roof_share > ROOF_WARNING_SHARE,
+            "roof_share_suspect": self.roof_problem is not None,
+            "roof_problem": self.roof_problem,
             "ratio_to_first": self.ratio_to_first,
             "compute_mean_ms": compute.mean_ms if compute else None,
             "compute_p50_ms": compute.p50_ms if compute else None,
@@ -208,6 +238,8 @@ class BenchReport:
     profiles: tuple[OpProfile, ...] = ()
     notes: tuple[str, ...] = ()
     """What the run left out or built, one line each (e.g. ``--compare`` skipping TensorRT)."""
+    probe_labels: dict[str, str] = field(default_factory=dict)
+    """Per roof kind: the engine and ISA that reached it, e.g. ``ONNX Runtime MLAS u8s8, AVX512-VNNI``."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -215,6 +247,7 @@ class BenchReport:
             "machine": self.machine,
             "settings": self.settings,
             "roof_probes_gflops": self.probes,
+            "roof_probe_labels": self.probe_labels,
             "rows": [row.to_dict() for row in self.rows],
             "profiles": [profile.to_dict() for profile in self.profiles],
             "notes": list(self.notes),
@@ -229,16 +262,19 @@ class BenchReport:
         for row in self.rows:
             share = row.roof_share
             share_text = (
-                "-"
+                "probe problem (see below)"
+                if row.roof_problem
+                else "-"
                 if share is None
-                else f"{100 * share:.1f}%" + (" (suspect)" if share > ROOF_WARNING_SHARE else "")
+                else f"{100 * share:.1f}%"
             )
+            roof_text = f"{row.roof_gflops or 0:.0f}" + (f" ({row.roof_kind})" if row.roof_kind else "")
             stats = row.stats
             lines.append(
                 f"| {row.label} | {row.precision} | {row.backend} | {stats.batch} | {stats.images_per_s:.1f} "
                 f"| {stats.mean_ms:.2f} | {stats.p50_ms:.2f} | {stats.p90_ms:.2f} | {stats.p99_ms:.2f} "
                 f"| {row.gflops_per_image:.3f} | {row.achieved_gflops:.1f} "
-                f"| {row.roof_gflops or 0:.0f} | {share_text} "
+                f"| {roof_text} | {share_text} "
                 f"| {'-' if row.ratio_to_first is None else f'{row.ratio_to_first:.2f}x'} |"
             )
         timed = [row for row in self.rows if row.compute is not None]
@@ -258,12 +294,19 @@ class BenchReport:
                     f"| {row.compute.p50_ms:.3f} | {row.compute.p99_ms:.3f} | {row.compute.images_per_s:.1f} "
                     f"| {row.copy_ms:.3f} | {100 * row.copy_ms / row.stats.mean_ms:.0f}% |"
                 )
-        probes = ", ".join(f"{name} {value:.0f} GFLOP/s" for name, value in self.probes.items())
+        probes = "; ".join(
+            f"{name} {value:.0f} {'GOP/s' if name == 'int8' else 'GFLOP/s'}"
+            + (f" ({self.probe_labels[name]})" if name in self.probe_labels else "")
+            for name, value in self.probes.items()
+        )
         lines += [
             "",
-            f"Roof probes (ONNX Runtime GEMM, same run): {probes or 'none'}.",
+            f"Roof probes (dense GEMM, highest of the probes interleaved with the rows): {probes or 'none'}.",
             f"Machine: {self.machine['description']}.",
         ]
+        problems = [row.roof_problem for row in self.rows if row.roof_problem]
+        if problems:
+            lines += ["", *(f"- probe problem: {problem}" for problem in problems)]
         if self.notes:
             lines += ["", *(f"- {note}" for note in self.notes)]
         for profile in self.profiles:
@@ -325,6 +368,113 @@ def gemm_probe(
     return 2.0 * size**3 * calls / elapsed / 1e9
 
 
+def torch_gemm_probe(kind: str, threads: int | None = None, seconds: float = 1.0, size: int = 1024) -> float:
+    """Measured dense GEMM rate through torch's oneDNN kernels: ``bf16`` / ``fp16`` matmul, ``int8`` ``_int_mm``.
+
+    The engine OpenVINO and torch share; ``ONEDNN_MAX_CPU_ISA`` caps it as it caps them. GFLOP/s (GOP/s for INT8).
+    """
+    if kind not in ("bf16", "fp16", "int8"):
+        raise ConfigError(f"torch probe kind must be bf16, fp16 or int8, got {kind!r}")
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads or usable_cores())
+    try:
+        generator = torch.Generator().manual_seed(0)
+        if kind == "int8":
+            a = torch.randint(0, 64, (size, size), dtype=torch.int8, generator=generator)
+            b = torch.randint(-64, 64, (size, size), dtype=torch.int8, generator=generator)
+
+            def step() -> Any:
+                return torch._int_mm(a, b)
+
+        else:
+            dtype = torch.bfloat16 if kind == "bf16" else torch.float16
+            a = torch.randn((size, size), generator=generator).to(dtype)
+            b = torch.randn((size, size), generator=generator).to(dtype)
+
+            def step() -> Any:
+                return a @ b
+
+        with torch.inference_mode():
+            step()
+            calls, started = 0, time.perf_counter()
+            while True:
+                step()
+                calls += 1
+                elapsed = time.perf_counter() - started
+                if elapsed >= seconds and calls >= 3:
+                    break
+    finally:
+        torch.set_num_threads(previous)
+    return 2.0 * size**3 * calls / elapsed / 1e9
+
+
+@dataclass(frozen=True)
+class RoofProbe:
+    """One roof measurement: the arithmetic, the engine that ran it, the ISA it ran on, and how."""
+
+    kind: str
+    engine: str
+    isa: str
+    measure: Callable[[int | None, float], float]
+
+    @property
+    def label(self) -> str:
+        return f"{self.engine}, {self.isa}"
+
+
+def _torch_probe(kind: str, threads: int | None, seconds: float) -> float:
+    return torch_gemm_probe(kind, threads, seconds)
+
+
+def cpu_roof_probes(kinds: Sequence[str], units: Any = None) -> dict[str, list[RoofProbe]]:
+    """The probes for each roof kind this CPU can run, labelled with the ISA each runs on.
+
+    ``units``: the :class:`~sedeploy.host.MatrixUnits` to plan for (default this CPU's). FP32 and INT8 through
+    ONNX Runtime's MLAS (its AMX kernel since 1.14, else VNNI); INT8 also through oneDNN, capped by
+    ``ONEDNN_MAX_CPU_ISA``; BF16 and FP16 through oneDNN only where those units exist (else no such roof).
+    """
+    units = units if units is not None else matrix_units()
+    capped = onednn_units(units)
+    probes: dict[str, list[RoofProbe]] = {}
+    for kind in kinds:
+        if kind == "fp32":
+            probes[kind] = [
+                RoofProbe(
+                    kind,
+                    "ONNX Runtime MLAS fp32",
+                    units.best("fp32") or "scalar",
+                    lambda threads, seconds: gemm_probe("fp32", threads, seconds),
+                )
+            ]
+        elif kind == "int8":
+            probes[kind] = [
+                RoofProbe(
+                    kind,
+                    "ONNX Runtime MLAS u8s8",
+                    units.best("int8") or units.best("fp32") or "scalar",
+                    lambda threads, seconds: gemm_probe("int8", threads, seconds),
+                ),
+                RoofProbe(
+                    kind,
+                    "oneDNN s8s8 (torch._int_mm)",
+                    capped.best("int8") or capped.best("fp32") or "scalar",
+                    lambda threads, seconds: torch_gemm_probe("int8", threads, seconds),
+                ),
+            ]
+        elif kind in ("bf16", "fp16") and capped.best(kind) is not None:
+            probes[kind] = [
+                RoofProbe(
+                    kind,
+                    f"oneDNN {kind} (torch matmul)",
+                    str(capped.best(kind)),
+                    functools.partial(_torch_probe, kind),
+                )
+            ]
+    return probes
+
+
 def gpu_peak_gflops(gpu_name: str, precision: str) -> float | None:
     """Published dense peak of a known GPU model in GFLOP/s (GOP/s for INT8), or None if not in the table."""
     for pattern, peaks in GPU_PEAK_TFLOPS:
@@ -359,6 +509,8 @@ class _Target:
     gpu_name: str | None = None
     on_cpu: bool = True
     """False for a runner on a GPU whose model is unknown (ONNX Runtime's CUDA provider): no roof, not the CPU's."""
+    roof_kind: str | None = None
+    """The CPU roof that divides it (:func:`roof_kind`)."""
 
 
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
@@ -383,7 +535,8 @@ def _open_target(
     macs = runner.metadata.macs if runner.metadata is not None else 0
     gpu_name = getattr(runner, "gpu_name", None)
     on_cpu = gpu_name is None and getattr(runner, "provider", None) not in _GPU_PROVIDERS
-    return _Target(path, label, runner, precision, runner.backend, macs / 1e9, gpu_name, on_cpu)
+    kind = roof_kind(precision, getattr(runner, "float_type", None))
+    return _Target(path, label, runner, precision, runner.backend, macs / 1e9, gpu_name, on_cpu, kind)
 
 
 def _takes_threads(path: str) -> bool:
@@ -451,7 +604,10 @@ def bench(
     try:
         for artifact in artifacts:
             targets.append(_open_target(artifact, loader, threads))
-        probes = _roof_probes(targets, threads, probe_seconds)
+        plan = cpu_roof_probes(sorted({t.roof_kind for t in targets if t.on_cpu and t.roof_kind}))
+        probe_runs: dict[str, list[float]] = {kind: [] for kind in plan}
+        probe_best: dict[str, str] = {}
+        _run_roof_probes(plan, threads, probe_seconds, probe_runs, probe_best)
         times: dict[tuple[int, int], list[float]] = {}
         compute_times: dict[tuple[int, int], list[float]] = {}
         steps = rounds * len(targets) * len(batches)
@@ -482,12 +638,11 @@ def bench(
                     time.sleep(pause)
                     if bar is not None:
                         bar.update(1)
+            # The roof is the best the machine showed, probed between the rounds it divides.
+            _run_roof_probes(plan, threads, probe_seconds, probe_runs, probe_best)
         if bar is not None:
             bar.close()
-        # The roof is the best the machine showed: probe again after the timings, keep the higher figure.
-        probes_after = _roof_probes(targets, threads, probe_seconds)
-        probe_runs = {kind: [probes[kind], probes_after[kind]] for kind in probes}
-        probes = {kind: max(figures) for kind, figures in probe_runs.items()}
+        probes = {kind: max(figures) for kind, figures in probe_runs.items() if figures}
         rows = []
         for batch in batches:
             first_rate = None
@@ -506,6 +661,7 @@ def bench(
                         roof_gflops=_roof_for(target, probes),
                         ratio_to_first=stats.images_per_s / first_rate if first_rate else None,
                         compute=LatencyStats.from_times(compute, batch) if compute else None,
+                        roof_kind=target.precision if target.gpu_name else target.roof_kind,
                     )
                 )
     finally:
@@ -523,15 +679,12 @@ def bench(
         "pause_s": pause,
         "roof_probe_runs_gflops": probe_runs,
     }
-    report = BenchReport(tuple(rows), probes, describe_machine(), settings, profiles, tuple(notes))
+    report = BenchReport(
+        tuple(rows), probes, describe_machine(), settings, profiles, tuple(notes), probe_labels=probe_best
+    )
     for row in report.rows:
-        if row.roof_share is not None and row.roof_share > ROOF_WARNING_SHARE:
-            logger.warning(
-                "%s at batch %d reaches %.0f%% of the probed roof: the probe under-measures this machine",
-                row.label,
-                row.stats.batch,
-                100 * row.roof_share,
-            )
+        if row.roof_problem:
+            logger.warning("probe problem: %s", row.roof_problem)
     return report
 
 
@@ -556,13 +709,42 @@ def _profiles(
     return tuple(profiles)
 
 
-def _roof_probes(targets: Sequence[_Target], threads: int | None, seconds: float) -> dict[str, float]:
-    kinds = sorted({"int8" if t.precision == "int8" else "fp32" for t in targets if t.on_cpu})
-    probes = {}
-    for kind in kinds:
-        probes[kind] = gemm_probe(kind, threads, seconds)
-        logger.info("roof probe %s: %.0f GFLOP/s", kind, probes[kind])
-    return probes
+def _run_roof_probes(
+    plan: dict[str, list[RoofProbe]],
+    threads: int | None,
+    seconds: float,
+    runs: dict[str, list[float]],
+    best: dict[str, str],
+) -> None:
+    """Run every planned probe once; per kind, append the highest engine's figure and remember its label."""
+    for kind, probes in plan.items():
+        figures = []
+        for probe in probes:
+            try:
+                figures.append((probe.measure(threads, seconds), probe.label))
+            except (RuntimeError, ImportError, SedeployError) as error:  # an engine that cannot probe here
+                logger.info("roof probe %s (%s) could not run: %s", kind, probe.label, error)
+        if not figures:
+            continue
+        value, label = max(figures)
+        logger.info("roof probe %s: %.0f GFLOP/s (%s)", kind, value, label)
+        if not runs[kind] or value > max(runs[kind]):
+            best[kind] = label
+        runs[kind].append(value)
+
+
+def roof_kind(precision: str, float_type: str | None = None) -> str:
+    """The roof that divides an artifact: INT8 by the INT8 roof; else the float type it computes in.
+
+    ``float_type``: what the runner computes its float parts in (an OpenVINO runner's ``f32``/``bf16``/``f16``).
+    """
+    if precision == "int8":
+        return "int8"
+    if float_type in ("bf16", "f16"):
+        return "bf16" if float_type == "bf16" else "fp16"
+    if precision == "bf16":
+        return "bf16"
+    return "fp32"
 
 
 def _roof_for(target: _Target, probes: dict[str, float]) -> float | None:
@@ -570,7 +752,7 @@ def _roof_for(target: _Target, probes: dict[str, float]) -> float | None:
         return gpu_peak_gflops(target.gpu_name, target.precision)
     if not target.on_cpu:
         return None
-    return probes.get("int8" if target.precision == "int8" else "fp32")
+    return probes.get(target.roof_kind or "fp32")
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:

@@ -65,7 +65,7 @@ from sedeploy.sweep import sweep_calibration
 logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "openvino")
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 DEFAULT_CALIBRATION_DIR = Path("calibration")
 DEFAULT_CALIBRATION_SIZE = 512
 FP16_MIN_COSINE = 0.999
@@ -100,6 +100,10 @@ class BuildOptions:
     """``auto`` on a CPU with OpenVINO: the batch sizes the ONNX Runtime / OpenVINO probe times."""
     probe_seconds: float = DEFAULT_PROBE_SECONDS
     """``auto`` probe: timed seconds per backend and batch size (over two interleaved rounds)."""
+    float_type: str | None = None
+    """OpenVINO: pin the float layers' INFERENCE_PRECISION_HINT (f32, bf16, f16); default: measured at build."""
+    hint: str | None = None
+    """OpenVINO: pin the PERFORMANCE_HINT (latency, throughput); default: measured at probe_batches."""
     gate: bool = True
     """Refuse to publish an FP16/INT8 file whose parity with FP32 misses verify's thresholds; False publishes
     anyway (recorded in the manifest)."""
@@ -113,6 +117,11 @@ class BuildOptions:
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {self.precision!r}; valid values: {', '.join(PRECISIONS)}")
+        if self.precision == "bf16" and self.backend != "openvino":
+            raise ConfigError(
+                "precision 'bf16' is built for OpenVINO only (ONNX Runtime has no faster BF16 path on a CPU); "
+                "pass backend='openvino'"
+            )
         if self.backend not in BACKENDS:
             raise ConfigError(f"unknown backend {self.backend!r}; valid values: {', '.join(BACKENDS)}")
         if self.calib_size < 1:
@@ -137,6 +146,14 @@ class BuildOptions:
             raise ConfigError(
                 f"the auto probe needs positive batch sizes and seconds, got batches {list(self.probe_batches)} "
                 f"and {self.probe_seconds} s"
+            )
+        if (self.float_type is not None or self.hint is not None) and self.backend not in (
+            "openvino",
+            "auto",
+        ):
+            raise ConfigError(
+                "float_type and hint pin OpenVINO's runtime; they go with backend openvino",
+                params=("hint", "backend"),
             )
         if self.implicit_int8 and (self.precision != "int8" or self.backend != "tensorrt"):
             raise ConfigError("implicit_int8 needs an int8 build with backend tensorrt", params=("backend",))
@@ -171,6 +188,8 @@ class BuildOptions:
             "implicit_int8": self.implicit_int8,
             "tensorrt": self.tensorrt.to_dict(),
             "gate": self.gate,
+            "float_type": self.float_type,
+            "hint": self.hint,
             "high_precision": self.high_precision,
             "min_precision_share": self.min_precision_share,
             "sweep_data": str(self.sweep_data) if self.sweep_data else None,
@@ -595,7 +614,15 @@ def _why_not_probed(options: BuildOptions, output: str | Path | None) -> str | N
     try:
         ov_backend.require_available()
     except MissingDependencyError:
-        return "OpenVINO not probed: not installed (pip install 'sedeploy[openvino]')"
+        from sedeploy.host import matrix_units
+
+        fast = matrix_units().best("int8")
+        tip = (
+            f"; this CPU has {fast}, on which the openvino extra runs INT8 faster"
+            if fast in ("AMX-INT8", "AVX512-VNNI", "AVX-VNNI")
+            else ""
+        )
+        return f"OpenVINO not probed: not installed (pip install 'sedeploy[openvino]'){tip}"
     return None
 
 
@@ -696,7 +723,11 @@ def _build_openvino(
     started: float,
     reason: str,
 ) -> BuildResult:
-    """The OpenVINO IR of the FP32 ONNX: NNCF quantizes INT8 from the FP32 graph on the calibration set."""
+    """The OpenVINO IR of the FP32 ONNX: NNCF quantizes INT8 from the FP32 graph on the calibration set.
+
+    The IR's float type and hint are measured here at ``options.probe_batches`` (or pinned by the options'
+    ``float_type`` / ``hint``), recorded in the manifest, and the fidelity check runs the IR that way.
+    """
     from sedeploy.backends import openvino as ov_backend
 
     xml = Path(output) if output else naming.openvino_path(model_path, options.precision)
@@ -722,25 +753,48 @@ def _build_openvino(
                 "reused": False,
                 "tensors": None,
             }
-        manifest = ov_backend.ir_manifest(
+
+        def manifest_with(runtime: dict[str, Any] | None) -> BuildManifest:
+            return ov_backend.ir_manifest(
+                staged_xml,
+                started,
+                {"description": describe_host()},
+                runtime,
+                source_onnx_sha256=sha256_of_file(model_path),
+                source_metadata=metadata.to_dict() if metadata else {},
+                precision=options.precision,
+                recipe=recipe,
+                calibration=calibration,
+                build_options={  # without the ONNX-recipe options: NNCF's own recipe is recorded in `recipe`
+                    key: value
+                    for key, value in {**options.to_dict(), "target": "openvino"}.items()
+                    if key not in ("calib_method", "percentile", "quantize_se")
+                },
+                sedeploy_version=__version__,
+            )
+
+        write_manifest(manifest_with(None), staged_xml)  # the probe loads the staged IR as a runner would
+        runtime = ov_backend.choose_runtime(
             staged_xml,
-            started,
-            {"description": describe_host()},
-            source_onnx_sha256=sha256_of_file(model_path),
-            source_metadata=metadata.to_dict() if metadata else {},
-            precision=options.precision,
-            recipe=recipe,
-            calibration=calibration,
-            build_options={  # without the ONNX-recipe options: NNCF's own recipe is recorded in `recipe`
-                key: value
-                for key, value in {**options.to_dict(), "target": "openvino"}.items()
-                if key not in ("calib_method", "percentile", "quantize_se")
-            },
-            sedeploy_version=__version__,
+            options.precision,
+            options.probe_batches,
+            options.probe_seconds / 4,
+            float_type=options.float_type,
+            hint=options.hint,
         )
-        write_manifest(manifest, staged_xml)  # the check below loads the staged IR as a runner would
+        manifest = manifest_with(runtime)
+        write_manifest(
+            manifest, staged_xml
+        )  # the check below runs the IR as the runner will: recorded choice
         check_images = images if images is not None else _random_images(proto, metadata)
-        fidelity = _check_on_openvino(model_path, staged_xml, check_images, input_name)
+        fidelity = _check_on_openvino(model_path, staged_xml, check_images, input_name, options.precision)
+        gate_note = (
+            _parity_gate(
+                options.precision, fidelity, options, calibration_set.report.used if calibration_set else None
+            )
+            if options.precision != "fp32"
+            else None
+        )
         from sedeploy.backends.audit import audit_openvino
 
         precision_audit = audit_openvino(staged_xml, source=model_path)
@@ -758,7 +812,7 @@ def _build_openvino(
         )
     return BuildResult(
         backend="openvino",
-        backend_reason=reason,
+        backend_reason=f"{reason}; {options.precision} IR {ov_backend.describe_choice(manifest.engine or {})}",
         precision=options.precision,
         artifacts=(xml,),
         manifests=(manifest,),
@@ -766,19 +820,37 @@ def _build_openvino(
         calibration=calibration,
         seconds=time.perf_counter() - started,
         precision_audit=precision_audit,
+        notes=(_calibration_notes(calibration_set) if options.precision == "int8" else ())
+        + ((gate_note,) if gate_note else ()),
     )
 
 
-def _check_on_openvino(reference_path: Path, xml: Path, images: np.ndarray, input_name: str) -> Comparison:
-    from sedeploy.backends.openvino import OpenVinoRunner
+def _check_on_openvino(
+    reference_path: Path, xml: Path, images: np.ndarray, input_name: str, precision: str = "fp32"
+) -> Comparison:
+    """Run the staged IR as its manifest says (float type, hint) against FP32 on ONNX Runtime.
+
+    Non-finite logits are refused; an FP16 or BF16 IR must also keep the FP16 gate (mean cosine
+    :data:`FP16_MIN_COSINE`) and the top-1 agreement :data:`~sedeploy.backends.openvino.FLOAT_MIN_TOP1`.
+    """
+    from sedeploy.backends.openvino import FLOAT_MIN_TOP1, OpenVinoRunner
 
     reference = ort_backend.create_session(reference_path, ["CPUExecutionProvider"])
     batch = np.ascontiguousarray(images[:_CHECK_IMAGES], dtype=np.float32)
-    with OpenVinoRunner(xml) as runner:
+    runner = OpenVinoRunner(xml)
+    with runner:
         candidate = runner(batch)
     fidelity = compare_logits(reference.run(None, {input_name: batch})[0], candidate)
     if not fidelity.finite:
         raise PrecisionError(f"the OpenVINO IR {xml.name} gives non-finite logits; nothing usable was built")
+    if precision in ("fp16", "bf16") and (
+        fidelity.mean_cosine < FP16_MIN_COSINE or fidelity.top1_agreement < FLOAT_MIN_TOP1
+    ):
+        raise PrecisionError(
+            f"the {precision} IR run in {runner.float_type} drifts from FP32 (mean cosine {fidelity.mean_cosine:.5f}, "
+            f"need {FP16_MIN_COSINE}; top-1 agreement {100 * fidelity.top1_agreement:.1f}%, need "
+            f"{100 * FLOAT_MIN_TOP1:.0f}%); build precision='fp32' or 'int8' instead"
+        )
     return fidelity
 
 

@@ -265,21 +265,41 @@ _MODEL_OPTIONS = click.option(
 
 
 @cli.command()
-@click.argument("arch")
+@click.argument("arch", required=False)
 @_IMG_SIZE
 @_IN_CHANS
 @_NUM_CLASSES
 @_MODEL_OPTIONS
+@click.option(
+    "--host",
+    "host_only",
+    is_flag=True,
+    help="Describe this machine instead: CPU, matrix units (AMX, VNNI, BF16, FP16), oneDNN cap, versions.",
+)
 @_JSON
 def info(
-    arch: str,
+    arch: str | None,
     img_size: str | None,
     in_chans: int | None,
     num_classes: int | None,
     options: tuple[str, ...],
+    host_only: bool,
     json_out: str | None,
 ) -> None:
-    """Parameters, GMACs/GFLOPs, per-stage breakdown and SE overhead of ARCH."""
+    """Parameters, GMACs/GFLOPs, per-stage breakdown and SE overhead of ARCH (or, with --host, this machine)."""
+    if host_only:
+        from sedeploy.host import host_report, host_report_text
+
+        machine = host_report()
+        if json_out == "-":
+            click.echo(json.dumps(machine, indent=2))
+            return
+        if json_out:
+            write_json_atomic(json_out, machine)
+        click.echo(host_report_text(machine))
+        return
+    if arch is None:
+        raise click.UsageError("give ARCH, or --host to describe this machine")
     model_options = _parse_options(options)
     if in_chans is not None:
         model_options["in_chans"] = in_chans
@@ -483,6 +503,21 @@ def _parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
 )
 @click.option("--implicit-int8", is_flag=True, help="TensorRT 10.x legacy INT8 calibrator instead of Q/DQ.")
 @click.option(
+    "--bf16",
+    is_flag=True,
+    help="BF16: the FP32 IR run in bfloat16 (OpenVINO); refused on a CPU without BF16 units.",
+)
+@click.option(
+    "--float-type",
+    type=click.Choice(("f32", "bf16", "f16")),
+    help="OpenVINO: pin the float layers' type (default: the fastest measured here).",
+)
+@click.option(
+    "--hint",
+    type=click.Choice(("latency", "throughput")),
+    help="OpenVINO: pin the performance hint (default: measured at --probe-batch).",
+)
+@click.option(
     "--dla-core",
     type=click.IntRange(min=0),
     default=None,
@@ -542,6 +577,9 @@ def build_engine_command(
     hardware_compat: bool,
     version_compat: bool,
     implicit_int8: bool,
+    bf16: bool,
+    float_type: str | None,
+    hint: str | None,
     dla_core: int | None,
     gpu_fallback: bool,
     sparsity: bool,
@@ -551,8 +589,10 @@ def build_engine_command(
     json_out: str | None,
 ) -> None:
     """Build an FP32, FP16 or INT8 artifact of MODEL (an exported .onnx) for ONNX Runtime or TensorRT."""
-    if fp16 and int8:
-        raise click.UsageError("give at most one of --fp16 and --int8")
+    if sum((fp16, int8, bf16)) > 1:
+        raise click.UsageError("give at most one of --fp16, --bf16 and --int8")
+    if bf16 and backend == "auto":
+        backend = "openvino"  # BF16 is built for OpenVINO only
     overrides = {
         "img_size": _parse_img_size(img_size),
         "mean": _parse_floats(mean, "--mean"),
@@ -571,7 +611,7 @@ def build_engine_command(
         sparsity=sparsity,
     )
     options = BuildOptions(
-        precision="int8" if int8 else "fp16" if fp16 else "fp32",
+        precision="int8" if int8 else "fp16" if fp16 else "bf16" if bf16 else "fp32",
         backend=backend,
         target=target,
         calib_dir=Path(calib_dir) if calib_dir else None,
@@ -590,6 +630,8 @@ def build_engine_command(
         implicit_int8=implicit_int8,
         probe_batches=tuple(probe_batches) or DEFAULT_PROBE_BATCHES,
         gate=gate,
+        float_type=float_type,
+        hint=hint,
     )
     _check_json_out(json_out)
     result = build_engine(model, options, output=output, progress=_progress(json_out))

@@ -95,6 +95,7 @@ class Thresholds:
 DEFAULT_THRESHOLDS = {
     "fp32": Thresholds(min_cosine=0.9999, max_top1_drop=0.5),
     "fp16": Thresholds(min_cosine=0.999, max_top1_drop=0.5),
+    "bf16": Thresholds(min_cosine=0.999, max_top1_drop=0.5),
     "int8": Thresholds(min_cosine=0.98, max_top1_drop=1.0),
 }
 """FP32 differs only by kernel order (and TF32 on GPUs); FP16 by rounding; INT8 by quantization."""

@@ -13,15 +13,20 @@ import onnx
 import pytest
 from PIL import Image
 
+from sedeploy import host
 from sedeploy.artifacts.manifest import read_manifest
 from sedeploy.backends.base import Runner, TensorSpec
 from sedeploy.bench import (
+    BenchReport,
     BenchRow,
     Candidate,
     LatencyStats,
     bench,
+    cpu_roof_probes,
     gemm_probe,
     gpu_peak_gflops,
+    roof_kind,
+    torch_gemm_probe,
     write_reports,
 )
 from sedeploy.errors import ConfigError
@@ -49,6 +54,69 @@ def test_gflops_arithmetic_and_roof_share() -> None:
     suspect = BenchRow("m.onnx", "m.onnx", "fp32", "onnxruntime", stats, 1.5, roof_gflops=50.0)
     assert suspect.to_dict()["roof_share_suspect"] is True
     assert row.to_dict()["roof_share_suspect"] is False
+
+
+def test_a_share_above_the_roof_is_a_probe_problem_never_a_figure() -> None:
+    stats = LatencyStats.from_times([0.5, 0.5], batch=10)  # 20 images/s x 3 GFLOPs = 60 GFLOP/s
+    above = BenchRow(
+        "q.onnx", "q.onnx", "int8", "onnxruntime", stats, 1.5, roof_gflops=50.0, roof_kind="int8"
+    )
+    assert above.measured_share == pytest.approx(1.2)
+    assert above.roof_share is None  # what every consumer (demo, perf table) prints from
+    assert above.roof_problem is not None and "above the int8 roof probe's 50" in above.roof_problem
+    data = above.to_dict()
+    assert data["roof_share"] is None and data["roof_problem"] == above.roof_problem
+    report = BenchReport((above,), {"int8": 50.0}, host.describe_machine(), probe_labels={"int8": "MLAS, X"})
+    markdown = report.to_markdown()
+    row_line = next(line for line in markdown.splitlines() if line.startswith("| q.onnx"))
+    assert "probe problem" in row_line and "120" not in row_line and "%" not in row_line
+    assert f"- probe problem: {above.roof_problem}" in markdown
+    assert "int8 50 GOP/s (MLAS, X)" in markdown
+
+
+FIXTURES = Path(__file__).parent / "fixtures" / "cpuinfo"
+
+
+def _units(name: str) -> host.MatrixUnits:
+    return host.parse_matrix_units((FIXTURES / name).read_text(encoding="utf-8"))
+
+
+def test_roof_probes_are_planned_and_labelled_from_the_matrix_units(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ONEDNN_MAX_CPU_ISA", raising=False)
+    kinds = ("fp32", "int8", "bf16", "fp16")
+    amx = cpu_roof_probes(kinds, _units("intel_xeon_sapphire_rapids_amx.txt"))
+    labels = {kind: [probe.label for probe in probes] for kind, probes in amx.items()}
+    assert labels == {
+        "fp32": ["ONNX Runtime MLAS fp32, AVX-512"],
+        "int8": ["ONNX Runtime MLAS u8s8, AMX-INT8", "oneDNN s8s8 (torch._int_mm), AMX-INT8"],
+        "bf16": ["oneDNN bf16 (torch matmul), AMX-BF16"],
+        "fp16": ["oneDNN fp16 (torch matmul), AVX512-FP16"],
+    }
+    zen5 = cpu_roof_probes(kinds, _units("amd_epyc_zen5.txt"))
+    assert sorted(zen5) == ["bf16", "fp32", "int8"]  # no FP16 units: no FP16 roof
+    assert zen5["bf16"][0].isa == "AVX512-BF16" and zen5["int8"][0].isa == "AVX512-VNNI"
+    cascade = cpu_roof_probes(kinds, _units("intel_xeon_cascade_lake_vnni.txt"))
+    assert sorted(cascade) == ["fp32", "int8"]
+    # oneDNN capped to VNNI (the way a VNNI-only machine is simulated): its probes follow; MLAS is not capped.
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_VNNI")
+    capped = cpu_roof_probes(kinds, _units("intel_xeon_sapphire_rapids_amx.txt"))
+    assert sorted(capped) == ["fp32", "int8"]
+    assert [probe.isa for probe in capped["int8"]] == ["AMX-INT8", "AVX512-VNNI"]
+
+
+def test_each_row_is_divided_by_the_roof_of_what_it_computes_in() -> None:
+    assert roof_kind("int8") == roof_kind("int8", "bf16") == "int8"
+    assert roof_kind("fp32") == roof_kind("fp16") == roof_kind("fp32", "f32") == "fp32"
+    assert roof_kind("fp32", "bf16") == roof_kind("bf16") == roof_kind("fp16", "bf16") == "bf16"
+    assert roof_kind("fp16", "f16") == "fp16"
+
+
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
+def test_onednn_probe_returns_a_positive_rate(kind: str) -> None:
+    if kind == "bf16" and host.onednn_units(host.matrix_units()).best("bf16") is None:
+        pytest.skip("this CPU has no BF16 units")
+    rate = torch_gemm_probe(kind, seconds=0.2, size=256)
+    assert rate > 1.0
 
 
 @pytest.mark.parametrize("kind", ["fp32", "int8"])
@@ -81,10 +149,20 @@ def test_short_bench_writes_json_markdown_and_png(trained_digits, tmp_path: Path
     )
     assert len(report.rows) == 4
     assert set(report.probes) == {"fp32", "int8"} and all(v > 0 for v in report.probes.values())
+    units = host.matrix_units()
+    assert report.probe_labels["fp32"].endswith(str(units.best("fp32")))
+    assert report.probe_labels["int8"].startswith(("ONNX Runtime MLAS u8s8, ", "oneDNN s8s8"))
+    runs = report.settings["roof_probe_runs_gflops"]
+    assert all(
+        len(figures) == 3 for figures in runs.values()
+    )  # before the timings and after each of 2 rounds
+    assert report.probes == {kind: max(figures) for kind, figures in runs.items()}
     for row in report.rows:
         assert row.stats.calls == 10 and row.stats.images_per_s > 0
         assert row.gmacs_per_image > 0
-        assert row.roof_share is not None and 0 < row.roof_share < 1.2
+        assert row.roof_kind == ("int8" if row.precision == "int8" else "fp32")
+        assert row.roof_gflops == report.probes[row.roof_kind]
+        assert row.roof_share is not None and 0 < row.roof_share <= 1.0
     first = [row for row in report.rows if row.stats.batch == 1]
     assert first[0].ratio_to_first == 1.0 and first[1].precision == "int8"
 

@@ -91,3 +91,20 @@ def test_verbose_shows_the_traceback() -> None:
     result = _run("-v", "info", "se_resnet5")
     assert result.returncode != 0
     assert "Traceback" in result.stderr
+
+
+def test_bf16_without_bf16_units_exits_1_with_one_line(trained_digits, tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A CPU without BF16 units (a recorded Cascade Lake cpuinfo stands in for this one): one line, exit 1."""
+    import shutil
+    from pathlib import Path
+
+    from sedeploy import host
+
+    text = (Path(__file__).parent / "fixtures" / "cpuinfo" / "intel_xeon_cascade_lake_vnni.txt").read_text()
+    monkeypatch.setattr(host, "_cpuinfo", lambda: text)
+    model = tmp_path / "digits.onnx"
+    shutil.copy(trained_digits.onnx_path, model)
+    result = CliRunner().invoke(cli, ["build-engine", str(model), "--bf16"])
+    lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
+    assert result.exit_code == 1 and len(lines) == 1 and "no BF16 units" in lines[0], result.output
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["digits.onnx"]

@@ -24,7 +24,7 @@ from sedeploy.files import commit_files, folder_lock, sha256_of_file, temp_path_
 
 MANIFEST_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
-PRECISIONS = ("fp32", "fp16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 ARTIFACT_FORMATS = ("onnx", "tensorrt_plan", "openvino_ir")
 _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "artifact": str,

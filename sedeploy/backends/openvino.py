@@ -1,10 +1,17 @@
 """OpenVINO backend: an IR (``.xml`` + ``.bin``) built from the exported ONNX, and :class:`OpenVinoRunner`.
 
-Build: FP32 as read from the ONNX; FP16 with FP16 weights (run in FP16 where the
-CPU has it, else BF16); INT8 through NNCF post-training quantization fed by the
-same calibration images as the ONNX INT8 build. The manifest lies beside the
-``.xml``, with the ``.bin``'s hash in ``engine``; the runner refuses an IR whose
-files do not match it.
+Build: FP32 as read from the ONNX; FP16 with FP16 weights; BF16 (FP32 weights run
+in bfloat16, only on a CPU with BF16 units); INT8 through NNCF post-training
+quantization fed by the same calibration images as the ONNX INT8 build. The manifest
+lies beside the ``.xml``, with the ``.bin``'s hash in ``engine``; the runner refuses an
+IR whose files do not match it.
+
+Float type and hint: the float parts of an IR (all of an FP16 IR, the unquantized
+layers of an INT8 one) run in the ``INFERENCE_PRECISION_HINT`` that *measures*
+fastest here (:func:`choose_runtime`), not the first one OpenVINO lists: on an AMX
+Xeon f16 is listed and runs 7x slower than bf16. The LATENCY/THROUGHPUT hint is
+measured likewise at the requested batch. Either can be pinned; the choice and its
+figures are recorded in the manifest's ``engine`` and the runner uses and shows them.
 
 Telemetry: OpenVINO's converter and NNCF send usage data through the
 ``openvino_telemetry`` package when it can be imported (NNCF by default, without
@@ -36,12 +43,22 @@ from sedeploy.artifacts.metadata import ModelMetadata, check_onnx_file
 from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import sha256_of_file
+from sedeploy.host import matrix_units, onednn_units
 from sedeploy.optional import import_optional
 
 logger = logging.getLogger(__name__)
 
 EXTRA = "openvino"
 HINTS = ("latency", "throughput")
+FLOAT_TYPES = ("f32", "bf16", "f16")
+"""OpenVINO ``INFERENCE_PRECISION_HINT`` values sedeploy chooses among, most accurate first."""
+_CAPABILITY = {"bf16": "BF16", "f16": "FP16"}
+FLOAT_MIN_TOP1 = 0.98
+"""An FP16 or BF16 IR whose top-1 agrees with FP32 on fewer of the build's check images is refused."""
+MIN_GAIN = 1.05
+"""A less accurate float type (or the THROUGHPUT hint) is chosen only when it measures at least this much faster."""
+MAX_PROBE_CALLS = 200
+"""A probe sample ends after this many calls even within its seconds (a small model needs no more)."""
 IR_SUFFIXES = (".xml",)
 ARTIFACT_FORMAT = "openvino_ir"
 _TELEMETRY_PACKAGE = "openvino_telemetry"
@@ -115,18 +132,200 @@ def require_available() -> str:
     return f"OpenVINO {version()}"
 
 
-def _execution_precision(core: Any, device: str, precision: str) -> str:
-    """OpenVINO's inference precision for an artifact precision on ``device``; FP16 needs FP16 or BF16 units."""
-    if precision != "fp16":
-        return "f32"
-    capabilities = set(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
-    for name, hint in (("FP16", "f16"), ("BF16", "bf16")):
-        if name in capabilities:
-            return hint
-    raise BadInputError(
-        f"this {device} has neither FP16 nor BF16 arithmetic ({', '.join(sorted(capabilities))}); "
-        "build the FP32 or INT8 IR instead"
+def capabilities(core: Any, device: str = "CPU") -> set[str]:
+    """OpenVINO's ``OPTIMIZATION_CAPABILITIES`` of ``device`` (``FP32``, ``BF16``, ``FP16``, ``INT8``, ...)."""
+    return set(core.get_property(device, "OPTIMIZATION_CAPABILITIES"))
+
+
+def _can_run(float_type: str, capable: set[str], device: str) -> bool:
+    """True where ``device`` runs ``float_type``; BF16 on a CPU also needs BF16 units oneDNN may use."""
+    if float_type == "f32":
+        return True
+    if _CAPABILITY[float_type] not in capable:
+        return False
+    if float_type == "bf16" and device == "CPU":
+        return onednn_units(matrix_units()).best("bf16") is not None
+    return True
+
+
+def require_bf16(core: Any, device: str = "CPU") -> None:
+    """Refuse, in one line, a BF16 build or run on a device without BF16 arithmetic."""
+    if not _can_run("bf16", capabilities(core, device), device):
+        raise BadInputError(
+            f"this {device} has no BF16 units (matrix units: {onednn_units(matrix_units()).describe()}); "
+            "build precision='int8' or 'fp32' instead"
+        )
+
+
+def float_type_candidates(core: Any, device: str, precision: str) -> tuple[str, ...]:
+    """The float types the float parts of a ``precision`` IR may run in on ``device``, most accurate first.
+
+    FP32 runs in f32 (FP32 means FP32 unless pinned); BF16 in bf16; FP16 in f16 or bf16 (whichever the device
+    has); INT8's float layers in any of them.
+    """
+    if precision == "fp32":
+        return ("f32",)
+    if precision == "bf16":
+        require_bf16(core, device)
+        return ("bf16",)
+    capable = capabilities(core, device)
+    runnable = tuple(kind for kind in FLOAT_TYPES if _can_run(kind, capable, device))
+    if precision == "int8":
+        return runnable
+    half = tuple(kind for kind in runnable if kind != "f32")
+    if not half:
+        raise BadInputError(
+            f"this {device} has neither FP16 nor BF16 arithmetic ({', '.join(sorted(capable))}); "
+            "build the FP32 or INT8 IR instead"
+        )
+    return half
+
+
+def _legacy_float_type(core: Any, device: str, precision: str) -> str:
+    """The float type of an IR whose manifest records none (built before the measured choice)."""
+    if precision == "fp16":
+        return float_type_candidates(core, device, precision)[0]
+    if precision == "bf16":
+        return "bf16"
+    return "f32"
+
+
+def _time_configs(
+    xml: Path,
+    configs: dict[str, dict[str, Any]],
+    batches: Sequence[int],
+    seconds: float,
+    rounds: int = 2,
+) -> dict[str, dict[int, float]]:
+    """Images/s of ``xml`` under each named runner config at each batch, interleaved over ``rounds``.
+
+    From the median call time: on a shared machine a call that another process interrupts is an outlier, and
+    the median ignores it where a mean would charge it to whichever config was running.
+    """
+    runners = {name: OpenVinoRunner(xml, verify_hash=False, **config) for name, config in configs.items()}
+    calls_s: dict[tuple[str, int], list[float]] = {}
+    try:
+        rng = np.random.default_rng(0)
+        for _ in range(rounds):
+            for batch in batches:
+                for name, runner in runners.items():
+                    shape = (batch, *(dim or 1 for dim in runner.input_spec.shape[1:]))
+                    feed = rng.standard_normal(shape).astype(np.float32)
+                    runner(feed)  # warm-up: first-call allocations
+                    record = calls_s.setdefault((name, batch), [])
+                    started = time.perf_counter()
+                    for call in range(MAX_PROBE_CALLS):
+                        if call >= 3 and time.perf_counter() - started >= seconds / rounds:
+                            break
+                        call_started = time.perf_counter()
+                        runner(feed)
+                        record.append(time.perf_counter() - call_started)
+                    time.sleep(0.02)  # let the previous runner's threads park
+    finally:
+        for runner in runners.values():
+            runner.close()
+    return {
+        name: {batch: batch / float(np.median(calls_s[(name, batch)])) for batch in batches}
+        for name in configs
+    }
+
+
+def _score(rates: dict[int, float]) -> float:
+    """The geometric mean of images/s over batch sizes."""
+    return float(np.exp(np.mean(np.log(list(rates.values())))))
+
+
+def choose_runtime(
+    xml: Path,
+    precision: str,
+    batches: Sequence[int] = (1, 8),
+    seconds: float = 0.5,
+    *,
+    float_type: str | None = None,
+    hint: str | None = None,
+    device: str = "CPU",
+) -> dict[str, Any]:
+    """How ``xml`` should run here: its float type and hint, measured at ``batches`` unless pinned.
+
+    The float types OpenVINO can run here (:func:`float_type_candidates`) are timed interleaved with the LATENCY
+    hint, then the winner under both hints; a less accurate float type must win by :data:`MIN_GAIN` on the
+    geometric mean over ``batches`` (noise on a shared machine is a few percent), THROUGHPUT by as much at
+    every batch (with a batch of 1 among them it keeps LATENCY: one request cannot use several streams). Returns the manifest's ``engine`` fields:
+    ``inference_precision``, ``performance_hint`` and ``runtime_choice`` (how each was decided, with images/s).
+    ``seconds``: timed seconds per candidate and batch.
+    """
+    if float_type is not None and float_type not in FLOAT_TYPES:
+        raise ConfigError(f"unknown float_type {float_type!r}; valid values: {', '.join(FLOAT_TYPES)}")
+    if hint is not None and hint not in HINTS:
+        raise ConfigError(f"unknown OpenVINO hint {hint!r}; valid values: {', '.join(HINTS)}")
+    core = openvino().Core()
+    device = device.upper()
+    choice: dict[str, Any] = {"batches": list(batches), "seconds_per_sample": seconds}
+    if float_type is not None:
+        if not _can_run(float_type, capabilities(core, device), device):
+            raise BadInputError(
+                f"this {device} cannot run float_type {float_type!r} "
+                f"(matrix units: {onednn_units(matrix_units()).describe()}); pin another or leave it unset"
+            )
+        chosen_float, choice["float_type"] = float_type, {"decided": "pinned"}
+    else:
+        candidates = float_type_candidates(core, device, precision)
+        if len(candidates) == 1:
+            chosen_float, choice["float_type"] = candidates[0], {"decided": f"only {candidates[0]} applies"}
+        else:
+            rates = _time_configs(
+                xml, {kind: {"float_type": kind, "hint": "latency"} for kind in candidates}, batches, seconds
+            )
+            chosen_float = candidates[0]
+            for kind in candidates[1:]:  # most accurate first: a later one must beat the current by MIN_GAIN
+                if _score(rates[kind]) >= MIN_GAIN * _score(rates[chosen_float]):
+                    chosen_float = kind
+            choice["float_type"] = {"decided": "measured", "images_per_s": _rounded(rates)}
+    if hint is not None:
+        chosen_hint, choice["hint"] = hint, {"decided": "pinned"}
+    elif max(batches) == 1:
+        chosen_hint, choice["hint"] = "latency", {"decided": "batch 1 has nothing to split across streams"}
+    else:
+        rates = _time_configs(
+            xml, {name: {"float_type": chosen_float, "hint": name} for name in HINTS}, batches, seconds
+        )
+        # THROUGHPUT trades batch-1 latency for rate at larger batches: it must win at every batch asked for.
+        wins = all(rates["throughput"][batch] >= MIN_GAIN * rates["latency"][batch] for batch in batches)
+        chosen_hint = "throughput" if wins else "latency"
+        choice["hint"] = {"decided": "measured", "images_per_s": _rounded(rates)}
+    logger.info("OpenVINO runs %s in %s with the %s hint (%s)", xml.name, chosen_float, chosen_hint, choice)
+    return {"inference_precision": chosen_float, "performance_hint": chosen_hint, "runtime_choice": choice}
+
+
+def _rounded(rates: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
+    return {name: {str(batch): round(rate, 2) for batch, rate in by.items()} for name, by in rates.items()}
+
+
+def describe_choice(engine: dict[str, Any]) -> str:
+    """One line: what an IR computes in and why, e.g. ``runs in bf16 (measured: 1.90x f32), latency hint (...)``."""
+    float_type = engine.get("inference_precision")
+    if float_type is None:
+        return "float type not recorded"
+    choice = engine.get("runtime_choice") or {}
+    hint = engine.get("performance_hint", "latency")
+    return (
+        f"runs in {float_type}{_why(choice.get('float_type', {}), float_type)}, "
+        f"{hint} hint{_why(choice.get('hint', {}), hint)}"
     )
+
+
+def _why(decision: dict[str, Any], chosen: str) -> str:
+    """`` (measured: 1.90x f32)`` from a recorded decision with rates, else `` (pinned)`` and the like."""
+    rates = decision.get("images_per_s")
+    if rates and chosen in rates:
+        score = _score({int(batch): rate for batch, rate in rates[chosen].items()})
+        others = [
+            f"{score / _score({int(batch): rate for batch, rate in by.items()}):.2f}x {name}"
+            for name, by in rates.items()
+            if name != chosen
+        ]
+        return f" (measured: {', '.join(others)})"
+    return f" ({decision['decided']})" if decision.get("decided") else ""
 
 
 def build_ir(
@@ -143,20 +342,27 @@ def build_ir(
     ``float_nodes`` (the stem convolution on the raw pixels) left in float. On the
     trained fixture model, worst-case cosine to FP32: 0.958 with the ``MIXED``
     preset, 0.980 with ``PERFORMANCE``, 0.995 with its stem in float as well. SE
-    blocks stay quantized: leaving them out diverged (mean cosine 0.66). Each file is renamed into
-    place only when both are written (``.bin`` first).
+    blocks stay quantized: leaving them out diverged (mean cosine 0.66). Weights are
+    quantized with NNCF's overflow fix on every layer (7-bit range), so the IR is safe
+    on a CPU without VNNI too; on an AMD Zen 5 it also lifted the fixture's worst-case
+    cosine from 0.9785 to 0.9828 (f32 floats) and 0.9753 to 0.9825 (bf16 floats).
+    BF16: the FP32 graph, refused where the CPU has no BF16 units. Each file is renamed
+    into place only when both are written (``.bin`` first).
     """
     ov = openvino()
     if output.suffix != ".xml":
         raise ConfigError(f"an OpenVINO IR is written as .xml (+ .bin), not {output.name}")
     check_onnx_file(source)  # its external data stays in its folder, checked before OpenVINO opens it
     model = ov.Core().read_model(str(source))
+    if precision == "bf16":
+        require_bf16(ov.Core())  # before any work: a BF16 IR is useless where nothing runs BF16
     recipe: dict[str, Any] = {"format": ARTIFACT_FORMAT, "compress_to_fp16": precision == "fp16"}
     if precision == "int8":
         if images is None or not len(images):
             raise ConfigError("the OpenVINO INT8 build needs calibration images (--calib-dir)")
         quantizer = nncf()
         dataset = quantizer.Dataset([images[i : i + 1] for i in range(len(images))])
+        advanced = quantizer.quantization.advanced_parameters
         with _nncf_output_to_stderr():
             model = quantizer.quantize(
                 model,
@@ -164,9 +370,15 @@ def build_ir(
                 preset=quantizer.QuantizationPreset.PERFORMANCE,
                 subset_size=len(images),
                 ignored_scope=quantizer.IgnoredScope(names=list(float_nodes)) if float_nodes else None,
+                advanced_parameters=advanced.AdvancedQuantizationParameters(
+                    overflow_fix=advanced.OverflowFix.ENABLE
+                ),
             )
         recipe.update(
-            tool=f"nncf {quantizer.__version__}", preset="performance", float_nodes=list(float_nodes)
+            tool=f"nncf {quantizer.__version__}",
+            preset="performance",
+            float_nodes=list(float_nodes),
+            overflow_fix="enable",
         )
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".sedeploy-ir-", dir=output.parent) as folder:
@@ -178,8 +390,13 @@ def build_ir(
     return recipe
 
 
-def ir_manifest(xml: Path, started: float, device: dict[str, Any], **common: Any) -> BuildManifest:
-    """The manifest of an IR: ``artifact`` is the ``.xml``; ``engine`` holds the ``.bin``'s name and hash."""
+def ir_manifest(
+    xml: Path, started: float, device: dict[str, Any], runtime: dict[str, Any] | None = None, **common: Any
+) -> BuildManifest:
+    """The manifest of an IR: ``artifact`` is the ``.xml``; ``engine`` holds the ``.bin``'s name and hash.
+
+    ``runtime``: :func:`choose_runtime`'s fields (float type, hint, how they were decided), kept in ``engine``.
+    """
     weights = xml.with_suffix(".bin")
     return BuildManifest(
         artifact=xml.name,
@@ -192,6 +409,7 @@ def ir_manifest(xml: Path, started: float, device: dict[str, Any], **common: Any
             "openvino_version": version(),
             "weights": weights.name,
             "weights_sha256": sha256_of_file(weights),
+            **(runtime or {}),
         },
         build_seconds=round(time.perf_counter() - started, 3),
         **common,
@@ -225,8 +443,12 @@ def check_ir(xml: Path, verify_hash: bool = True) -> BuildManifest | None:
 class OpenVinoRunner(Runner):
     """Runs an OpenVINO IR on the CPU (or another OpenVINO ``device``).
 
-    ``hint``: ``latency`` (default; one stream, all cores on each call) or
-    ``throughput`` (several streams; a batch is split across async infer requests).
+    ``hint``: ``latency`` (one stream, all cores on each call) or ``throughput``
+    (several streams; a batch is split across async infer requests); default: the
+    hint the build measured and recorded, else ``latency``. ``float_type``: the
+    ``INFERENCE_PRECISION_HINT`` for the float parts (``f32``, ``bf16``, ``f16``);
+    default: the recorded one (a recorded type this device cannot run falls back to f32
+    where that is the source precision, else fails). ``provider`` names both.
     ``threads``: inference threads (default: OpenVINO's). The manifest beside the
     IR is checked on load (hashes of ``.xml`` and ``.bin``; ``verify_hash=False`` skips them) and supplies the
     metadata; concurrent callers each take their own infer request.
@@ -239,9 +461,10 @@ class OpenVinoRunner(Runner):
         model_path: str | os.PathLike[str],
         *,
         device: str | None = None,
-        hint: str = "latency",
+        hint: str | None = None,
         threads: int | None = None,
         verify_hash: bool = True,
+        float_type: str | None = None,
     ) -> None:
         ov = openvino()
         self.model_path = Path(model_path)
@@ -250,8 +473,10 @@ class OpenVinoRunner(Runner):
                 f"OpenVINO IR {self.model_path} (.xml with its .bin) does not exist; build it with "
                 "`sedeploy build-engine --backend openvino`"
             )
-        if hint not in HINTS:
+        if hint is not None and hint not in HINTS:
             raise ConfigError(f"unknown OpenVINO hint {hint!r}; valid values: {', '.join(HINTS)}")
+        if float_type is not None and float_type not in FLOAT_TYPES:
+            raise ConfigError(f"unknown float_type {float_type!r}; valid values: {', '.join(FLOAT_TYPES)}")
         if threads is not None and threads < 1:
             raise ConfigError(f"threads must be at least 1, got {threads}")
         self.manifest = check_ir(self.model_path, verify_hash)
@@ -263,9 +488,16 @@ class OpenVinoRunner(Runner):
         )
         core = ov.Core()
         self.device = (device or "CPU").upper()
+        engine = (self.manifest.engine or {}) if self.manifest else {}
+        hint = hint or engine.get("performance_hint") or "latency"
+        if hint not in HINTS:
+            raise BadInputError(
+                f"{self.model_path}'s manifest records an unknown hint {hint!r}; build it again"
+            )
+        self.float_type, how = self._float_type(core, float_type, engine.get("inference_precision"))
         config: dict[str, Any] = {
             "PERFORMANCE_HINT": hint.upper(),
-            "INFERENCE_PRECISION_HINT": _execution_precision(core, self.device, self.precision),
+            "INFERENCE_PRECISION_HINT": self.float_type,
         }
         if threads is not None:
             config["INFERENCE_NUM_THREADS"] = threads
@@ -277,7 +509,7 @@ class OpenVinoRunner(Runner):
                 f"OpenVINO cannot load {self.model_path} ({first_line}); build it again"
             ) from None
         self.hint = hint
-        self.provider = f"OpenVINO {self.device} ({hint}, {config['INFERENCE_PRECISION_HINT']})"
+        self.provider = f"OpenVINO {self.device} ({hint}, {self.float_type}: {how})"
         requests = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self._streams = max(1, requests) if hint == "throughput" else 1
         self._requests: queue.Queue[Any] = queue.Queue()
@@ -294,6 +526,34 @@ class OpenVinoRunner(Runner):
         self.input_spec = _spec(inputs[0], "float32", max_batch)
         self.output_spec = _spec(outputs[0], "float32", max_batch)
         logger.info("loaded %s: %s", self.model_path, self.describe())
+
+    def _float_type(self, core: Any, pinned: str | None, recorded: Any) -> tuple[str, str]:
+        """The float type to compile with and where it came from (``pinned``, ``recorded``, ``default``)."""
+        capable = capabilities(core, self.device)
+        if pinned is not None:
+            if not _can_run(pinned, capable, self.device):
+                raise BadInputError(
+                    f"this {self.device} cannot run float_type {pinned!r} "
+                    f"(matrix units: {onednn_units(matrix_units()).describe()}); pass another"
+                )
+            return pinned, "pinned"
+        if recorded is None:
+            return _legacy_float_type(core, self.device, self.precision), "default"
+        if recorded not in FLOAT_TYPES:
+            raise BadInputError(f"{self.model_path}'s manifest records an unknown float type {recorded!r}")
+        if _can_run(recorded, capable, self.device):
+            return recorded, "recorded"
+        if self.precision in ("int8", "fp32"):
+            logger.warning(
+                "%s was built to run its float layers in %s, which this %s cannot; running them in f32",
+                self.model_path,
+                recorded,
+                self.device,
+            )
+            return "f32", f"built for {recorded}"
+        if self.precision == "bf16":
+            require_bf16(core, self.device)
+        return _legacy_float_type(core, self.device, self.precision), f"built for {recorded}"
 
     def _infer(self, batch: np.ndarray) -> np.ndarray:
         if self._compiled is None:

@@ -1,0 +1,258 @@
+"""OpenVINO float type and hint: measured at build unless pinned, recorded in the manifest, used and shown by the
+runner; BF16 as a CPU precision, gated against FP32 and refused where the CPU has no BF16 units (the cpuinfo of a
+VNNI-only Xeon stands in for such a CPU)."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+import sedeploy
+from sedeploy import host
+from sedeploy.artifacts.manifest import read_manifest
+from sedeploy.bench import bench
+from sedeploy.build import BuildOptions, build_engine
+from sedeploy.errors import BadInputError, ConfigError
+from sedeploy.verify import verify
+
+openvino = pytest.importorskip(
+    "openvino", reason="OpenVINO is not installed: pip install 'sedeploy[openvino]'"
+)
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cpuinfo"
+HAS_BF16 = host.onednn_units(host.matrix_units()).best("bf16") is not None and "BF16" in set(
+    openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+)
+needs_bf16 = pytest.mark.skipif(not HAS_BF16, reason="this CPU has no BF16 units OpenVINO can use")
+
+
+@dataclass(frozen=True)
+class PinnedOptions(BuildOptions):
+    """BuildOptions with the two OpenVINO pins the CLI wiring adds (``--float-type``, ``--hint``)."""
+
+    float_type: str | None = None
+    hint: str | None = None
+
+
+@pytest.fixture
+def digits_onnx(trained_digits, tmp_path: Path) -> Path:  # type: ignore[no-untyped-def]
+    model = tmp_path / "digits.onnx"
+    shutil.copy(trained_digits.onnx_path, model)
+    return model
+
+
+@pytest.fixture
+def vnni_only_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process sees the recorded cpuinfo of an Intel Xeon with AVX-512 VNNI and no BF16 units."""
+    text = (FIXTURES / "intel_xeon_cascade_lake_vnni.txt").read_text(encoding="utf-8")
+    monkeypatch.setattr(host, "_cpuinfo", lambda: text)
+
+
+def test_int8_ir_measures_its_float_type_and_hint_and_records_them(trained_digits, digits_onnx: Path) -> None:  # type: ignore[no-untyped-def]
+    options = BuildOptions(
+        precision="int8", backend="openvino", calib_dir=trained_digits.calib_dir, probe_seconds=0.4
+    )
+    result = build_engine(digits_onnx, options)
+    engine = read_manifest(result.artifact).engine or {}
+    choice = engine["runtime_choice"]
+    candidates = ("f32", "bf16", "f16") if HAS_BF16 else ("f32", "f16")
+    assert engine["inference_precision"] in candidates and engine["performance_hint"] in (
+        "latency",
+        "throughput",
+    )
+    assert choice["batches"] == [1, 8] and choice["hint"]["decided"] == "measured"
+    measured = choice["hint"]["images_per_s"]
+    assert set(measured) == {"latency", "throughput"} and all(
+        r > 0 for by in measured.values() for r in by.values()
+    )
+    if HAS_BF16:  # f32 and bf16 at least: both were timed, and the record says which won
+        rates = choice["float_type"]["images_per_s"]
+        assert choice["float_type"]["decided"] == "measured" and {"f32", "bf16"} <= set(rates)
+    assert f"int8 IR runs in {engine['inference_precision']}" in result.backend_reason
+    with sedeploy.load(result.artifact) as runner:
+        assert (
+            runner.float_type == engine["inference_precision"] and runner.hint == engine["performance_hint"]
+        )
+        assert runner.provider.endswith(f"({runner.hint}, {runner.float_type}: recorded)")
+
+
+@needs_bf16
+def test_int8_ir_with_bf16_floats_passes_verify_with_the_int8_thresholds(
+    trained_digits, digits_onnx: Path
+) -> None:  # type: ignore[no-untyped-def]
+    options = PinnedOptions(
+        precision="int8",
+        backend="openvino",
+        calib_dir=trained_digits.calib_dir,
+        float_type="bf16",
+        hint="latency",
+    )
+    result = build_engine(digits_onnx, options)
+    engine = read_manifest(result.artifact).engine or {}
+    assert (engine["inference_precision"], engine["performance_hint"]) == ("bf16", "latency")
+    assert engine["runtime_choice"]["float_type"] == {"decided": "pinned"}
+    assert engine["runtime_choice"]["hint"] == {"decided": "pinned"}
+    report = verify(result.artifact, data=trained_digits.test_dir)
+    assert report.passed and report.precision == "int8", report.to_text()
+    with sedeploy.load(result.artifact) as runner:
+        assert runner.float_type == "bf16"
+    with sedeploy.load(result.artifact, float_type="f32") as runner:  # the caller's pin beats the record
+        assert runner.float_type == "f32" and runner.provider.endswith("f32: pinned)")
+
+
+def test_pinned_f32_is_honoured_recorded_and_survives_a_cpu_without_bf16(
+    trained_digits, digits_onnx: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    options = PinnedOptions(
+        precision="int8",
+        backend="openvino",
+        calib_dir=trained_digits.calib_dir,
+        float_type="f32",
+        hint="throughput",
+    )
+    result = build_engine(digits_onnx, options)
+    engine = read_manifest(result.artifact).engine or {}
+    assert (engine["inference_precision"], engine["performance_hint"]) == ("f32", "throughput")
+    assert "runs in f32 (pinned), throughput hint" in result.backend_reason
+    with sedeploy.load(result.artifact) as runner:
+        assert (runner.float_type, runner.hint) == ("f32", "throughput")
+        logits = runner(trained_digits.test_images[:16])
+    assert (logits.argmax(1) == trained_digits.test_labels[:16]).mean() >= 0.8
+    text = (FIXTURES / "intel_xeon_cascade_lake_vnni.txt").read_text(encoding="utf-8")
+    monkeypatch.setattr(host, "_cpuinfo", lambda: text)
+    with pytest.raises(BadInputError, match=r"cannot run float_type 'bf16'.*BF16 none"):
+        sedeploy.load(result.artifact, float_type="bf16")
+
+
+@needs_bf16
+def test_bf16_ir_is_gated_against_fp32_and_recorded(trained_digits, digits_onnx: Path) -> None:  # type: ignore[no-untyped-def]
+    result = build_engine(
+        digits_onnx, BuildOptions(precision="bf16", backend="openvino", calib_dir=trained_digits.calib_dir)
+    )
+    assert result.artifact.name == "digits.bf16.openvino.xml"
+    manifest = read_manifest(result.artifact)
+    assert manifest.precision == "bf16" and (manifest.engine or {})["inference_precision"] == "bf16"
+    assert manifest.recipe["compress_to_fp16"] is False  # FP32 weights, rounded to bf16 as it runs
+    fidelity = result.fidelity
+    assert fidelity is not None and fidelity.mean_cosine >= 0.999 and fidelity.top1_agreement >= 0.98
+    assert "bf16 IR runs in bf16 (only bf16 applies)" in result.backend_reason
+    with sedeploy.load(result.artifact) as runner:
+        logits = runner(trained_digits.test_images)
+    assert (logits.argmax(1) == trained_digits.test_labels).mean() >= trained_digits.torch_accuracy - 0.01
+    report = bench([result.artifact], batches=(2,), iterations=3, rounds=1, warmup=1, probe_seconds=0.1)
+    row = report.rows[0]  # divided by the BF16 roof (oneDNN), labelled with this CPU's BF16 unit
+    assert row.roof_kind == "bf16" and row.roof_gflops == report.probes["bf16"]
+    assert report.probe_labels["bf16"].endswith(str(host.onednn_units(host.matrix_units()).best("bf16")))
+
+
+def test_bf16_on_a_cpu_without_bf16_units_is_one_line_and_builds_nothing(
+    digits_onnx: Path, vnni_only_cpu: None
+) -> None:
+    with pytest.raises(BadInputError) as caught:
+        build_engine(digits_onnx, BuildOptions(precision="bf16", backend="openvino"))
+    message = str(caught.value)
+    assert "\n" not in message and "no BF16 units" in message and "AVX512-VNNI; BF16 none" in message
+    assert "precision='int8'" in message
+    assert sorted(path.name for path in digits_onnx.parent.iterdir()) == ["digits.onnx"]
+
+
+def test_bf16_is_an_openvino_precision_only() -> None:
+    with pytest.raises(ConfigError, match="backend='openvino'"):
+        BuildOptions(precision="bf16", backend="onnxruntime")
+    with pytest.raises(ConfigError, match="backend='openvino'"):
+        BuildOptions(precision="bf16")
+
+
+def test_fp16_ir_on_a_cpu_says_what_it_really_computes_in(digits_onnx: Path) -> None:
+    result = build_engine(digits_onnx, PinnedOptions(precision="fp16", backend="openvino", hint="latency"))
+    engine = read_manifest(result.artifact).engine or {}
+    assert engine["inference_precision"] in ("bf16", "f16")  # an FP16 IR never silently runs in f32
+    assert f"fp16 IR runs in {engine['inference_precision']}" in result.backend_reason
+    with sedeploy.load(result.artifact) as runner:
+        assert runner.float_type == engine["inference_precision"]
+
+
+def test_unknown_pins_are_refused_naming_the_parameter(digits_onnx: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown float_type 'fp8'"):
+        build_engine(digits_onnx, PinnedOptions(backend="openvino", float_type="fp8"))
+    assert not list(digits_onnx.parent.glob("*.xml"))
+
+
+def test_the_recorded_choice_reads_as_one_line() -> None:
+    from sedeploy.backends.openvino import describe_choice
+
+    rates = {"f32": {"1": 100.0, "8": 100.0}, "bf16": {"1": 150.0, "8": 240.0}}
+    engine = {
+        "inference_precision": "bf16",
+        "performance_hint": "latency",
+        "runtime_choice": {
+            "float_type": {"decided": "measured", "images_per_s": rates},
+            "hint": {"decided": "pinned"},
+        },
+    }
+    assert describe_choice(engine) == "runs in bf16 (measured: 1.90x f32), latency hint (pinned)"
+    assert describe_choice({}) == "float type not recorded"
+
+
+@pytest.mark.parametrize(
+    ("bf16_gain", "throughput_gain", "expected"),
+    [
+        (1.02, 1.0, ("f32", "latency")),
+        (1.10, 1.02, ("bf16", "latency")),
+        (1.10, 1.20, ("bf16", "throughput")),
+    ],
+)
+def test_a_less_accurate_float_type_or_throughput_must_win_by_the_margin(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    bf16_gain: float,
+    throughput_gain: float,
+    expected: tuple[str, str],
+) -> None:
+    """The decision rule on given timings (what a shared machine measures is not repeatable): most accurate
+    first, another float type or THROUGHPUT only when at least MIN_GAIN (5%) faster."""
+    from sedeploy.backends import openvino as ov_backend
+
+    xml = tmp_path / "digits.openvino.xml"  # only the timings would open it
+    rates = {
+        "f32": 100.0,
+        "bf16": 100.0 * bf16_gain,
+        "f16": 50.0,
+        "latency": 100.0,
+        "throughput": 100 * throughput_gain,
+    }
+
+    def timed(path: Path, configs: dict, batches: tuple[int, ...], seconds: float) -> dict:  # type: ignore[type-arg]
+        assert path == xml and seconds == 0.1
+        return {name: {batch: rates[name] for batch in batches} for name in configs}
+
+    monkeypatch.setattr(ov_backend, "_time_configs", timed)
+    monkeypatch.setattr(
+        ov_backend, "float_type_candidates", lambda core, device, precision: ("f32", "bf16", "f16")
+    )
+    choice = ov_backend.choose_runtime(xml, "int8", (1, 8), 0.1)
+    assert (choice["inference_precision"], choice["performance_hint"]) == expected
+    assert choice["runtime_choice"]["float_type"]["images_per_s"]["f16"] == {"1": 50.0, "8": 50.0}
+    only_one = ov_backend.choose_runtime(xml, "int8", (1,), 0.1, float_type="f32")
+    assert only_one["performance_hint"] == "latency"
+    assert only_one["runtime_choice"]["hint"]["decided"] == "batch 1 has nothing to split across streams"
+
+
+def test_throughput_must_win_at_every_batch_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """THROUGHPUT 1.5x faster at batch 8 but 0.6x at batch 1 keeps LATENCY for (1, 8); asked for 8 alone, it wins."""
+    from sedeploy.backends import openvino as ov_backend
+
+    per_batch = {"latency": {1: 60.0, 8: 50.0}, "throughput": {1: 36.0, 8: 75.0}}
+
+    def timed(path: Path, configs: dict, batches: tuple[int, ...], seconds: float) -> dict:  # type: ignore[type-arg]
+        return {name: {batch: per_batch[name][batch] for batch in batches} for name in configs}
+
+    monkeypatch.setattr(ov_backend, "_time_configs", timed)
+    xml = tmp_path / "model.openvino.xml"  # only the timings would open it
+    assert ov_backend.choose_runtime(xml, "fp32", (1, 8), 0.1)["performance_hint"] == "latency"
+    assert ov_backend.choose_runtime(xml, "fp32", (8,), 0.1)["performance_hint"] == "throughput"
