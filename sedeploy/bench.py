@@ -532,6 +532,9 @@ def _open_target(
         label = Path(path).name
         precision = detect_precision(path)
         runner = loader(path, threads=threads) if threads and _takes_threads(path) else loader(path)
+        # A PyTorch runner computes in its own precision (fp16/bf16 on a GPU): that is the peak it is held to.
+        precision = getattr(runner, "precision", None) if runner.backend == "torch" else precision
+        precision = precision or "fp32"
     macs = runner.metadata.macs if runner.metadata is not None else 0
     gpu_name = getattr(runner, "gpu_name", None)
     on_cpu = gpu_name is None and getattr(runner, "provider", None) not in _GPU_PROVIDERS
