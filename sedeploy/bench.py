@@ -533,8 +533,8 @@ def _open_target(
         precision = detect_precision(path)
         runner = loader(path, threads=threads) if threads and _takes_threads(path) else loader(path)
         # A PyTorch runner computes in its own precision (fp16/bf16 on a GPU): that is the peak it is held to.
-        precision = getattr(runner, "precision", None) if runner.backend == "torch" else precision
-        precision = precision or "fp32"
+        if runner.backend == "torch":
+            precision = str(getattr(runner, "precision", None) or precision)
     macs = runner.metadata.macs if runner.metadata is not None else 0
     gpu_name = getattr(runner, "gpu_name", None)
     on_cpu = gpu_name is None and getattr(runner, "provider", None) not in _GPU_PROVIDERS
