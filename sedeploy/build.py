@@ -49,6 +49,7 @@ from sedeploy.files import check_writable, folder_lock, pause_for_tests, sha256_
 from sedeploy.host import cpu_features, describe_host
 from sedeploy.precision import (
     CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_METHOD,
     DEFAULT_FP16_BLOCK_LIST,
     DEFAULT_PERCENTILE,
     HIGH_PRECISIONS,
@@ -84,7 +85,7 @@ class BuildOptions:
     target: str | None = None
     calib_dir: Path | None = None
     calib_size: int = DEFAULT_CALIBRATION_SIZE
-    calib_method: str = "entropy"
+    calib_method: str = DEFAULT_CALIBRATION_METHOD
     percentile: float = DEFAULT_PERCENTILE
     quantize_se: bool | None = None
     recalibrate: bool = False
@@ -158,7 +159,7 @@ class BuildOptions:
         if self.implicit_int8 and (self.precision != "int8" or self.backend != "tensorrt"):
             raise ConfigError("implicit_int8 needs an int8 build with backend tensorrt", params=("backend",))
         onnx_only = {
-            "calib_method": self.calib_method != "entropy",
+            "calib_method": self.calib_method != DEFAULT_CALIBRATION_METHOD,
             "percentile": self.percentile != DEFAULT_PERCENTILE,
             "quantize_se": self.quantize_se is not None,
             "target": self.target is not None,
@@ -511,8 +512,12 @@ def build_engine(
             ):
                 notes += (
                     f"{built_precision} runs as {format_shares(precision_audit.shares())} of the MACs on ONNX Runtime "
-                    "here: the file is the portable one for TensorRT and GPUs; for 16-bit floats on a CPU, build "
-                    "bf16 with the openvino backend where the CPU has BF16 units",
+                    "here: the file is the portable one for TensorRT and GPUs"
+                    + (
+                        "; for 16-bit floats on a CPU, build bf16 with the openvino backend where the CPU has BF16 units"
+                        if built_precision == "fp16"
+                        else "; for INT8 on a CPU, build the cpu flavour"
+                    ),
                 )
         else:
             from sedeploy.backends import tensorrt as trt_backend
@@ -603,7 +608,7 @@ def _why_not_probed(options: BuildOptions, output: str | Path | None) -> str | N
         return "ONNX Runtime runs on CUDA here"
     onnx_only = {
         "--target": options.target is not None,
-        "--calib-method": options.calib_method != "entropy",
+        "--calib-method": options.calib_method != DEFAULT_CALIBRATION_METHOD,
         "--percentile": options.percentile != DEFAULT_PERCENTILE,
         "--quantize-se/--float-se": options.quantize_se is not None,
         "-o": output is not None,
@@ -880,7 +885,7 @@ def _make_precision_file(
         assert calibration_set is not None
         int8 = Int8Recipe(
             flavour=target,
-            method="entropy" if options.calib_method == "sweep" else options.calib_method,
+            method=DEFAULT_CALIBRATION_METHOD if options.calib_method == "sweep" else options.calib_method,
             percentile=options.percentile,
             quantize_se=options.quantize_se,
             high_precision=options.high_precision,

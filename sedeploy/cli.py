@@ -36,7 +36,13 @@ from sedeploy.files import check_writable, write_json_atomic
 from sedeploy.info import model_info
 from sedeploy.ladder import compare
 from sedeploy.models.checkpoint import LAYOUTS
-from sedeploy.precision import CALIBRATION_METHODS, DEFAULT_PERCENTILE, FLAVOURS, HIGH_PRECISIONS
+from sedeploy.precision import (
+    CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_METHOD,
+    DEFAULT_PERCENTILE,
+    FLAVOURS,
+    HIGH_PRECISIONS,
+)
 from sedeploy.predict import predict
 from sedeploy.serving.loadtest import (
     DEFAULT_DURATION_S,
@@ -433,7 +439,7 @@ def _parse_floats(value: str | None, option: str) -> tuple[float, ...] | None:
 @click.option(
     "--calib-method",
     type=click.Choice((*CALIBRATION_METHODS, "sweep")),
-    default="entropy",
+    default=DEFAULT_CALIBRATION_METHOD,
     show_default=True,
     help="entropy: TensorRT's (2048-bin histogram, KL over 128 levels); sweep: try every method with the SE "
     "path float and quantized, measure each on --data, keep the most faithful.",

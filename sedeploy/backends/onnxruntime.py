@@ -117,7 +117,9 @@ def session_options(
         raise ConfigError(f"threads must be at least 1, got {threads}")
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or usable_cores()
-    options.inter_op_num_threads = 1
+    # ONNX Runtime runs "parallel" sequentially when it has one inter-op thread (read back from the session):
+    # parallel mode gets a pool of its own, sequential needs none.
+    options.inter_op_num_threads = 1 if execution_mode == "sequential" else max(2, usable_cores())
     options.execution_mode = (
         ort.ExecutionMode.ORT_PARALLEL if execution_mode == "parallel" else ort.ExecutionMode.ORT_SEQUENTIAL
     )

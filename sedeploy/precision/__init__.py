@@ -28,6 +28,7 @@ from sedeploy.precision.int8 import quantize_int8
 from sedeploy.precision.lint import lint_tensorrt_qdq
 from sedeploy.precision.recipe import (
     CALIBRATION_METHODS,
+    DEFAULT_CALIBRATION_METHOD,
     DEFAULT_HISTOGRAM_BINS,
     DEFAULT_PERCENTILE,
     DEFAULT_QUANTIZED_BINS,
@@ -45,6 +46,7 @@ __all__ = [
     "CALIBRATION_FORMAT_VERSION",
     "CALIBRATION_METHODS",
     "CALIBRATORS",
+    "DEFAULT_CALIBRATION_METHOD",
     "DEFAULT_FP16_BLOCK_LIST",
     "DEFAULT_HISTOGRAM_BINS",
     "DEFAULT_PERCENTILE",

@@ -12,6 +12,7 @@ from typing import Any
 import onnx
 
 from sedeploy.artifacts.metadata import load_onnx
+from sedeploy.errors import BadInputError
 from sedeploy.files import atomic_output
 from sedeploy.optional import import_optional
 
@@ -19,8 +20,17 @@ logger = logging.getLogger("sedeploy.precision")
 
 
 def load(path: Path) -> onnx.ModelProto:
-    """The ONNX file at ``path``, through the artifact contract's one reader (one-line errors)."""
-    return load_onnx(path)
+    """The ONNX file at ``path`` with its weights in memory, through the artifact contract's one reader.
+
+    External data is checked there (inside the model's folder) and then read in, so a converted graph carries
+    its own weights instead of pointing at the source's data file with the source's sizes.
+    """
+    model = load_onnx(path)
+    try:
+        onnx.load_external_data_for_model(model, str(Path(path).parent))
+    except Exception as error:
+        raise BadInputError(f"{path}: cannot read its external data ({error}); export it again") from None
+    return model
 
 
 def save(model: onnx.ModelProto, output_path: Path) -> None:
