@@ -221,22 +221,32 @@ def test_close_while_streaming_defers_the_free_and_refuses_new_calls() -> None:
 
 def test_fp16_and_graphs_need_cuda() -> None:
     with pytest.raises(ConfigError, match="fp16 runs on a CUDA device"):
-        TorchRunner("se_resnet18", precision="fp16", model_options={"num_classes": 3, "img_size": 32})
+        TorchRunner(
+            "se_resnet18",
+            precision="fp16",
+            model_options={"num_classes": 3, "img_size": 32},
+            random_weights=True,
+        )
     with pytest.raises(ConfigError, match="cuda_graph=True needs a CUDA device"):
-        TorchRunner("se_resnet18", cuda_graph=True, model_options={"num_classes": 3, "img_size": 32})
+        TorchRunner(
+            "se_resnet18",
+            cuda_graph=True,
+            model_options={"num_classes": 3, "img_size": 32},
+            random_weights=True,
+        )
     with pytest.raises(ConfigError, match="unknown precision 'int4'"):
-        TorchRunner("se_resnet18", precision="int4")
+        TorchRunner("se_resnet18", precision="int4", random_weights=True)
 
 
 def test_bf16_on_cpu_is_close_to_fp32() -> None:
     options = {"num_classes": 5, "img_size": 32}
     batch = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     torch.manual_seed(0)
-    with TorchRunner("se_resnet18", model_options=options) as fp32:
+    with TorchRunner("se_resnet18", model_options=options, random_weights=True) as fp32:
         reference = fp32(batch)
         state = fp32._model.state_dict()  # type: ignore[union-attr]
     torch.manual_seed(0)
-    with TorchRunner("se_resnet18", model_options=options, precision="bf16") as bf16:
+    with TorchRunner("se_resnet18", model_options=options, precision="bf16", random_weights=True) as bf16:
         bf16._model.load_state_dict(state)  # type: ignore[union-attr]
         output = bf16(batch)
         assert "bf16" in bf16.provider and bf16.precision == "bf16"

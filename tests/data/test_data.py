@@ -4,6 +4,7 @@ sampling is deterministic, class folders give labels, the cache hits and invalid
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -228,11 +229,14 @@ NUMBERED = Preprocessing((4,), (4, 4), 1.0, (0.0,), (1.0,), "bilinear")
 
 
 def test_sampling_is_deterministic_and_in_path_order(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     folder = _numbered_folder(tmp_path / "images", 30)
-    first = load_image_set(folder, NUMBERED, 1, limit=7, seed=0, progress=True)
-    assert "img" in capsys.readouterr().err  # the progress bar goes to stderr
+    with caplog.at_level(logging.INFO, logger="sedeploy.progress"):
+        first = load_image_set(folder, NUMBERED, 1, limit=7, seed=0, progress=True)
+    # no terminal here: the progress is lines of the sedeploy.progress log, a start and an end
+    lines = [record.getMessage() for record in caplog.records if record.name == "sedeploy.progress"]
+    assert lines[0] == "images: started (7 img)" and lines[-1].startswith("images: done, 7/7 img in ")
     again = load_image_set(folder, NUMBERED, 1, limit=7, seed=0, workers=1)
     other_seed = load_image_set(folder, NUMBERED, 1, limit=7, seed=1)
 
@@ -394,7 +398,7 @@ def test_preprocessing_from_metadata_flags_and_clear_errors(tmp_path: Path) -> N
         preprocessing_for(bare)
     assert str(bare) in str(error.value) and "img_size, mean, std" in str(error.value)
     assert error.value.exit_code == 2
-    with pytest.raises(MissingPreprocessingError, match="add --std "):
+    with pytest.raises(MissingPreprocessingError, match="add std "):
         preprocessing_for(bare, img_size=28, mean=[0.5])
     from_flags, flag_channels = preprocessing_for(bare, img_size=28, mean=[0.5], std=[0.2])
     assert flag_channels == 1
