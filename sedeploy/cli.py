@@ -83,6 +83,8 @@ LIBRARY_NAMES: dict[str, str] = {
     "min_cosine": "min_cos",
     "channels": "in_chans",
     "model": "model_target",
+    "duration_s": "duration",
+    "version": "first_version",
 }
 """Library parameter names whose CLI option is named otherwise (library name -> click parameter name)."""
 

@@ -359,7 +359,7 @@ def build_ir(
     recipe: dict[str, Any] = {"format": ARTIFACT_FORMAT, "compress_to_fp16": precision == "fp16"}
     if precision == "int8":
         if images is None or not len(images):
-            raise ConfigError("the OpenVINO INT8 build needs calibration images (--calib-dir)")
+            raise ConfigError("the OpenVINO INT8 build needs calibration images (calib_dir)")
         quantizer = nncf()
         dataset = quantizer.Dataset([images[i : i + 1] for i in range(len(images))])
         advanced = quantizer.quantization.advanced_parameters

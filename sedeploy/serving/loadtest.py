@@ -97,7 +97,7 @@ def parse_url(url: str, allow_remote: bool = False) -> Endpoint:
         raise ConfigError(f"URL {url!r} needs a host and a port, e.g. http://127.0.0.1:8000")
     if not allow_remote and not _is_loopback(parts.hostname):
         raise ConfigError(
-            f"{parts.hostname} is not a loopback address; loadtest only loopback servers unless --allow-remote"
+            f"{parts.hostname} is not a loopback address; loadtest only loopback servers unless allow_remote=True"
         )
     return Endpoint(protocol, parts.hostname, port)
 
@@ -329,7 +329,7 @@ class _BatchCounter:
                 self.note = f"Triton's statistics API refused ({str(error).splitlines()[0][:120]}); " + (
                     "batch sizes are the mean from the Prometheus metrics"
                     if self.metrics_url
-                    else "give --access-token or --metrics-url to see the batching"
+                    else "give access_token or metrics_url to see the batching"
                 )
         if self.source == "metrics" and self.metrics_url:
             try:
@@ -482,15 +482,18 @@ def loadtest(
 ) -> LoadtestReport:
     """Load-test ``model`` at ``url`` at each concurrency level; see the module docstring."""
     if not concurrency or any(not 1 <= level <= MAX_CONCURRENCY for level in concurrency):
-        raise ConfigError(f"--concurrency levels must be 1..{MAX_CONCURRENCY}, got {list(concurrency)}")
+        raise ConfigError(
+            f"concurrency levels must be 1..{MAX_CONCURRENCY}, got {list(concurrency)}",
+            params=("concurrency",),
+        )
     if not 0 < duration_s <= MAX_DURATION_S:
-        raise ConfigError(f"--duration must be above 0 and at most {MAX_DURATION_S:.0f} s, got {duration_s}")
+        raise ConfigError(f"duration_s must be above 0 and at most {MAX_DURATION_S:.0f} s, got {duration_s}")
     if max_requests < 1:
-        raise ConfigError(f"--max-requests must be at least 1, got {max_requests}")
+        raise ConfigError(f"max_requests must be at least 1, got {max_requests}")
     if batch < 1:
-        raise ConfigError(f"--batch must be at least 1, got {batch}")
+        raise ConfigError(f"batch must be at least 1, got {batch}", params=("batch",))
     if not tolerance >= 0:
-        raise ConfigError(f"--tolerance must be a number >= 0, got {tolerance}")
+        raise ConfigError(f"tolerance must be a number >= 0, got {tolerance}", params=("tolerance",))
     endpoint = parse_url(url, allow_remote)
     if metrics_url is not None:
         metrics_endpoint = parse_url(metrics_url, allow_remote)
@@ -510,7 +513,7 @@ def loadtest(
             raise LoadtestError(f"the server at {endpoint} is not live")
         input_name, output_name, dims, dtype, max_batch = _model_io(control, model)
         if max_batch and batch > max_batch:
-            raise ConfigError(f"--batch {batch} exceeds the model's max batch {max_batch}")
+            raise ConfigError(f"batch {batch} exceeds the model's max batch {max_batch}", params=("batch",))
         generator = np.random.default_rng(seed)
         inputs = [generator.standard_normal((batch, *dims)).astype(dtype) for _ in range(DISTINCT_INPUTS)]
         try:
@@ -574,5 +577,7 @@ def parse_concurrency(text: str) -> tuple[int, ...]:
     except ValueError:
         levels = ()
     if not levels:
-        raise ConfigError(f"--concurrency {text!r} is not a list of numbers like 1,4,16")
+        raise ConfigError(
+            f"concurrency {text!r} is not a list of numbers like 1,4,16", params=("concurrency",)
+        )
     return levels

@@ -187,7 +187,8 @@ def _model_names(described: Sequence[ServingArtifact], name: str | None) -> list
     duplicates = sorted({n for n in names if names.count(n) > 1})
     if duplicates:
         raise ConfigError(
-            f"two artifacts would both be served as {duplicates[0]!r}; serve them with one command each and --name"
+            f"two artifacts would both be served as {duplicates[0]!r}; serve them with one command each and name",
+            params=("name",),
         )
     return names
 
@@ -234,10 +235,10 @@ def _check_port(host: str, port: int, option: str) -> None:
         except OSError as error:
             if error.errno == errno.EADDRINUSE:
                 raise ServeError(
-                    f"port {port} on {host} is in use; stop what holds it or give {option}"
+                    f"port {port} on {host} is in use; stop what holds it or give {option}", params=(option,)
                 ) from None
             raise ServeError(
-                f"cannot listen on {host}:{port} ({error.strerror}); give another --host"
+                f"cannot listen on {host}:{port} ({error.strerror}); give another host", params=("host",)
             ) from None
 
 
@@ -245,9 +246,9 @@ def _ports(host: str, http_port: int, grpc_port: int, metrics_port: int) -> tupl
     """The three ports, 0 replaced by a free one; each checked free so a busy port fails with one line."""
     chosen: list[int] = []
     for port, option in (
-        (http_port, "--http-port"),
-        (grpc_port, "--grpc-port"),
-        (metrics_port, "--metrics-port"),
+        (http_port, "http_port"),
+        (grpc_port, "grpc_port"),
+        (metrics_port, "metrics_port"),
     ):
         if not 0 <= port <= 65535:
             raise ConfigError(f"{option} must be 0..65535, got {port}")
@@ -685,7 +686,7 @@ def serve(
     if not paths:
         raise ConfigError("give at least one artifact to serve")
     if top_k < 1:
-        raise ConfigError(f"--top-k must be at least 1, got {top_k}")
+        raise ConfigError(f"top_k must be at least 1, got {top_k}")
     options = ServingOptions(max_batch=max_batch, max_queue_delay_us=max_queue_delay_us, instances=instances)
     pytriton = import_optional("pytriton.triton", EXTRA)
     import_optional("tritonclient.http", EXTRA)

@@ -211,7 +211,7 @@ def _read_plan(path: Path, manifest: BuildManifest) -> ServingArtifact:
     if low > 1:
         raise BadInputError(
             f"{path} was built for batches {low}..{high}, but Triton sends batches from 1; "
-            f"rebuild it with --batch 1:OPT:{high}"
+            f"rebuild it with `sedeploy build-engine --batch-profile 1:OPT:{high}`"
         )
     labels = source.get("labels")
     return ServingArtifact(
@@ -267,11 +267,11 @@ class ServingOptions:
         if self.kind is not None and self.kind not in KINDS:
             raise ConfigError(f"unknown instance kind {self.kind!r}; valid values: {', '.join(KINDS)}")
         if self.instances < 1:
-            raise ConfigError(f"--instances must be at least 1, got {self.instances}")
+            raise ConfigError(f"instances must be at least 1, got {self.instances}", params=("instances",))
         if self.max_batch is not None and self.max_batch < 1:
-            raise ConfigError(f"--max-batch must be at least 1, got {self.max_batch}")
+            raise ConfigError(f"max_batch must be at least 1, got {self.max_batch}")
         if self.max_queue_delay_us < 0:
-            raise ConfigError(f"--max-queue-delay-us must be 0 or more, got {self.max_queue_delay_us}")
+            raise ConfigError(f"max_queue_delay_us must be 0 or more, got {self.max_queue_delay_us}")
         if any(size < 1 for size in self.preferred_batch):
             raise ConfigError(f"preferred batch sizes must be at least 1, got {list(self.preferred_batch)}")
 
@@ -307,23 +307,23 @@ def _instance_kind(artifacts: Sequence[ServingArtifact], options: ServingOptions
     first = artifacts[0]
     kind = options.kind or ("cpu" if first.platform == ONNX_PLATFORM and first.flavour == "cpu" else "gpu")
     if kind == "cpu" and first.platform == PLAN_PLATFORM:
-        raise ConfigError("a TensorRT engine runs only on a GPU; drop --kind cpu")
+        raise ConfigError("a TensorRT engine runs only on a GPU; drop kind cpu", params=("kind",))
     return kind
 
 
 def _accelerator(artifacts: Sequence[ServingArtifact], kind: str) -> dict[str, Any]:
     """ONNX Runtime's TensorRT execution provider, at the artifacts' precision."""
     if artifacts[0].platform != ONNX_PLATFORM or kind != "gpu":
-        raise ConfigError("--ort-trt-accelerator is for an ONNX model on GPU instances; drop it")
+        raise ConfigError("ort_trt_accelerator is for an ONNX model on GPU instances; drop it")
     precisions = {artifact.precision for artifact in artifacts}
     if len(precisions) > 1:
         raise ConfigError(
-            f"--ort-trt-accelerator needs one precision per model, got {sorted(precisions)}; give --per-precision"
+            f"ort_trt_accelerator needs one precision per model, got {sorted(precisions)}; give per_precision"
         )
     if any(artifact.flavour == "cpu" for artifact in artifacts):
         raise ConfigError(
-            "--ort-trt-accelerator: the INT8 cpu flavour (unsigned activations) does not run on TensorRT; "
-            "build with --target tensorrt"
+            "ort_trt_accelerator: the INT8 cpu flavour (unsigned activations) does not run on TensorRT; "
+            "build with `sedeploy build-engine --target tensorrt`"
         )
     return {
         "execution_accelerators": {
@@ -357,7 +357,7 @@ def model_config(
     max_batch = options.max_batch or largest
     if max_batch > largest:
         raise ConfigError(
-            f"--max-batch {max_batch} exceeds what the artifacts serve ({largest}); give at most {largest}"
+            f"max_batch {max_batch} exceeds what the artifacts serve ({largest}); give at most {largest}"
         )
     too_large = [size for size in options.preferred_batch if size > max_batch]
     if too_large:
@@ -537,7 +537,8 @@ def _place_model(folder: Path, files: dict[str, Path | str], force: bool) -> Non
         where = error.filename or folder
         raise BadInputError(
             f"cannot write the Triton model {folder.name} at {where} ({error.strerror or error}); "
-            "free disk space there or choose another -o"
+            "free disk space there or choose another output",
+            params=("output",),
         ) from None
 
 
@@ -546,7 +547,8 @@ def _place_model_files(folder: Path, files: dict[str, Path | str], force: bool) 
         if not folder.is_dir() or not _holds_same(folder, files):
             raise ModelExistsError(
                 f"{folder} already holds a different model named {folder.name!r}; "
-                "give --force to replace it, or another --name"
+                "give force=True to replace it, or another name",
+                params=("name",),
             )
         _write_files(
             folder, {name: content for name, content in files.items() if not (folder / name).exists()}
@@ -590,7 +592,7 @@ def write_repository(
     if not artifacts:
         raise ConfigError("give at least one artifact (an .onnx or an engine built by sedeploy build-engine)")
     if version < 1:
-        raise ConfigError(f"--version must be at least 1, got {version}")
+        raise ConfigError(f"version must be at least 1, got {version}", params=("version",))
     if name is not None and (not name or _MODEL_NAME.search(name) or name.startswith(".")):
         raise ConfigError(f"model name {name!r} may hold only letters, digits, '_', '-' and '.'")
     repository = Path(repository)
@@ -613,7 +615,7 @@ def write_repository(
             model_name = f"{base}_{artifact.precision}"
             if model_name in groups:
                 raise ConfigError(
-                    f"two artifacts are {artifact.precision}; --per-precision serves one per precision"
+                    f"two artifacts are {artifact.precision}; per_precision serves one per precision"
                 )
             groups[model_name] = {version: artifact}
     else:
