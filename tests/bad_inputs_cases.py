@@ -616,7 +616,7 @@ CASES: list[Case] = [
         "build-engine",
         lambda a, d: ["build-engine", str(copy(a.onnx, d)), "--fp16", "--int8"],
         2,
-        "at most one of --fp16 and --int8",
+        "at most one of --fp16, --bf16 and --int8",
         "the ONNX file",
     ),
     Case(

@@ -18,7 +18,7 @@ from sedeploy.build import BuildOptions, build_engine
 from sedeploy.data import images_decoded
 from sedeploy.errors import BadInputError
 from sedeploy.files import sha256_of_file
-from sedeploy.precision import Int8Recipe, calibration_cache_path
+from sedeploy.precision import DEFAULT_CALIBRATION_METHOD, Int8Recipe, calibration_cache_path
 
 
 @pytest.fixture
@@ -49,7 +49,10 @@ def test_manifest_describes_each_artifact(workdir: tuple[Path, Path]) -> None:
         assert manifest.source_metadata["arch"] == "se_preact_resnet"
         assert manifest.recipe["flavour"] == "cpu"
         assert manifest.calibration is not None
-        assert manifest.calibration["images"] == 64 and manifest.calibration["method"] == "entropy"
+        assert (
+            manifest.calibration["images"] == 64
+            and manifest.calibration["method"] == DEFAULT_CALIBRATION_METHOD
+        )
         assert manifest.device["description"]
     optimized = json.loads(manifest_path(result.artifacts[1]).read_text())
     assert optimized["device"]["optimization_level"] == "all"
@@ -70,7 +73,7 @@ def test_second_build_reuses_calibration_and_a_changed_image_invalidates_it(
     model, calib = workdir
     first = build_engine(model, _int8(calib, calib_size=128))  # every image, so the changed one is used
     assert first.calibration is not None and first.calibration["reused"] is False
-    cache = calibration_cache_path(model, Int8Recipe(flavour="cpu", method="entropy"))
+    cache = calibration_cache_path(model, Int8Recipe(flavour="cpu"))
     assert cache.is_file() and cache.with_suffix(".trt.cache").is_file()
     decoded = images_decoded()
     second = build_engine(model, _int8(calib, calib_size=128))
@@ -92,7 +95,7 @@ def test_second_build_reuses_calibration_and_a_changed_image_invalidates_it(
 def test_tensorrt_calibration_cache_format(workdir: tuple[Path, Path]) -> None:
     model, calib = workdir
     build_engine(model, _int8(calib, target="tensorrt"))
-    cache = calibration_cache_path(model, Int8Recipe(flavour="tensorrt", method="entropy"))
+    cache = calibration_cache_path(model, Int8Recipe(flavour="tensorrt"))
     ranges = json.loads(cache.read_text())
     lines = cache.with_suffix(".trt.cache").read_text().splitlines()
     assert lines[0].startswith("TRT-") and lines[0].endswith("-EntropyCalibration2")
@@ -176,7 +179,7 @@ def test_cli_build_engine_json_and_exit_codes(workdir: tuple[Path, Path], tmp_pa
     assert all(Path(path).is_file() for path in report["artifacts"] + report["manifests"])
 
     usage = _cli("build-engine", str(model), "--int8", "--fp16")
-    assert usage.returncode == 2 and "at most one of --fp16 and --int8" in usage.stderr
+    assert usage.returncode == 2 and "at most one of --fp16, --bf16 and --int8" in usage.stderr
 
     before = sorted(p.name for p in model.parent.iterdir())
     for args, fragment in [

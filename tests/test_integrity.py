@@ -104,7 +104,7 @@ def test_calibration_cache_is_not_reused_for_another_model(built: tuple[Path, Pa
     model, _, calib = built
     first = build_engine(model, _int8_options(calib))
     assert first.calibration is not None and first.calibration["reused"] is False
-    cache = calibration_cache_path(model, Int8Recipe(flavour="cpu", method="entropy"))
+    cache = calibration_cache_path(model, Int8Recipe(flavour="cpu"))
     cached = CalibrationRanges.read(cache)
     assert cached is not None and cached.model_sha256 == sha256_of_file(model)
     # Another model of the same name in the same place (other weights): its hash differs, so it recalibrates.
@@ -132,5 +132,5 @@ def test_calibration_cache_is_not_reused_when_preprocessing_changes(built: tuple
     )
     assert shifted.calibration is not None and shifted.calibration["reused"] is False
     assert shifted.calibration["dataset_sha256"] == first.calibration["dataset_sha256"]  # same files
-    cache = json.loads(calibration_cache_path(model, Int8Recipe(flavour="cpu", method="entropy")).read_text())
+    cache = json.loads(calibration_cache_path(model, Int8Recipe(flavour="cpu")).read_text())
     assert cache["images_sha256"]

@@ -23,6 +23,7 @@ from digits import cpu_int8_options
 
 from sedeploy.build import build_engine
 from sedeploy.files import commit_files, sha256_of_file, temp_path_beside
+from sedeploy.precision import DEFAULT_CALIBRATION_METHOD
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
 WAIT_SECONDS = 180  # the first sign of life includes importing torch on a busy machine
@@ -120,7 +121,7 @@ def test_interrupted_calibration_keeps_the_previous_build_and_cache(
 ) -> None:  # type: ignore[no-untyped-def]
     model = previous_int8_build
     before = _snapshot(model.parent)
-    assert any(name.endswith(".calibration.entropy.asymmetric.json") for name in before)
+    assert any(name.endswith(f".calibration.{DEFAULT_CALIBRATION_METHOD}.asymmetric.json") for name in before)
     arguments = [
         "build-engine", str(model), "--int8", "--backend", "onnxruntime", "--target", "cpu",
         "--calib-dir", str(trained_digits.calib_dir), "--calib-size", "32", "--recalibrate",

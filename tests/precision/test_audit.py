@@ -211,7 +211,7 @@ def test_inspect_every_artifact_kind(builds: dict[str, Path], kind: str) -> None
     assert data["backend"] == ("openvino" if kind.startswith("ov-") else "onnxruntime")
     assert data["model"]["arch"] == "se_preact_resnet"
     if kind.startswith("int8"):
-        assert "calibration: entropy (histogram_bins 2048, quantized_bins 128, symmetric False)" in text
+        assert "calibration: minmax (symmetric False)" in text  # the default method, with its parameters
 
 
 def test_shares_format_for_tables_and_nothing_recorded_without_a_build_audit(builds: dict[str, Path]) -> None:

@@ -241,7 +241,7 @@ def test_busy_port_missing_extra_and_broken_artifact_are_one_line(
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         busy = holder.getsockname()[1]
-        with pytest.raises(ServeError, match=f"port {busy} on 127.0.0.1 is in use; .* --http-port"):
+        with pytest.raises(ServeError, match=f"port {busy} on 127.0.0.1 is in use; .* http_port"):
             sedeploy.serve(artifacts["fp32"], http_port=busy, grpc_port=0, metrics_port=0)
         result = CliRunner().invoke(
             cli,
@@ -402,5 +402,5 @@ def test_loadtest_tolerance_and_a_statistics_source_that_changes_mid_level() -> 
     # statistics before the level, metrics after it (the statistics API refused the second read)
     assert counter.difference({1: 3}, (10.0, 4.0)) == (None, None)
     assert counter.difference({1: 3}, {1: 5, 4: 2}) == ({1: 2, 4: 2}, 2.5)  # 2 runs of 1 and 2 of 4
-    with pytest.raises(ConfigError, match="--tolerance"):
+    with pytest.raises(ConfigError, match="tolerance must be a number"):
         loadtest("http://127.0.0.1:9", "m", tolerance=-1.0)

@@ -253,7 +253,7 @@ def test_different_model_of_the_same_name_needs_force(model: Path, engine: Path,
     assert check_repository(repo).models[0].versions == [1, 2]
 
     for artifact, options in ((model, ServingOptions(max_batch=4)), (engine, None)):
-        with pytest.raises(ModelExistsError, match="--force"):
+        with pytest.raises(ModelExistsError, match=r"force=True"):
             write_repository([artifact], repo, name="tiny", options=options)
     assert (repo / "tiny" / "config.pbtxt").read_text() == config_before
     assert sorted(p.name for p in repo.iterdir()) == ["tiny"]  # no staging folder left behind
