@@ -147,9 +147,9 @@ def sweep_calibration(
     reference_accuracy = top1_accuracy(reference, labels) if labels is not None else None
     iterator: Any = candidates
     if progress:
-        from tqdm import tqdm
+        from sedeploy.progress import progress_bar
 
-        iterator = tqdm(candidates, desc="calibration sweep", unit="candidate", leave=False)
+        iterator = progress_bar(candidates, desc="calibration sweep", unit="candidate")
     rows = []
     with tempfile.TemporaryDirectory(prefix="sedeploy-sweep-") as folder:
         for index, recipe in enumerate(iterator):

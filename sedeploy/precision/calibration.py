@@ -81,9 +81,9 @@ class ArrayCalibrationReader:
         batch_size = min(self.batch_size, len(self.images))
         starts: Any = range(0, len(self.images), batch_size)
         if self.progress:
-            from tqdm import tqdm
+            from sedeploy.progress import progress_bar
 
-            starts = tqdm(starts, desc="calibrating", unit="batch", leave=False)
+            starts = progress_bar(starts, desc="calibrating", unit="batch")
         for start in starts:
             stop = start + batch_size if self.fixed_batch else min(start + batch_size, len(self.images))
             indices = np.arange(start, stop) % len(self.images)
