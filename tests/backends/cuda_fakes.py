@@ -441,20 +441,16 @@ class FakeTensorRT(ModuleType):
 
 def write_fake_engine(folder: Any, version: str = "10.3.0.26", **engine_fields: Any) -> Any:
     """A plan file with a real manifest that describes it (the runner checks it before TensorRT)."""
-    from sedeploy.artifacts.manifest import BuildManifest, write_manifest
-    from sedeploy.files import sha256_of_file
+    from manifests import make_manifest
+
+    from sedeploy.artifacts.manifest import write_manifest
 
     path = folder / "model.engine"
     path.write_bytes(b"fake plan")
-    manifest = BuildManifest(
-        artifact=path.name,
-        artifact_sha256=sha256_of_file(path),
-        artifact_format="tensorrt_plan",
-        backend="tensorrt",
+    manifest = make_manifest(
+        path,
+        kind="engine",
         backend_version=version,
-        precision="fp32",
-        source_onnx_sha256="0" * 64,
-        source_metadata={},
         device={"description": "fake", "gpu_name": "NVIDIA Fake GPU", "compute_capability": "8.6"},
         engine={
             "tensorrt_version": version,

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import onnx
 import pytest
+from manifests import make_manifest
 from onnx import TensorProto, helper
 
 from sedeploy.artifacts.precision import graph_precision
@@ -397,23 +398,11 @@ def test_build_without_tensorrt_names_the_extra(no_gpu_stack: None, tmp_path: An
 
 
 def test_runner_without_tensorrt_names_the_extra(no_gpu_stack: None, tmp_path: Any) -> None:
-    from sedeploy.artifacts.manifest import BuildManifest, write_manifest
-    from sedeploy.files import sha256_of_file
+    from sedeploy.artifacts.manifest import write_manifest
 
     engine = tmp_path / "model.engine"
     engine.write_bytes(b"a plan")  # the manifest is checked first, so it must describe the file
-    manifest = BuildManifest(
-        artifact=engine.name,
-        artifact_sha256=sha256_of_file(engine),
-        artifact_format="tensorrt_plan",
-        backend="tensorrt",
-        backend_version="10.3.0",
-        precision="fp32",
-        source_onnx_sha256="0" * 64,
-        source_metadata={},
-        device={},
-    )
-    write_manifest(manifest, engine)
+    write_manifest(make_manifest(engine, kind="engine", engine=None, device={}), engine)
     with pytest.raises(MissingDependencyError, match=r"pip install 'sedeploy\[tensorrt\]'"):
         trt_backend.TensorRTRunner(engine)
 
