@@ -17,6 +17,7 @@ import onnx
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto
+from tiny_models import export_tiny
 
 from sedeploy.artifacts.external_data import (
     check_external_data,
@@ -28,7 +29,6 @@ from sedeploy.artifacts.metadata import load_onnx
 from sedeploy.backends.onnxruntime import create_session
 from sedeploy.cli import cli
 from sedeploy.errors import BadInputError
-from sedeploy.export import export_onnx
 from sedeploy.serving.triton import check_repository, write_repository
 
 DATA = "model.onnx.data"
@@ -37,15 +37,7 @@ DATA = "model.onnx.data"
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("external_source")
-    return export_onnx(
-        "se_preact_resnet",
-        img_size=16,
-        options={"depths": (1, 1, 1), "widths": (16, 16, 32)},
-        num_classes=3,
-        max_batch=4,
-        check=False,
-        output=folder / "model.onnx",
-    ).path
+    return export_tiny(folder / "model.onnx")
 
 
 def _with_external_data(source: Path, folder: Path, location: str = DATA) -> Path:

@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from tiny_models import export_tiny
 
-from sedeploy.export import export_onnx
 from sedeploy.serving.server import _process_tree, _stat, free_port
 
 pytest.importorskip("pytriton", reason="the serve extra (nvidia-pytriton) is not installed")
@@ -34,15 +34,7 @@ _PR_SET_CHILD_SUBREAPER = 36
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_onnx(
-        "se_preact_resnet",
-        img_size=16,
-        options={"depths": (1, 1, 1), "widths": (16, 16, 32)},
-        num_classes=3,
-        max_batch=4,
-        check=False,
-        output=tmp_path_factory.mktemp("reaping") / "model.onnx",
-    ).path
+    return export_tiny(tmp_path_factory.mktemp("reaping") / "model.onnx")
 
 
 @contextlib.contextmanager

@@ -7,23 +7,15 @@ import os
 from pathlib import Path
 
 import pytest
+from tiny_models import export_tiny
 
 from sedeploy.errors import BadInputError
-from sedeploy.export import export_onnx
 from sedeploy.serving.triton import write_repository
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return export_onnx(
-        "se_preact_resnet",
-        img_size=16,
-        options={"depths": (1, 1, 1), "widths": (16, 16, 32)},
-        num_classes=3,
-        max_batch=4,
-        check=False,
-        output=tmp_path_factory.mktemp("triton_failures") / "model.onnx",
-    ).path
+    return export_tiny(tmp_path_factory.mktemp("triton_failures") / "model.onnx")
 
 
 def _tree(folder: Path) -> dict[str, bytes]:
