@@ -32,7 +32,7 @@ from sedeploy.build import (
 from sedeploy.demo import DEFAULT_OUT, run_demo
 from sedeploy.errors import SedeployError
 from sedeploy.export import DEFAULT_MAX_BATCH, DEFAULT_OPSET, export_onnx
-from sedeploy.files import check_writable, write_json_atomic
+from sedeploy.files import check_writable, remove_unfinished_temps, write_json_atomic
 from sedeploy.info import model_info
 from sedeploy.ladder import compare
 from sedeploy.models.checkpoint import LAYOUTS
@@ -138,7 +138,9 @@ class _Group(click.Group):
         except KeyboardInterrupt as interrupt:
             if ctx.meta.get("sedeploy.verbose"):
                 raise
-            # Cleanup (temporary files, staged artifacts) already ran while the interrupt propagated.
+            # Cleanup (temporary files, staged artifacts) ran while the interrupt propagated; a file made just
+            # before the signal, ahead of the code that would remove it, is removed here.
+            remove_unfinished_temps()
             name = "SIGTERM" if isinstance(interrupt, Terminated) else "SIGINT"
             click.echo(
                 f"error: interrupted by {name}; no partial artifact or temporary file was left, "

@@ -7,11 +7,14 @@ a failed or interrupted run leaves the previous file intact and no temp file.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import hashlib
 import json
 import os
 import secrets
+import signal
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -24,13 +27,53 @@ _OUT_OF_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, 
 """Write errors that say the place is full or read-only, not that sedeploy is wrong: one line, a fix."""
 
 
+_INTERRUPTIONS = (signal.SIGINT, signal.SIGTERM)
+
+_UNFINISHED: dict[Path, int] = {}
+"""Every temporary file :func:`temp_path_beside` made, with the creating process: removed on interruption."""
+
+
+@contextmanager
+def interruptions_deferred() -> Iterator[None]:
+    """Hold SIGINT and SIGTERM while the block runs, then deliver them: for steps that must not be cut in two.
+
+    Python runs signal handlers between any two bytecodes of the main thread, so
+    "create a temporary file" and "remember to remove it" can be separated by a
+    Ctrl-C. Inside this block a signal is only noted; it is raised (through the
+    handler that was in place) once the block has finished. Off the main thread
+    no handler can interrupt, and the block runs as it is.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pending: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        pending.append(signum)
+
+    previous = {signum: signal.signal(signum, hold) for signum in _INTERRUPTIONS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        for signum in dict.fromkeys(pending):
+            handler = previous[signum]
+            if callable(handler):
+                handler(signum, None)
+            elif handler in (signal.SIG_DFL, None):
+                os.kill(os.getpid(), signum)
+
+
 def temp_path_beside(path: Path) -> Path:
     """Create the destination folder and an empty, uniquely named temporary file in it.
 
     The temporary file is in the same folder so that ``os.replace`` onto ``path`` is
     an atomic rename; it is created with the usual permissions (0666 less the
     umask), which the final file keeps. An unwritable folder fails here, before
-    any work is done.
+    any work is done. The file is registered, with no gap a signal could fall in,
+    for :func:`remove_unfinished_temps`: an interruption anywhere before the caller's
+    own cleanup is reached still leaves no temporary file.
     """
     if path.is_dir():
         raise BadInputError(f"output {path} is a folder; give a file path such as {path / 'model.onnx'}")
@@ -39,19 +82,52 @@ def temp_path_beside(path: Path) -> Path:
         while True:
             temp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
             try:
-                os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                with interruptions_deferred():
+                    os.close(os.open(temp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+                    _remember(temp)
                 return temp
             except FileExistsError:
                 continue
+            except BaseException:  # an interruption delivered as the deferral ended
+                temp.unlink(missing_ok=True)
+                raise
     except OSError as error:
         raise BadInputError(
             f"cannot write to folder {path.parent} ({error.strerror or error}); choose a writable output path"
         ) from None
 
 
+def _remember(temp: Path) -> None:
+    if len(_UNFINISHED) > 64:  # forget the ones already renamed or removed
+        for known in [known for known in _UNFINISHED if not os.path.lexists(known)]:
+            del _UNFINISHED[known]
+    _UNFINISHED[temp] = os.getpid()
+
+
+def remove_unfinished_temps() -> list[Path]:
+    """Remove every temporary file this process made that still exists; returns them.
+
+    The CLI calls it when a run is interrupted, and it runs at interpreter exit: a
+    signal that lands between a file's creation and the ``try`` that would remove
+    it cannot leave it behind. Files made by a parent process (before a fork) are
+    not touched.
+    """
+    removed = []
+    for temp, pid in list(_UNFINISHED.items()):
+        if pid == os.getpid() and os.path.lexists(temp):
+            temp.unlink(missing_ok=True)
+            removed.append(temp)
+        _UNFINISHED.pop(temp, None)
+    return removed
+
+
+atexit.register(remove_unfinished_temps)
+
+
 def check_writable(path: str | os.PathLike[str]) -> None:
     """Fail now, with :class:`BadInputError`, if ``path`` could not be written later (before long work starts)."""
-    temp_path_beside(Path(path)).unlink()
+    with interruptions_deferred():
+        temp_path_beside(Path(path)).unlink()
 
 
 @contextmanager
@@ -63,8 +139,8 @@ def atomic_output(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     temp_path = temp_path_beside(path)
-    usual_mode = temp_path.stat().st_mode & 0o777  # 0666 less the umask
     try:
+        usual_mode = temp_path.stat().st_mode & 0o777  # 0666 less the umask
         yield temp_path
         if temp_path.stat().st_mode & 0o777 != usual_mode:  # a writer that recreated it (safetensors: 0600)
             temp_path.chmod(usual_mode)
@@ -106,24 +182,15 @@ def commit_files(moves: Sequence[tuple[Path, Path]]) -> None:
     Two writers committing to the same paths (an artifact and its manifest) each
     publish their whole set, one after the other, so the result is one writer's
     complete set, never a mix. An interruption (SIGINT, or SIGTERM through the CLI)
-    in the middle still completes the remaining renames before it propagates.
+    is held until every rename is done (:func:`interruptions_deferred`).
     """
     folders = sorted({str(Path(destination).parent.resolve()) for _, destination in moves})
     with ExitStack() as locks:
         for folder in folders:
             locks.enter_context(folder_lock(folder))
-        pending = list(moves)
-        try:
-            while pending:
-                os.replace(*pending[0])
-                pending.pop(0)
-        except (KeyboardInterrupt, SystemExit):
-            for staged, destination in pending:
-                try:
-                    os.replace(staged, destination)
-                except OSError:
-                    Path(staged).unlink(missing_ok=True)
-            raise
+        with interruptions_deferred():  # the renames are one unit: a signal waits until all are done
+            for staged, destination in moves:
+                os.replace(staged, destination)
 
 
 TEST_DELAY_PREFIX = "SEDEPLOY_TEST_DELAY_"

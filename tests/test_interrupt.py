@@ -155,7 +155,7 @@ def test_interrupted_publish_keeps_the_previous_artifact_and_manifest(
 def test_commit_completes_its_set_when_interrupted_midway(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A KeyboardInterrupt between the renames still publishes the rest of the set, then propagates."""
+    """A SIGINT between the renames is held until the rest of the set is published, then propagates."""
     pairs = []
     for name in ("model.onnx", "model.onnx.manifest.json"):
         destination = tmp_path / name
@@ -170,7 +170,7 @@ def test_commit_completes_its_set_when_interrupted_midway(
         real_replace(source, destination)
         calls.append(destination)
         if len(calls) == 1:
-            raise KeyboardInterrupt  # as if SIGINT arrived right after the first rename
+            os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, right after the first rename
 
     monkeypatch.setattr(os, "replace", replace_then_interrupt)
     with pytest.raises(KeyboardInterrupt):
