@@ -44,7 +44,7 @@ from sedeploy.backends.audit import (
 from sedeploy.backends.tensorrt.compat import TensorRTOptions, resolve_batch_profile
 from sedeploy.compare import DEFAULT_THRESHOLDS, Comparison, compare_logits, parity_failures
 from sedeploy.data import ImageSet, load_image_set, preprocessing_for
-from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
+from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError, SedeployError
 from sedeploy.files import check_writable, folder_lock, pause_for_tests, sha256_of_file, temp_path_beside
 from sedeploy.host import cpu_features, describe_host
 from sedeploy.precision import (
@@ -634,39 +634,65 @@ def _why_not_probed(options: BuildOptions, output: str | Path | None) -> str | N
 def _build_auto_cpu(
     model_path: Path, options: BuildOptions, progress: bool, started: float, reason: str
 ) -> BuildResult:
-    """``auto`` on a CPU: build for ONNX Runtime and OpenVINO, time both (interleaved), keep both, use the faster.
+    """``auto`` on a CPU: the :mod:`sedeploy.search` over ONNX Runtime and OpenVINO with the build's own gate.
 
-    The winner's artifacts come first in the result; both manifests record the
-    probe under ``build_options.auto_probe``. Decided on the geometric mean of the
-    speed ratios over ``options.probe_batches``; OpenVINO runs with its default
-    (latency) hint, ONNX Runtime with its optimized graph, each as ``sedeploy.load`` opens it.
+    Both are built beside the model as usual (each passes its own parity gate), timed
+    interleaved at ``options.probe_batches`` (ranked on the geometric mean), and both kept;
+    the winner's artifacts come first. Both manifests record the search under
+    ``build_options.auto_probe``. OpenVINO runs as ``sedeploy.load`` opens it (the float
+    type and hint its build measured), ONNX Runtime with its optimized graph.
     """
-    from sedeploy.bench import bench
+    from sedeploy.runtime import load
+    from sedeploy.search import Built, Fidelity, Plan, search
 
-    built = {
-        name: build_engine(model_path, replace(options, backend=name), progress=progress)
-        for name in ("onnxruntime", "openvino")
-    }
-    runs = {"onnxruntime": built["onnxruntime"].artifacts[-1], "openvino": built["openvino"].artifacts[0]}
-    report = bench(
-        list(runs.values()),
+    built: dict[str, BuildResult] = {}
+    errors: list[SedeployError] = []
+
+    def build(plan: Plan) -> Built:
+        try:
+            result = build_engine(model_path, replace(options, backend=plan.backend), progress=progress)
+        except SedeployError as error:
+            errors.append(error)
+            raise
+        built[plan.backend] = result
+        fidelity = result.fidelity
+        gate = (
+            Fidelity(
+                fidelity.samples,
+                fidelity.top1_agreement,
+                fidelity.min_cosine,
+                fidelity.mean_cosine,
+                fidelity.finite,
+                where="the build's check images",
+            )
+            if fidelity is not None
+            else None
+        )
+        artifact = result.artifacts[-1] if plan.backend == "onnxruntime" else result.artifacts[0]
+        shares = result.precision_audit.shares() if result.precision_audit else None
+        return Built(artifact, shares=shares, gate=gate, seconds=result.seconds)
+
+    plans = [Plan.of(name, options.precision) for name in ("onnxruntime", "openvino")]
+    report = search(
+        plans,
+        build,
+        lambda plan, result, threads: load(result.artifact),
         batches=options.probe_batches,
-        warmup=2,
-        duration=2 * options.probe_seconds,
+        seconds=2 * options.probe_seconds,
         rounds=2,
         probe_seconds=0.2,
-        progress=progress,
     )
-    rates: dict[str, dict[int, float]] = {name: {} for name in runs}
-    for row in report.rows:
-        name = next(name for name, path in runs.items() if str(path) == row.artifact)
-        rates[name][row.stats.batch] = row.stats.images_per_s
-    ratios = {
-        batch: rates["openvino"][batch] / rates["onnxruntime"][batch] for batch in options.probe_batches
+    if errors:  # an asked build failed: the same error as building that backend alone
+        raise errors[0]
+    winner_row = report.winner
+    assert winner_row is not None  # both built and passed their gates: one is the fastest
+    winner = winner_row.plan.backend
+    loser = "onnxruntime" if winner == "openvino" else "openvino"
+    loser_row = next(row for row in report.rows if row.plan.backend == loser)
+    edge = {
+        batch: winner_row.images_per_s[batch] / loser_row.images_per_s[batch]
+        for batch in options.probe_batches
     }
-    score = float(np.exp(np.mean(np.log(list(ratios.values())))))
-    winner, loser = ("openvino", "onnxruntime") if score > 1 else ("onnxruntime", "openvino")
-    edge = {batch: ratio if winner == "openvino" else 1 / ratio for batch, ratio in ratios.items()}
     last = max(edge)
 
     def compared(ratio: float) -> str:
@@ -677,8 +703,10 @@ def _build_auto_cpu(
         f"auto: {winner} is {compared(edge[last])} than {loser} at batch {last}"
         + (f" ({others})" if others else "")
         + f" on this machine; using {winner}"
+        + ("" if winner_row.reason == "fastest within the budget" else f" ({winner_row.reason})")
     )
     logger.info(decision)
+    rates = {row.plan.backend: dict(row.images_per_s) for row in report.rows}
     probe = {
         "winner": winner,
         "decision": decision,
@@ -687,9 +715,13 @@ def _build_auto_cpu(
         "images_per_s": {
             name: {str(b): round(r, 2) for b, r in by_batch.items()} for name, by_batch in rates.items()
         },
-        "openvino_vs_onnxruntime": {str(batch): round(ratio, 3) for batch, ratio in ratios.items()},
-        "artifacts": {name: str(path) for name, path in runs.items()},
+        "openvino_vs_onnxruntime": {
+            str(batch): round(rates["openvino"][batch] / rates["onnxruntime"][batch], 3)
+            for batch in options.probe_batches
+        },
+        "artifacts": {row.plan.backend: row.artifact for row in report.rows},
         "machine": report.machine["description"],
+        "search": report.to_dict(),
     }
     recorded: dict[str, tuple[BuildManifest, ...]] = {}
     for name, result in built.items():

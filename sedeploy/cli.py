@@ -36,6 +36,15 @@ from sedeploy.files import check_writable, remove_unfinished_temps, write_json_a
 from sedeploy.info import model_info
 from sedeploy.ladder import compare
 from sedeploy.models.checkpoint import LAYOUTS
+from sedeploy.optimize import (
+    BACKEND_CHOICES,
+    DEFAULT_MAX_DROP,
+    DEFAULT_MAX_MINUTES,
+    DEFAULT_MIN_AGREEMENT,
+    PRECISION_CHOICES,
+    optimize,
+)
+from sedeploy.optimize import DEFAULT_BATCH as DEFAULT_OPTIMIZE_BATCH
 from sedeploy.precision import (
     CALIBRATION_METHODS,
     DEFAULT_CALIBRATION_METHOD,
@@ -976,6 +985,119 @@ def verify_command(
     )
     _emit(report, json_out)
     if not report.passed:
+        ctx.exit(1)
+
+
+def _names(value: str | None, valid: tuple[str, ...], flag: str) -> tuple[str, ...] | None:
+    """A comma-separated list of names from ``valid`` (None when not given)."""
+    if value is None:
+        return None
+    names = tuple(name.strip().lower() for name in value.split(",") if name.strip())
+    unknown = [name for name in names if name not in valid]
+    if unknown or not names:
+        raise click.BadParameter(
+            f"{value!r}: choose from {', '.join(valid)} (comma-separated)", param_hint=flag
+        )
+    return names
+
+
+@cli.command("optimize")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("--calib-dir", type=click.Path(), help="Calibration images for INT8 (default: calibration/).")
+@click.option("--calib-size", type=click.IntRange(min=1), default=DEFAULT_CALIBRATION_SIZE, show_default=True)
+@click.option(
+    "--data",
+    type=click.Path(),
+    help="Held-out images (class sub-folders give labels) or .npy of preprocessed inputs; without it each "
+    "candidate is judged by its build's own parity check.",
+)
+@click.option(
+    "--max-drop",
+    type=click.FloatRange(0, 100),
+    help=f"Largest top-1 accuracy drop in points, with labels (default: {DEFAULT_MAX_DROP}).",
+)
+@click.option(
+    "--min-agreement",
+    type=click.FloatRange(0, 1),
+    help=f"Smallest share of images whose top-1 stays FP32's (default without labels: {DEFAULT_MIN_AGREEMENT}).",
+)
+@click.option("--min-cos", type=click.FloatRange(0, 1), help="Smallest per-image cosine with FP32's logits.")
+@_batch_option("Batch size the candidates are timed at.", default=DEFAULT_OPTIMIZE_BATCH, show_default=True)
+@click.option(
+    "--max-minutes",
+    type=click.FloatRange(min=0, min_open=True),
+    default=DEFAULT_MAX_MINUTES,
+    show_default=True,
+    help="No candidate is started after this; what was built is still timed and reported.",
+)
+@click.option("--backends", metavar="LIST", help="Backends to try, comma-separated (default: all present).")
+@click.option("--precisions", metavar="LIST", help="Precisions to try, comma-separated (default: all).")
+@click.option(
+    "--seconds",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Timed seconds per candidate (over 3 interleaved rounds).",
+)
+@click.option(
+    "-o", "--output", type=click.Path(), help="Name of the kept artifact (default: MODEL.best + its suffix)."
+)
+@click.option("--markdown", type=click.Path(dir_okay=False), help="Write the table as Markdown.")
+@click.option(
+    "--plot", type=click.Path(dir_okay=False), help="PNG of img/s against accuracy drop (Pareto front)."
+)
+@click.option("--no-reuse", is_flag=True, help="Search again even when the recorded search still applies.")
+@_JSON
+@click.pass_context
+def optimize_command(
+    ctx: click.Context,
+    model: str,
+    calib_dir: str | None,
+    calib_size: int,
+    data: str | None,
+    max_drop: float | None,
+    min_agreement: float | None,
+    min_cos: float | None,
+    batch: int,
+    max_minutes: float,
+    backends: str | None,
+    precisions: str | None,
+    seconds: float,
+    output: str | None,
+    markdown: str | None,
+    plot: str | None,
+    no_reuse: bool,
+    json_out: str | None,
+) -> None:
+    """Find the fastest artifact of MODEL within a fidelity budget on this machine, and keep it.
+
+    Builds every candidate (backend x precision x INT8 calibration x runner settings), checks each on
+    --data against FP32, times them interleaved at --batch and keeps the fastest within the budget as
+    MODEL.best.* (exit 1 when none meets it).
+    """
+    _check_json_out(json_out)
+    report = optimize(
+        model,
+        calib_dir=calib_dir,
+        data=data,
+        max_drop=max_drop,
+        min_agreement=min_agreement,
+        min_cosine=min_cos,
+        batch=batch,
+        max_minutes=max_minutes,
+        backends=_names(backends, BACKEND_CHOICES, "--backends"),
+        precisions=_names(precisions, PRECISION_CHOICES, "--precisions"),
+        calib_size=calib_size,
+        output=output,
+        seconds=seconds,
+        reuse=not no_reuse,
+        markdown=markdown,
+        plot=plot,
+        progress=_progress(json_out),
+    )
+    _emit(report, json_out)
+    if not report.passed:
+        click.echo(f"error: {report.search.reason()}; loosen the budget or allow more candidates", err=True)
         ctx.exit(1)
 
 

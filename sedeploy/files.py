@@ -57,12 +57,12 @@ def interruptions_deferred() -> Iterator[None]:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
-        for signum in dict.fromkeys(pending):
-            handler = previous[signum]
+        for held in dict.fromkeys(pending):
+            handler = previous[signal.Signals(held)]
             if callable(handler):
-                handler(signum, None)
+                handler(held, None)
             elif handler in (signal.SIG_DFL, None):
-                os.kill(os.getpid(), signum)
+                os.kill(os.getpid(), held)
 
 
 def temp_path_beside(path: Path) -> Path:
@@ -201,7 +201,8 @@ def pause_for_tests(stage: str) -> None:
 
     The interruption tests use it to signal a run while its temporary files
     exist (stages: ``CALIBRATE`` before calibration, ``PUBLISH`` before a build's
-    staged files are renamed into place). Unset, it costs one environment lookup.
+    staged files are renamed into place, ``BEST`` before ``optimize`` publishes its
+    winner). Unset, it costs one environment lookup.
     """
     seconds = os.environ.get(TEST_DELAY_PREFIX + stage.upper())
     if seconds:

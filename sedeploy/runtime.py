@@ -51,9 +51,12 @@ def load(
     OpenVINO its device name (default ``CPU``);
     PyTorch a torch device. ``options`` go to the runner (e.g. ``threads`` for
     ONNX Runtime, ``hint`` for OpenVINO, ``contexts``/``cuda_graph`` for TensorRT, ``metadata``/``arch``
-    for PyTorch).
+    for PyTorch). Options the artifact's manifest records under ``runner_defaults`` (``sedeploy optimize``
+    chose them on this machine) apply unless given here.
     """
     kind = artifact_backend(path)
+    if kind != "torch":
+        options = {**recorded_runner_defaults(path), **options}
     if backend is not None and backend not in BACKENDS:
         raise ConfigError(f"unknown backend {backend!r}; valid backends: {', '.join(BACKENDS)}")
     if backend is not None and backend != kind:
@@ -87,6 +90,18 @@ def load(
     from sedeploy.backends.torch import TorchRunner
 
     return _construct(TorchRunner, path, device=_text_device(device), **options)
+
+
+def recorded_runner_defaults(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The ``runner_defaults`` in the manifest beside ``path``; {} without a readable one (the runner judges it)."""
+    from sedeploy.artifacts.manifest import ManifestError, manifest_path, read_manifest
+
+    if not manifest_path(path).is_file():
+        return {}
+    try:
+        return dict(read_manifest(path).runner_defaults)
+    except ManifestError:
+        return {}
 
 
 def _construct(runner_type: Callable[..., Runner], path: str | os.PathLike[str], **options: Any) -> Runner:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -370,11 +371,13 @@ def verify(
     seed: int = 0,
     progress: bool = False,
     min_precision_share: float = DEFAULT_MIN_PRECISION_SHARE,
+    runner_options: Mapping[str, Any] | None = None,
 ) -> VerifyReport:
     """Run ``artifact`` and its reference on the same inputs and judge the difference; see the module docstring.
 
     Returns the report whether it passed or not (``report.passed``); raises only
-    when the verification itself cannot run.
+    when the verification itself cannot run. ``runner_options`` open the artifact
+    as :func:`sedeploy.load` would with them (e.g. OpenVINO's ``float_type``).
     """
     started = time.perf_counter()
     if num is not None and num < 1:
@@ -397,7 +400,9 @@ def verify(
         max_top1_drop=defaults.max_top1_drop if max_top1_drop is None else max_top1_drop,
     )
 
-    with load(artifact_path, device=device, verify_hash=verify_hash) as candidate_runner:
+    with load(
+        artifact_path, device=device, verify_hash=verify_hash, **dict(runner_options or {})
+    ) as candidate_runner:
         metadata = candidate_runner.metadata
         with _open_reference(reference_path, metadata, device) as reference_runner:
             metadata = metadata or reference_runner.metadata

@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     "backends": 6,
     "runtime": 7,
     "bench": 8, "verify": 8, "predict": 8, "export": 8, "train": 8, "info": 8, "inspect": 8, "serving": 8,
-    "sweep": 8,
+    "sweep": 8, "search": 8,
     "build": 9,
     "ladder": 10, "optimize": 10, "demo": 11,
     "cli": 12, "__main__": 13,

@@ -41,6 +41,8 @@ _FIELD_TYPES: dict[str, type | tuple[type, ...]] = {
     "engine": (dict, type(None)),
     "precision_audit": (dict, type(None)),
     "build_options": dict,
+    "runner_defaults": dict,
+    "search": (dict, type(None)),
     "build_seconds": (int, float),
     "sedeploy_version": str,
     "created": str,
@@ -87,6 +89,10 @@ class BuildManifest:
     precision_audit: dict[str, Any] | None = None
     """What each Conv/Gemm/MatMul runs in after the backend optimised it (``backends.audit.PrecisionAudit``)."""
     build_options: dict[str, Any] = field(default_factory=dict)
+    runner_defaults: dict[str, Any] = field(default_factory=dict)
+    """Runner options ``sedeploy.load`` opens the artifact with unless the caller passes them (``optimize``'s choice)."""
+    search: dict[str, Any] | None = None
+    """``sedeploy optimize``: the whole search that chose this artifact (candidates, figures, machine, key)."""
     build_seconds: float = 0.0
     sedeploy_version: str = __version__
     created: str = field(default_factory=lambda: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))

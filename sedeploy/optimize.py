@@ -1,0 +1,717 @@
+"""``sedeploy optimize``: measure, don't guess. Search precision x backend x calibration x runner settings.
+
+For one exported FP32 ONNX, :func:`optimize` lists every candidate this machine can
+build and run (:func:`candidate_plans`: the backends present; FP32 / FP16 / BF16 /
+INT8; for INT8 the calibration methods and the SE path float or quantized; OpenVINO's
+float type and hint; ONNX Runtime's split batch), says why it left any out, builds
+each one into ``<model>.optimize/`` (reusing earlier builds and calibration ranges),
+checks it on held-out images against the FP32 model (accuracy and drop with labels,
+else top-1 agreement and cosine), and times them all interleaved at the asked batch
+(:mod:`sedeploy.search`). The fastest candidate within the fidelity budget is kept as
+``<model>.best.<backend suffix>`` with a manifest that records the whole search, the
+options it must be opened with (``runner_defaults``), the machine and the versions:
+``sedeploy.load(best)`` runs it as it was measured.
+
+Running it again with the same inputs on the same machine reuses the recorded search
+and finishes in seconds; on another machine (other matrix units, cores or backend
+versions) the previous choice is reported stale and the search runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from sedeploy._version import __version__
+from sedeploy.artifacts.manifest import (
+    BuildManifest,
+    ManifestError,
+    checked_manifest,
+    commit_with_manifests,
+    manifest_path,
+)
+from sedeploy.artifacts.metadata import load_onnx, metadata_or_none
+from sedeploy.artifacts.naming import optimized_onnx_path, precision_suffix
+from sedeploy.artifacts.precision import detect_precision
+from sedeploy.build import DEFAULT_CALIBRATION_SIZE, BuildOptions, BuildResult, build_engine
+from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
+from sedeploy.files import atomic_output, pause_for_tests, sha256_of_file, temp_path_beside, write_json_atomic
+from sedeploy.host import cpu_model, matrix_units, usable_cores
+from sedeploy.runtime import load
+from sedeploy.search import (
+    Budget,
+    Builder,
+    Built,
+    Checker,
+    Fidelity,
+    Plan,
+    SearchReport,
+    gate_fidelity,
+    search,
+)
+from sedeploy.verify import verify
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MAX_DROP = 0.5
+"""Percentage points of top-1 accuracy a candidate may lose on labelled held-out images (default budget)."""
+DEFAULT_MIN_AGREEMENT = 0.99
+"""Share of unlabelled held-out images whose top-1 class must stay FP32's (default budget)."""
+DEFAULT_BATCH = 8
+DEFAULT_MAX_MINUTES = 10.0
+BACKEND_CHOICES = ("onnxruntime", "openvino", "tensorrt")
+PRECISION_CHOICES = ("fp32", "fp16", "bf16", "int8")
+INT8_CALIBRATIONS: tuple[dict[str, Any], ...] = (
+    {"calib_method": "minmax"},
+    {"calib_method": "entropy"},
+    {"calib_method": "percentile", "percentile": 99.99},
+)
+"""The calibration methods an INT8 search tries on ONNX Runtime (each with the SE path float and quantized)."""
+BEST_SUFFIXES = {"onnxruntime": ".ort.onnx", "openvino": ".openvino.xml", "tensorrt": ".engine"}
+"""The winner is written as ``<model>.best`` (or the name given) plus its backend's suffix."""
+
+
+def candidate_plans(
+    backends: Sequence[str] | None = None,
+    precisions: Sequence[str] | None = None,
+    batch: int = DEFAULT_BATCH,
+) -> tuple[list[Plan], list[tuple[Plan, str]], list[str]]:
+    """The candidates worth trying on this machine, those left out with the reason, and notes.
+
+    ``backends`` / ``precisions``: what may be chosen (default: all). The ONNX Runtime
+    FP32 candidate is always first: it is the baseline every ratio is taken against.
+    """
+    from sedeploy.backends import onnxruntime as ort_backend
+    from sedeploy.backends import tensorrt as trt_backend
+
+    asked_backends = tuple(backends or BACKEND_CHOICES)
+    asked_precisions = tuple(precisions or PRECISION_CHOICES)
+    for name in asked_backends:
+        if name not in BACKEND_CHOICES:
+            raise ConfigError(f"unknown backend {name!r}; valid values: {', '.join(BACKEND_CHOICES)}")
+    for name in asked_precisions:
+        if name not in PRECISION_CHOICES:
+            raise ConfigError(f"unknown precision {name!r}; valid values: {', '.join(PRECISION_CHOICES)}")
+    units = matrix_units()
+    plans: list[Plan] = [Plan.of("onnxruntime", "fp32")]
+    pruned: list[tuple[Plan, str]] = []
+    notes: list[str] = []
+    split = {"sessions": 2}
+    can_split = batch >= 2 and usable_cores() >= 2
+
+    if "onnxruntime" in asked_backends:
+        cuda = ort_backend.has_cuda()
+        if "fp32" in asked_precisions:
+            if can_split:
+                plans.append(Plan.of("onnxruntime", "fp32", runner=split))
+            else:
+                pruned.append(
+                    (Plan.of("onnxruntime", "fp32", runner=split), "split batch needs batch >= 2 and 2 cores")
+                )
+        if "fp16" in asked_precisions:
+            if cuda:
+                plans.append(Plan.of("onnxruntime", "fp16"))
+            else:
+                pruned.append(
+                    (
+                        Plan.of("onnxruntime", "fp16"),
+                        "ONNX Runtime's CPU kernels run an FP16 file in FP32 (a file for GPUs): it cannot beat fp32",
+                    )
+                )
+        if "bf16" in asked_precisions:
+            pruned.append((Plan.of("onnxruntime", "bf16"), "ONNX Runtime has no faster BF16 path on a CPU"))
+        if "int8" in asked_precisions:
+            recipes = [{**method, "quantize_se": se} for method in INT8_CALIBRATIONS for se in (False, True)]
+            for index, recipe in enumerate(recipes):
+                plans.append(Plan.of("onnxruntime", "int8", recipe))
+                if index == 0 and can_split:
+                    plans.append(Plan.of("onnxruntime", "int8", recipe, split))
+            pruned.append(
+                (
+                    Plan.of("onnxruntime", "int8", {"target": "tensorrt"}),
+                    "the tensorrt flavour (signed, symmetric) is a GPU file; on a CPU it runs slower than the cpu flavour",
+                )
+            )
+            if can_split:
+                notes.append(
+                    "split batch is tried on fp32 and the first INT8 recipe: the recipe does not change it"
+                )
+
+    if "openvino" in asked_backends:
+        from sedeploy.backends import openvino as ov_backend
+
+        try:
+            ov_backend.require_available()
+            missing = None
+        except MissingDependencyError as error:
+            missing = str(error).split("; ")[0]
+        hints = ("latency", "throughput") if batch > 1 else ("latency",)
+        floats = {"f32": True, "bf16": units.best("bf16") is not None, "f16": units.best("fp16") is not None}
+        for precision in ("fp32", "bf16", "fp16", "int8"):
+            if precision not in asked_precisions:
+                continue
+            if missing:
+                pruned.append((Plan.of("openvino", precision), missing))
+                continue
+            kinds = {"fp32": ("f32",), "bf16": ("bf16",), "fp16": ("f16",), "int8": ("f32", "bf16", "f16")}[
+                precision
+            ]
+            for kind in kinds:
+                if not floats[kind]:
+                    unit = {"bf16": "BF16", "f16": "FP16"}[kind]
+                    pruned.append(
+                        (
+                            Plan.of("openvino", precision, runner={"float_type": kind}),
+                            f"this CPU has no {unit} units",
+                        )
+                    )
+                    continue
+                for hint in hints:
+                    plans.append(Plan.of("openvino", precision, runner={"float_type": kind, "hint": hint}))
+        if batch == 1 and not missing:
+            notes.append(
+                "OpenVINO's throughput hint is not tried at batch 1: one request cannot use two streams"
+            )
+        notes.append(
+            "OpenVINO's INT8 comes from NNCF's own recipe: the calibration methods and SE choice are ONNX Runtime's"
+        )
+
+    if "tensorrt" in asked_backends:
+        available, reason = trt_backend.availability()
+        for precision in ("fp16", "int8"):
+            if precision not in asked_precisions:
+                continue
+            plan = Plan.of("tensorrt", precision, {"target": "tensorrt"} if precision == "int8" else {})
+            if available:
+                plans.append(plan)
+            else:
+                pruned.append((plan, f"TensorRT cannot run here: {reason.split('; ')[0]}"))
+    return plans, pruned, notes
+
+
+@dataclass(frozen=True)
+class OptimizeReport:
+    """The search, the artifact it kept (None when nothing met the budget) and how this run went."""
+
+    model: Path
+    search: SearchReport
+    best: Path | None
+    reused: bool = False
+    """True when the recorded search of an earlier run was reused (same inputs, same machine)."""
+    stale: str | None = None
+    """Why an earlier choice no longer applied (another machine, other inputs), or None."""
+    files: tuple[Path, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def passed(self) -> bool:
+        return self.best is not None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "model": str(self.model),
+            "best": str(self.best) if self.best else None,
+            "passed": self.passed,
+            "reused": self.reused,
+            "stale": self.stale,
+            "files": [str(path) for path in self.files],
+            "seconds": round(self.seconds, 2),
+            **self.search.to_dict(),
+        }
+
+    def to_text(self) -> str:
+        lines = [f"optimize {self.model}: {self.search.machine.get('description', '')}"]
+        if self.stale:
+            lines.append(f"previous choice is stale: {self.stale}; searched again")
+        if self.reused:
+            lines.append(
+                "reused the search recorded in the best artifact's manifest (same inputs, same machine)"
+            )
+        lines += ["", self.search.to_text()]
+        if self.best is not None:
+            lines.append(f"kept {self.best} (sedeploy.load opens it with the measured settings)")
+        return "\n".join(lines)
+
+    def to_markdown(self) -> str:
+        return f"# sedeploy optimize {self.model.name}\n\n" + self.search.to_markdown()
+
+
+def _fingerprint(folder: Path | None) -> str | None:
+    """A cheap identity of an image folder: every file's relative path, size and modification time."""
+    if folder is None:
+        return None
+    if folder.is_file():
+        stat = folder.stat()
+        return hashlib.sha256(f"{folder.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
+    digest = hashlib.sha256(str(folder.resolve()).encode())
+    for path in sorted(folder.rglob("*")):
+        if path.is_file():
+            stat = path.stat()
+            digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def machine_identity() -> dict[str, Any]:
+    """What a measured choice depends on besides the inputs: the CPU, its matrix units, cores, backend versions."""
+    from sedeploy.backends import onnxruntime as ort_backend
+
+    versions: dict[str, str | None] = {"sedeploy": __version__, "onnxruntime": ort_backend.version()}
+    try:
+        from sedeploy.backends import openvino as ov_backend
+
+        ov_backend.require_available()
+        versions["openvino"] = ov_backend.version()
+    except MissingDependencyError:
+        versions["openvino"] = None
+    return {
+        "cpu": cpu_model(),
+        "isa": matrix_units().describe(),
+        "cores": usable_cores(),
+        "versions": versions,
+    }
+
+
+def _stale(previous: Mapping[str, Any], now: Mapping[str, Any]) -> str | None:
+    changed = [
+        f"{name} {previous.get(name)!r} -> {now.get(name)!r}"
+        for name in ("cpu", "isa", "cores", "versions")
+        if previous.get(name) != now.get(name)
+    ]
+    return "; ".join(changed) or None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def _build_output(folder: Path, stem: str, plan: Plan) -> Path:
+    """Where a plan's build goes in its own folder (the file ``-o`` names for that backend)."""
+    if plan.backend == "openvino":
+        middle = "" if plan.precision == "fp32" else f".{plan.precision}"
+        return folder / f"{stem}{middle}.openvino.xml"
+    if plan.backend == "tensorrt":
+        return folder / f"{stem}.{plan.precision}.engine"
+    if plan.precision == "fp32":
+        return folder / f"{stem}.ort.onnx"  # FP32: -o names the optimized graph
+    flavour = plan.build_options.get("target") or "cpu" if plan.precision == "int8" else None
+    return folder / f"{stem}.{precision_suffix(plan.precision, flavour)}.onnx"
+
+
+def _run_file(output: Path, plan: Plan) -> Path:
+    """The file a plan's build runs from: ONNX Runtime's optimized graph beside a precision file, else ``output``."""
+    if plan.backend == "onnxruntime" and plan.precision != "fp32":
+        return optimized_onnx_path(output)
+    return output
+
+
+def _options_for(plan: Plan, base: BuildOptions) -> BuildOptions:
+    return replace(base, backend=plan.backend, precision=plan.precision, **plan.build_options)
+
+
+_COMPARED_OPTIONS = (
+    "precision",
+    "calib_dir",
+    "calib_size",
+    "calib_method",
+    "percentile",
+    "quantize_se",
+    "seed",
+)
+
+
+def _reusable_build(artifact: Path, source_sha256: str, options: BuildOptions) -> str | None:
+    """Why the build at ``artifact`` cannot be reused for ``options``, or None when it can."""
+    if not artifact.is_file():
+        return "not built yet"
+    try:
+        manifest = checked_manifest(artifact, required=True)
+    except ManifestError as error:
+        return str(error)
+    assert manifest is not None
+    if manifest.source_onnx_sha256 != source_sha256:
+        return "built from another version of the model"
+    if manifest.sedeploy_version != __version__:
+        return f"built by sedeploy {manifest.sedeploy_version}"
+    wanted, recorded = options.to_dict(), manifest.build_options
+    for key in _COMPARED_OPTIONS:
+        if key in recorded and recorded[key] != wanted[key]:
+            return f"built with {key}={recorded[key]!r}"
+    return None
+
+
+def _built(result: BuildResult, artifact: Path, reused: bool) -> Built:
+    manifest = checked_manifest(artifact, required=True)
+    audit = (manifest.precision_audit or {}) if manifest else {}
+    gate = None
+    if result.fidelity is not None:
+        fidelity = result.fidelity
+        gate = Fidelity(
+            samples=fidelity.samples,
+            top1_agreement=fidelity.top1_agreement,
+            min_cosine=fidelity.min_cosine,
+            mean_cosine=fidelity.mean_cosine,
+            finite=fidelity.finite,
+            where="the build's check images",
+        )
+    return Built(artifact, reused=reused, shares=audit.get("shares"), gate=gate, seconds=result.seconds)
+
+
+def _gate_record(run_file: Path) -> Path:
+    """Where the build's own parity figures are kept beside a candidate build (manifests do not hold them)."""
+    return run_file.with_name(f".{run_file.name}.gate.json")
+
+
+def _optimize_builder(source: Path, work: Path, base: BuildOptions, progress: bool) -> Builder:
+    """Builds each plan into its own folder under ``work``; a build whose manifest says it is this one is reused."""
+    source_sha256 = sha256_of_file(source)
+
+    def build(plan: Plan) -> Built:
+        folder = work / _slug(Plan.of(plan.backend, plan.precision, plan.build_options).label)
+        output = _build_output(folder, source.stem, plan)
+        options = _options_for(plan, base)
+        run_file = _run_file(output, plan)
+        problem = _reusable_build(run_file, source_sha256, options)
+        record = _gate_record(run_file)
+        if problem is None:
+            try:
+                saved = json.loads(record.read_text(encoding="utf-8"))
+                if saved.get("artifact_sha256") == sha256_of_file(run_file):
+                    logger.info("optimize: reusing %s", run_file)
+                    gate = Fidelity.from_dict(saved["gate"]) if saved.get("gate") else None
+                    return Built(run_file, reused=True, shares=saved.get("shares"), gate=gate)
+            except (OSError, ValueError, KeyError, TypeError):
+                pass
+            problem = "its parity record is missing"
+        logger.info("optimize: building %s (%s)", plan.label, problem)
+        result = build_engine(source, options, output=output, progress=progress)
+        built = _built(result, run_file, reused=False)
+        write_json_atomic(
+            record,
+            {
+                "artifact_sha256": sha256_of_file(run_file),
+                "shares": dict(built.shares) if built.shares else None,
+                "gate": built.gate.to_dict() if built.gate else None,
+            },
+        )
+        return built
+
+    return build
+
+
+def _optimize_checker(source: Path, data: Path, batch: int) -> Checker:
+    """Verifies each candidate on the held-out data against the FP32 source; results cached beside the build."""
+    data_fingerprint = _fingerprint(data)
+    source_sha256 = sha256_of_file(source)
+
+    def check(plan: Plan, built: Built) -> Fidelity:
+        numeric = {key: value for key, value in plan.runner_options.items() if key == "float_type"}
+        key = hashlib.sha256(
+            json.dumps(
+                [sha256_of_file(built.artifact), source_sha256, data_fingerprint, numeric], sort_keys=True
+            ).encode()
+        ).hexdigest()[:16]
+        cache = built.artifact.parent / f".fidelity.{key}.json"
+        if cache.is_file():
+            try:
+                return Fidelity.from_dict(json.loads(cache.read_text(encoding="utf-8")))
+            except (ValueError, KeyError, TypeError):
+                pass
+        report = verify(built.artifact, source, data=data, batch=batch, runner_options=numeric)
+        comparison = report.comparison
+        fidelity = Fidelity(
+            samples=report.samples,
+            top1_agreement=comparison.top1_agreement,
+            min_cosine=comparison.min_cosine,
+            mean_cosine=comparison.mean_cosine,
+            finite=comparison.finite,
+            accuracy=report.artifact_accuracy,
+            reference_accuracy=report.reference_accuracy,
+        )
+        write_json_atomic(cache, fidelity.to_dict())
+        return fidelity
+
+    return check
+
+
+def _open_plan(plan: Plan, built: Built, threads: int | None) -> Any:
+    options = plan.runner_options
+    if threads is not None and plan.backend in ("onnxruntime", "openvino"):
+        options["threads"] = threads
+    return load(built.artifact, **options)
+
+
+def _best_stem(model: Path, output: str | os.PathLike[str] | None) -> Path:
+    if output is None:
+        return model.with_name(f"{model.stem}.best")
+    path = Path(output)
+    for suffix in (*BEST_SUFFIXES.values(), ".onnx", ".xml"):
+        if path.name.endswith(suffix):
+            return path.with_name(path.name[: -len(suffix)])
+    return path
+
+
+def _previous_best(stem: Path) -> tuple[Path, BuildManifest] | None:
+    """The newest earlier winner written under ``stem`` whose files still match their manifest."""
+    found = []
+    for suffix in BEST_SUFFIXES.values():
+        path = stem.with_name(stem.name + suffix)
+        try:
+            manifest = checked_manifest(path) if path.is_file() else None
+        except ManifestError:
+            manifest = None
+        if manifest is not None and manifest.search is not None:
+            found.append((manifest.created, path, manifest))
+    if not found:
+        return None
+    _, path, manifest = max(found, key=lambda item: item[0])
+    return path, manifest
+
+
+def _write_best(stem: Path, winner_artifact: Path, plan: Plan, record: dict[str, Any]) -> Path:
+    """Copy the winner to ``stem`` + its suffix with a manifest that records the search; atomically, as one unit.
+
+    Earlier winners of other backends under the same stem are removed once the new one is in place.
+    """
+    suffix = BEST_SUFFIXES[plan.backend]
+    best = stem.with_name(stem.name + suffix)
+    manifest = checked_manifest(winner_artifact, required=True)
+    assert manifest is not None
+    engine = dict(manifest.engine) if manifest.engine is not None else None
+    pairs = [(winner_artifact, best)]
+    if plan.backend == "openvino":
+        pairs.append((winner_artifact.with_suffix(".bin"), best.with_suffix(".bin")))
+        assert engine is not None
+        engine["weights"] = best.with_suffix(".bin").name
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for origin, destination in pairs:
+            temp = temp_path_beside(destination)
+            staged.append((temp, destination))
+            shutil.copyfile(origin, temp)
+        pause_for_tests("best")
+        best_manifest = replace(
+            manifest, artifact=best.name, engine=engine, runner_defaults=plan.runner_options, search=record
+        )
+        commit_with_manifests(staged, [(best_manifest, best)])
+    finally:
+        for temp, _ in staged:
+            temp.unlink(missing_ok=True)
+    for other in BEST_SUFFIXES.values():
+        old = stem.with_name(stem.name + other)
+        if other != suffix and old.is_file():
+            for path in (
+                old,
+                manifest_path(old),
+                old.with_suffix(".bin") if other == ".openvino.xml" else None,
+            ):
+                if path is not None:
+                    path.unlink(missing_ok=True)
+    return best
+
+
+def optimize(
+    model_path: str | os.PathLike[str],
+    *,
+    calib_dir: str | os.PathLike[str] | None = None,
+    data: str | os.PathLike[str] | None = None,
+    max_drop: float | None = None,
+    min_agreement: float | None = None,
+    min_cosine: float | None = None,
+    batch: int = DEFAULT_BATCH,
+    max_minutes: float | None = DEFAULT_MAX_MINUTES,
+    backends: Sequence[str] | None = None,
+    precisions: Sequence[str] | None = None,
+    calib_size: int = DEFAULT_CALIBRATION_SIZE,
+    output: str | os.PathLike[str] | None = None,
+    seconds: float = 2.0,
+    rounds: int = 3,
+    reuse: bool = True,
+    markdown: str | os.PathLike[str] | None = None,
+    plot: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+) -> OptimizeReport:
+    """Find the fastest artifact of ``model_path`` within the fidelity budget on this machine; see the module docstring.
+
+    ``data``: held-out images (class sub-folders give labels) or a ``.npy`` of
+    preprocessed inputs. The budget: ``max_drop`` percentage points of accuracy
+    (labels; default :data:`DEFAULT_MAX_DROP`), else ``min_agreement`` of top-1 with FP32
+    (default :data:`DEFAULT_MIN_AGREEMENT`), and optionally ``min_cosine``. Without
+    ``data``, each candidate's fidelity is its build's own parity gate. ``max_minutes``:
+    no candidate is started after that (what was built is still timed). Returns the
+    report whether a candidate met the budget or not (``report.passed``).
+    """
+    started = time.perf_counter()
+    model = Path(model_path)
+    if model.suffix.lower() != ".onnx" or not model.is_file():
+        raise BadInputError(f"{model} is not an exported .onnx file; export one with sedeploy export")
+    if batch < 1:
+        raise ConfigError(f"batch must be at least 1, got {batch}", params=("batch",))
+    if max_minutes is not None and max_minutes <= 0:
+        raise ConfigError(f"max_minutes must be positive, got {max_minutes}", params=("max_minutes",))
+    if seconds <= 0 or rounds < 1:
+        raise ConfigError("seconds must be positive and rounds at least 1", params=("seconds", "rounds"))
+    data_path = Path(data) if data is not None else None
+    if data_path is not None and not data_path.exists():
+        raise BadInputError(f"held-out data {data_path} does not exist; give an image folder or a .npy file")
+    if metadata_or_none(load_onnx(model)) is None:
+        raise BadInputError(f"{model} has no sedeploy metadata; export it with sedeploy export")
+    source_precision = detect_precision(model)
+    if source_precision != "fp32":
+        raise ConfigError(f"{model} is a {source_precision} file; give the exported FP32 ONNX")
+    if data_path is None:
+        budget = Budget(max_drop=max_drop, min_agreement=min_agreement, min_cosine=min_cosine)
+    elif max_drop is None and min_agreement is None and min_cosine is None:
+        budget = Budget(max_drop=DEFAULT_MAX_DROP, min_agreement=None)
+    else:
+        budget = Budget(max_drop=max_drop, min_agreement=min_agreement, min_cosine=min_cosine)
+    calibration = Path(calib_dir) if calib_dir is not None else None
+    stem = _best_stem(model, output)
+    key_inputs = {
+        "source_sha256": sha256_of_file(model),
+        "calibration": _fingerprint(calibration),
+        "calib_size": calib_size,
+        "data": _fingerprint(data_path),
+        "budget": budget.to_dict(),
+        "batch": batch,
+        "backends": sorted(backends or BACKEND_CHOICES),
+        "precisions": sorted(precisions or PRECISION_CHOICES),
+    }
+    key = hashlib.sha256(json.dumps(key_inputs, sort_keys=True).encode()).hexdigest()
+    machine = machine_identity()
+    stale = None
+    previous = _previous_best(stem) if reuse else None
+    if previous is not None:
+        path, manifest = previous
+        record = manifest.search or {}
+        if record.get("key") == key:
+            stale = _stale(record.get("machine") or {}, machine)
+            if stale is None:
+                report = SearchReport.from_dict(record.get("report") or {})
+                logger.info("optimize: reusing the search recorded in %s", manifest_path(path))
+                result = OptimizeReport(
+                    model, report, path, reused=True, seconds=time.perf_counter() - started
+                )
+                return _with_files(result, markdown, plot)
+        else:
+            logger.info("optimize: inputs differ from the search recorded in %s; searching again", path)
+
+    plans, pruned, notes = candidate_plans(backends, precisions, batch)
+    if data_path is None:
+        notes.append("no held-out data: each candidate's fidelity is its build's own parity check")
+    baseline_asked = (backends is None or "onnxruntime" in backends) and (
+        precisions is None or "fp32" in precisions
+    )
+    work = model.with_name(f"{model.stem}.optimize")
+    base = BuildOptions(calib_dir=calibration, calib_size=calib_size)
+    deadline = time.monotonic() + 60 * max_minutes if max_minutes is not None else None
+    report = search(
+        plans,
+        _optimize_builder(model, work, base, progress),
+        _open_plan,
+        check=_optimize_checker(model, data_path, batch) if data_path is not None else gate_fidelity,
+        budget=budget,
+        batches=(batch,),
+        pruned=pruned,
+        choosable=lambda plan: baseline_asked or plan != plans[0],
+        seconds=seconds,
+        rounds=rounds,
+        deadline=deadline,
+        notes=notes,
+        progress=progress,
+    )
+    best = None
+    winner = report.winner
+    if winner is not None and winner.artifact is not None:
+        record = {"key": key, "inputs": key_inputs, "machine": machine, "report": report.to_dict()}
+        best = _write_best(stem, Path(winner.artifact), winner.plan, record)
+        logger.info("optimize: kept %s", best)
+    result = OptimizeReport(model, report, best, stale=stale, seconds=time.perf_counter() - started)
+    return _with_files(result, markdown, plot)
+
+
+def _with_files(
+    report: OptimizeReport, markdown: str | os.PathLike[str] | None, plot: str | os.PathLike[str] | None
+) -> OptimizeReport:
+    files = []
+    if markdown is not None:
+        with atomic_output(markdown) as temp:
+            temp.write_text(report.to_markdown(), encoding="utf-8")
+        files.append(Path(markdown))
+    if plot is not None:
+        files.append(plot_search(report.search, Path(plot)))
+    return replace(report, files=tuple(files))
+
+
+def plot_search(report: SearchReport, path: Path) -> Path:
+    """PNG of images/s against fidelity loss, every timed candidate, the Pareto front joined and the winner ringed."""
+    from sedeploy.optional import import_optional
+
+    import_optional("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    batch = max(report.batches)
+    points = [
+        (row, row.images_per_s[batch])
+        for row in report.rows
+        if row.fidelity is not None and row.images_per_s.get(batch)
+    ]
+    labelled = any(row.fidelity.drop_points is not None for row, _ in points)  # type: ignore[union-attr]
+
+    def loss(row: Any) -> float:
+        drop = row.fidelity.drop_points
+        return drop if labelled and drop is not None else 100 * (1 - row.fidelity.top1_agreement)
+
+    figure = Figure(figsize=(7.5, 4.8), dpi=110)
+    FigureCanvasAgg(figure)
+    axes = figure.subplots()
+    for row, rate in points:
+        within = row.status in ("chosen", "meets budget", "baseline")
+        axes.scatter(
+            loss(row), rate, marker="o" if within else "x", color="tab:blue" if within else "tab:gray"
+        )
+        axes.annotate(row.label, (loss(row), rate), fontsize=6, xytext=(3, 3), textcoords="offset points")
+    front = sorted((loss(row), rate) for row, rate in points if row.pareto)
+    if front:
+        axes.plot([x for x, _ in front], [y for _, y in front], color="tab:orange", label="Pareto front")
+    winner = report.winner
+    if winner is not None and winner.images_per_s.get(batch):
+        axes.scatter(
+            loss(winner),
+            winner.images_per_s[batch],
+            s=160,
+            facecolors="none",
+            edgecolors="tab:red",
+            label="chosen",
+        )
+    if labelled and report.budget.max_drop is not None:
+        axes.axvline(report.budget.max_drop, color="tab:red", linestyle=":", label="budget")
+    axes.set_xlabel("top-1 accuracy drop (pt)" if labelled else "top-1 changes vs fp32 (%)")
+    axes.set_ylabel(f"images / s at batch {batch}")
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=7)
+    axes.set_title(f"sedeploy optimize - {report.machine.get('cpu', '')}", fontsize=9)
+    figure.tight_layout()
+    with atomic_output(path) as temp:
+        figure.savefig(temp, format="png")
+    return path
+
+
+__all__ = [
+    "DEFAULT_MAX_DROP",
+    "DEFAULT_MIN_AGREEMENT",
+    "OptimizeReport",
+    "candidate_plans",
+    "machine_identity",
+    "optimize",
+    "plot_search",
+]

@@ -1,0 +1,238 @@
+"""``sedeploy optimize``: a real search on the trained digits model (real builds, real sessions, real timings).
+
+The figures differ from run to run, so the tests check the rules the search must keep whatever the timings
+are: every candidate listed with a status and a reason, the winner within the budget and the fastest of
+those (up to the tie band), the kept artifact loadable with the measured settings, reuse and staleness, the
+time budget, and an interruption that leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from test_interrupt import _assert_interrupted, _interrupt, _leftovers
+
+import sedeploy
+from sedeploy import host
+from sedeploy.artifacts.manifest import read_manifest, write_manifest
+from sedeploy.cli import cli
+from sedeploy.optimize import candidate_plans, optimize
+from sedeploy.search import STATUSES, TIE_BAND, Budget, Fidelity, _first_clause
+from sedeploy.verify import verify
+
+pytestmark = pytest.mark.slow
+FIXTURES = Path(__file__).parent / "fixtures" / "cpuinfo"
+QUICK = {"seconds": 0.3, "rounds": 1, "calib_size": 64}
+
+
+def _model(trained_digits, folder: Path) -> Path:  # type: ignore[no-untyped-def]
+    folder.mkdir(parents=True, exist_ok=True)
+    model = folder / "digits.onnx"
+    shutil.copy(trained_digits.onnx_path, model)
+    return model
+
+
+def test_a_search_over_backends_and_calibrations_keeps_the_fastest_within_budget(
+    trained_digits, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    model = _model(trained_digits, tmp_path / "search")
+    report = optimize(
+        model,
+        calib_dir=trained_digits.calib_dir,
+        data=trained_digits.test_dir,
+        max_drop=0.5,
+        precisions=("fp32", "int8"),
+        backends=("onnxruntime", "openvino"),
+        **QUICK,
+    )
+    rows = report.search.rows
+    tried = [row for row in rows if row.status != "pruned"]
+    assert len(tried) >= 6
+    assert {row.plan.backend for row in tried} == {"onnxruntime", "openvino"}
+    methods = {
+        row.plan.build_options.get("calib_method") for row in tried if row.plan.backend == "onnxruntime"
+    }
+    assert {"minmax", "entropy", "percentile"} <= methods
+    assert {row.plan.build_options.get("quantize_se") for row in tried if row.plan.precision == "int8"} >= {
+        False,
+        True,
+    }
+    assert all(row.status in STATUSES for row in rows)
+    assert all(row.reason for row in rows if row.status not in ("meets budget", "chosen"))
+    text = report.to_text()
+    assert all(row.label in text for row in rows)
+
+    winner = report.search.winner
+    assert report.passed and winner is not None and winner.fidelity is not None
+    assert winner.fidelity.drop_points is not None and winner.fidelity.drop_points <= 0.5
+    eligible = [row for row in rows if row.status in ("meets budget", "chosen") and row.speed]
+    assert winner.speed is not None
+    assert all(row.speed <= winner.speed / (1 - TIE_BAND) for row in eligible)  # type: ignore[operator]
+    for row in rows:  # over budget means over budget, and meeting it means meeting it
+        if row.status == "over budget":
+            assert row.fidelity is not None and report.search.budget.problem(row.fidelity) == row.reason
+        if row.status in ("meets budget", "chosen"):
+            assert row.fidelity is not None and report.search.budget.problem(row.fidelity) is None
+
+    best = report.best
+    assert best is not None and best.name.startswith("digits.best.")
+    manifest = read_manifest(best)
+    assert manifest.runner_defaults == winner.plan.runner_options
+    assert manifest.search is not None and manifest.search["report"]["chosen"] == winner.label
+    assert manifest.search["machine"]["isa"] == host.matrix_units().describe()
+    images = trained_digits.test_images[:16]
+    with (
+        sedeploy.load(best) as kept,
+        sedeploy.load(winner.artifact, **winner.plan.runner_options) as measured,
+    ):
+        np.testing.assert_allclose(kept(images), measured(images), rtol=1e-5, atol=1e-5)
+        for key, value in winner.plan.runner_options.items():
+            assert getattr(kept, key) == value  # float_type, hint (OpenVINO), sessions (ONNX Runtime)
+    assert verify(best, data=trained_digits.test_dir).passed  # its FP32 source is found beside it
+
+    again = optimize(
+        model,
+        calib_dir=trained_digits.calib_dir,
+        data=trained_digits.test_dir,
+        max_drop=0.5,
+        precisions=("fp32", "int8"),
+        backends=("onnxruntime", "openvino"),
+        **QUICK,
+    )
+    assert again.reused and again.best == best and again.search.winner is not None
+    assert again.search.winner.label == winner.label
+
+    record = read_manifest(best)  # the same search recorded on another machine: stale, searched again
+    assert record.search is not None
+    moved = {**record.search, "machine": {**record.search["machine"], "isa": "INT8 AMX-INT8; BF16 AMX-BF16"}}
+    write_manifest(dataclasses.replace(record, search=moved), best)
+    third = optimize(
+        model,
+        calib_dir=trained_digits.calib_dir,
+        data=trained_digits.test_dir,
+        max_drop=0.5,
+        precisions=("fp32", "int8"),
+        backends=("onnxruntime", "openvino"),
+        **QUICK,
+    )
+    assert not third.reused and third.stale is not None and "isa" in third.stale
+    assert "previous choice is stale" in third.to_text()
+    assert all(row.reused for row in third.search.rows if row.artifact is not None)  # builds were kept
+
+
+def test_a_budget_no_candidate_meets_exits_1_and_names_the_closest(trained_digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = _model(trained_digits, tmp_path / "strict")
+    arguments = [
+        "optimize", str(model), "--calib-dir", str(trained_digits.calib_dir), "--calib-size", "64",
+        "--data", str(trained_digits.test_dir), "--backends", "onnxruntime", "--precisions", "int8",
+        "--min-cos", "0.999999", "--seconds", "0.2", "--json", str(tmp_path / "report.json"),
+    ]  # fmt: skip
+    result = CliRunner().invoke(cli, arguments)
+    assert result.exit_code == 1, result.output
+    assert (
+        "error: no candidate met the budget (min cosine >= 0.999999); closest: onnxruntime int8 ("
+        in result.output
+    )
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert report["passed"] is False and report["best"] is None
+    baseline = report["candidates"][0]
+    assert baseline["label"] == "onnxruntime fp32" and baseline["status"] == "baseline"  # timed, never chosen
+    assert not list(model.parent.glob("digits.best.*"))
+
+
+def test_max_minutes_stops_after_the_first_candidate_and_says_so(trained_digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = _model(trained_digits, tmp_path / "hurry")
+    report = optimize(
+        model, backends=("onnxruntime",), precisions=("fp32", "int8"), max_minutes=1e-6, **QUICK
+    )
+    rows = report.search.rows
+    assert rows[0].status == "chosen" and rows[0].images_per_s
+    assert {row.status for row in rows[1:] if row.status != "pruned"} == {"not reached"}
+    tried = [row for row in rows if row.status != "pruned"]
+    assert report.search.stopped_early == f"the time budget ran out after 1 of {len(tried)} candidates"
+    assert "stopped early: the time budget ran out after 1 of" in report.to_text()
+
+
+def test_an_interrupted_search_leaves_no_half_written_best(trained_digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    model = _model(trained_digits, tmp_path / "interrupted")
+    arguments = [
+        "optimize",
+        str(model),
+        "--backends",
+        "onnxruntime",
+        "--precisions",
+        "fp32",
+        "--seconds",
+        "0.2",
+    ]
+    result = _interrupt(
+        arguments, model.parent, ".digits.best.*.tmp", signal.SIGTERM, {"SEDEPLOY_TEST_DELAY_BEST": "60"}
+    )
+    _assert_interrupted(result, signal.SIGTERM)
+    assert _leftovers(model.parent) == []
+    assert not list(model.parent.glob("digits.best*"))
+
+
+def test_without_held_out_data_the_build_gate_judges_and_the_budget_is_said() -> None:
+    budget = Budget()
+    assert budget.describe() == "the build's own parity gate"
+    exact = Fidelity(samples=8, top1_agreement=1.0, min_cosine=1.0, mean_cosine=1.0)
+    assert budget.problem(exact) is None
+    assert Budget(min_agreement=0.99).problem(replace_agreement(exact, 0.95)) == "agreement 95.00% < 99%"
+    assert Budget().problem(Fidelity(8, 1.0, 1.0, 1.0, finite=False)) == "non-finite logits"
+
+
+def replace_agreement(fidelity: Fidelity, agreement: float) -> Fidelity:
+    return Fidelity(fidelity.samples, agreement, fidelity.min_cosine, fidelity.mean_cosine)
+
+
+def test_a_gain_in_accuracy_does_not_outrank_fp32_exactness() -> None:
+    fp32 = Fidelity(449, 1.0, 1.0, 1.0, accuracy=0.98, reference_accuracy=0.98)
+    int8 = Fidelity(449, 0.99, 0.999, 0.9999, accuracy=0.985, reference_accuracy=0.98)
+    assert int8.drop_points is not None and int8.drop_points < 0
+    assert fp32.rank() > int8.rank()
+
+
+def test_a_build_error_keeps_its_problem_whole_in_the_reason() -> None:
+    message = "int8 parity below verify's thresholds (cosine min 0.87 < 0.98; top-1 95%): nothing was published; try X"
+    assert _first_clause(message) == (
+        "int8 parity below verify's thresholds (cosine min 0.87 < 0.98; top-1 95%): nothing was published"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fixture", "bf16", "f16"),
+    [
+        ("intel_xeon_cascade_lake_vnni.txt", False, False),
+        ("amd_epyc_zen5.txt", True, False),
+        ("intel_xeon_sapphire_rapids_amx.txt", True, True),
+    ],
+)
+def test_the_float_types_tried_follow_the_cpus_matrix_units(
+    fixture: str, bf16: bool, f16: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    recorded = host.parse_matrix_units((FIXTURES / fixture).read_text())
+    monkeypatch.setattr("sedeploy.optimize.matrix_units", lambda: recorded)  # the CPU of that machine
+    plans, pruned, _ = candidate_plans(backends=("openvino",), precisions=("bf16", "int8"), batch=8)
+    floats = {plan.runner_options.get("float_type") for plan in plans if plan.backend == "openvino"}
+    assert ("bf16" in floats) == bf16 and ("f16" in floats) == f16
+    reasons = [reason for _, reason in pruned]
+    assert ("this CPU has no BF16 units" in reasons) == (not bf16)
+    assert plans[0].label == "onnxruntime fp32"  # the baseline is always first
+
+
+def test_batch_1_leaves_out_what_needs_a_larger_batch() -> None:
+    plans, pruned, notes = candidate_plans(
+        backends=("onnxruntime", "openvino"), precisions=("fp32",), batch=1
+    )
+    assert not any(plan.runner_options.get("hint") == "throughput" for plan in plans)
+    assert not any(plan.runner_options.get("sessions") for plan in plans)
+    assert any("split batch needs batch >= 2" in reason for _, reason in pruned)
+    assert any("throughput hint is not tried at batch 1" in note for note in notes)
