@@ -18,6 +18,7 @@ from sedeploy.export import ExportResult, export_onnx
 from sedeploy.models.checkpoint import save_checkpoint
 from sedeploy.models.complexity import Complexity, estimate_complexity
 from sedeploy.models.registry import ModelDefaults, create_model, list_models
+from sedeploy.optimize import OptimizeReport, optimize  # the function shadows the module's name on purpose
 from sedeploy.runtime import load
 from sedeploy.serving.server import serve
 
@@ -30,6 +31,7 @@ __all__ = [
     "MissingDependencyError",
     "ModelDefaults",
     "ModelMetadata",
+    "OptimizeReport",
     "ParityError",
     "SedeployError",
     "UnsafeCheckpointError",
@@ -40,6 +42,7 @@ __all__ = [
     "export_onnx",
     "list_models",
     "load",
+    "optimize",
     "read_metadata",
     "save_checkpoint",
     "serve",

@@ -4,8 +4,9 @@ The shipped checkpoint (``models/digits_se_resnet/``) is exported with its label
 turned into FP16 and both INT8 flavours (calibrated on ``calibration/``), built
 for every backend present (ONNX Runtime; TensorRT too when it and a GPU are
 there), verified against the PyTorch model on the held-out images and
-benchmarked at batch 1 and 8. SE-ResNet-50 at 224 with random weights is
-exported, built and benchmarked beside it for speed only. Everything lands in
+benchmarked at batch 1 and 8, then ``sedeploy optimize`` searches every candidate
+for the fastest within the accuracy budget and keeps it. SE-ResNet-50 at 224 with
+random weights is exported, built and benchmarked beside it for speed only. Everything lands in
 one folder: the artifacts under ``artifacts/``, ``report.md``, ``report.json``
 and the bench plots. Each step is a call into the library functions the
 individual commands use; this module only chains them and tabulates.
@@ -33,6 +34,7 @@ from sedeploy.build import BuildOptions, build_engine, choose_backend
 from sedeploy.errors import BadInputError, MissingDependencyError
 from sedeploy.export import export_onnx
 from sedeploy.files import atomic_output, check_writable, write_json_atomic
+from sedeploy.optimize import OptimizeReport, optimize
 from sedeploy.progress import progress_bar
 from sedeploy.verify import VerifyReport, verify
 
@@ -64,13 +66,23 @@ class DemoSettings:
     speed_model: bool
     speed_duration: float = 4.0
     speed_rounds: int = 2
+    optimize_seconds: float = 1.0
+    """``sedeploy optimize`` at the end: timed seconds per candidate (over ``optimize_rounds`` rounds)."""
+    optimize_rounds: int = 2
 
 
 FULL = DemoSettings(
     calib_size=300, bench_duration=2.0, bench_rounds=3, bench_warmup=3, probe_seconds=1.0, speed_model=True
 )
 QUICK = DemoSettings(
-    calib_size=100, bench_duration=0.6, bench_rounds=2, bench_warmup=2, probe_seconds=0.3, speed_model=False
+    calib_size=100,
+    bench_duration=0.6,
+    bench_rounds=2,
+    bench_warmup=2,
+    probe_seconds=0.3,
+    speed_model=False,
+    optimize_seconds=0.3,
+    optimize_rounds=1,
 )
 
 
@@ -180,11 +192,15 @@ class DemoReport:
     stage_seconds: dict[str, float]
     seconds: float
     files: tuple[Path, ...] = ()
+    optimized: OptimizeReport | None = None
+    """The closing ``optimize`` search on the digits model: every candidate and the one kept."""
 
     @property
     def passed(self) -> bool:
-        """Every verified artifact passed its precision's thresholds."""
-        return all(report.passed for report in self.verifications)
+        """Every verified artifact passed its precision's thresholds, and the search kept an artifact."""
+        return all(report.passed for report in self.verifications) and (
+            self.optimized is None or self.optimized.passed
+        )
 
     @property
     def machine(self) -> str:
@@ -234,6 +250,15 @@ class DemoReport:
         lines += ["## Benchmarks", ""]
         for benchmark in self.benches:
             lines += [benchmark.to_markdown(), ""]
+        if self.optimized is not None:
+            lines += [
+                "## Optimize: the fastest artifact within the budget, measured here",
+                "",
+                f"`sedeploy optimize` on {EXAMPLE_NAME}.onnx with the held-out digits; kept "
+                f"`{self.optimized.best.name if self.optimized.best else 'nothing'}`.",
+                "",
+                self.optimized.search.to_markdown(),
+            ]
         lines += ["## Time per step", "", "| step | seconds |", "|---|---|"]
         lines += [f"| {name} | {seconds:.1f} |" for name, seconds in self.stage_seconds.items()]
         return "\n".join(lines) + "\n"
@@ -241,11 +266,19 @@ class DemoReport:
     def to_text(self) -> str:
         """For the terminal: the table, the notes, the verdict and where the reports are."""
         lines = [self.table(), "", *self.notes, ""]
+        if self.optimized is not None:
+            lines += [
+                f"optimize {EXAMPLE_NAME}: every candidate, measured here",
+                self.optimized.search.to_text(),
+                "",
+            ]
         failed = [report.artifact for report in self.verifications if not report.passed]
         if failed:
             lines.append("FAIL: " + ", ".join(failed) + " (see report.md)")
         else:
             lines.append(f"all {len(self.verifications)} artifacts verified")
+        if self.optimized is not None and self.optimized.best is not None:
+            lines.append(f"kept {self.optimized.best} (sedeploy.load opens it as measured)")
         lines.append(
             f"done in {self.seconds:.0f} s; reports in {self.out_dir}: "
             + ", ".join(path.name for path in self.files)
@@ -266,6 +299,7 @@ class DemoReport:
             "notes": list(self.notes),
             "verify": [report.to_dict() for report in self.verifications],
             "bench": [report.to_dict() for report in self.benches],
+            "optimize": self.optimized.to_dict() if self.optimized is not None else None,
             "stage_seconds": {name: round(seconds, 3) for name, seconds in self.stage_seconds.items()},
             "seconds": round(self.seconds, 3),
             "files": [str(path) for path in self.files],
@@ -458,7 +492,7 @@ def run_demo(
     notes = _notes(backends, tensorrt_reason, settings, quick)
     example_plan = [(backend, *build) for backend in backends for build in _EXAMPLE_PLAN[backend]]
     speed_plan = [(backend, *build) for backend in backends for build in _SPEED_PLAN[backend]]
-    steps = 2 + 2 * len(example_plan) + 1 + (2 + len(speed_plan) if settings.speed_model else 0)
+    steps = 2 + 2 * len(example_plan) + 2 + (2 + len(speed_plan) if settings.speed_model else 0)
     stages = _Stages(steps, progress)
     example_calibration = {"calib_size": settings.calib_size}
     try:
@@ -536,6 +570,16 @@ def run_demo(
                         progress=progress,
                     )
                 )
+        with stages(f"optimize {EXAMPLE_NAME}"):
+            optimized = optimize(
+                source,
+                calib_dir=example.calibration,
+                data=example.heldout,
+                calib_size=settings.calib_size,
+                seconds=settings.optimize_seconds,
+                rounds=settings.optimize_rounds,
+                progress=progress,
+            )
         fp16_note = _fp16_note(builds)
         if fp16_note:
             notes.insert(1, fp16_note)
@@ -556,6 +600,7 @@ def run_demo(
                 stage_seconds=dict(stages.seconds),
                 seconds=time.perf_counter() - started,
                 files=(out / "report.md", out / "report.json", *plots),
+                optimized=optimized,
             )
             with atomic_output(out / "report.md") as temp_path:
                 temp_path.write_text(report.to_markdown(), encoding="utf-8")

@@ -597,8 +597,22 @@ def _try(
         artifact=str(result.artifact),
         reused=result.reused,
         fidelity=fidelity,
-        shares=result.shares,
+        shares=runs_as(result.shares, plan.runner_options.get("float_type")),
     )
+
+
+_FLOAT_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+
+
+def runs_as(shares: Mapping[str, float] | None, float_type: str | None) -> Mapping[str, float] | None:
+    """The build's MAC shares as a runner with ``float_type`` (OpenVINO's hint for every float layer) runs them."""
+    if not shares or float_type not in _FLOAT_NAMES:
+        return shares
+    merged: dict[str, float] = {}
+    for name, share in shares.items():
+        name = _FLOAT_NAMES[str(float_type)] if name in _FLOAT_NAMES.values() else name
+        merged[name] = merged.get(name, 0.0) + share
+    return dict(sorted(merged.items(), key=lambda item: -item[1]))
 
 
 def _first_clause(message: str) -> str:

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import shutil
 import signal
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -219,7 +220,8 @@ def test_the_float_types_tried_follow_the_cpus_matrix_units(
     fixture: str, bf16: bool, f16: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     recorded = host.parse_matrix_units((FIXTURES / fixture).read_text())
-    monkeypatch.setattr("sedeploy.optimize.matrix_units", lambda: recorded)  # the CPU of that machine
+    # the CPU of that machine (sys.modules: the package face's ``sedeploy.optimize`` is the function)
+    monkeypatch.setattr(sys.modules["sedeploy.optimize"], "matrix_units", lambda: recorded)
     plans, pruned, _ = candidate_plans(backends=("openvino",), precisions=("bf16", "int8"), batch=8)
     floats = {plan.runner_options.get("float_type") for plan in plans if plan.backend == "openvino"}
     assert ("bf16" in floats) == bf16 and ("f16" in floats) == f16
