@@ -657,16 +657,7 @@ def _build_auto_cpu(
         built[plan.backend] = result
         fidelity = result.fidelity
         gate = (
-            Fidelity(
-                fidelity.samples,
-                fidelity.top1_agreement,
-                fidelity.min_cosine,
-                fidelity.mean_cosine,
-                fidelity.finite,
-                where="the build's check images",
-            )
-            if fidelity is not None
-            else None
+            Fidelity.from_comparison(fidelity, "the build's check images") if fidelity is not None else None
         )
         artifact = result.artifacts[-1] if plan.backend == "onnxruntime" else result.artifacts[0]
         shares = result.precision_audit.shares() if result.precision_audit else None

@@ -67,7 +67,7 @@ _ONNX_RECIPE_OPTIONS = frozenset({"calib_method", "percentile", "quantize_se", "
 """Build options that shape the ONNX Q/DQ recipe, which OpenVINO's NNCF build refuses."""
 
 
-def _reusable(
+def reuse_problem(
     artifact: Path,
     source_sha256: str,
     backend: str,
@@ -196,7 +196,7 @@ def prepare_compare(
             **extra,
         )
         wanted = options.to_dict()
-        problem = _reusable(
+        problem = reuse_problem(
             artifact,
             source_sha256,
             backend,

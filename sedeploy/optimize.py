@@ -46,6 +46,7 @@ from sedeploy.build import DEFAULT_CALIBRATION_SIZE, BuildOptions, BuildResult, 
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import atomic_output, pause_for_tests, sha256_of_file, temp_path_beside, write_json_atomic
 from sedeploy.host import cpu_model, matrix_units, usable_cores
+from sedeploy.ladder import reuse_problem
 from sedeploy.runtime import load
 from sedeploy.search import (
     Budget,
@@ -76,6 +77,7 @@ INT8_CALIBRATIONS: tuple[dict[str, Any], ...] = (
     {"calib_method": "percentile", "percentile": 99.99},
 )
 """The calibration methods an INT8 search tries on ONNX Runtime (each with the SE path float and quantized)."""
+GATE_WHERE = "the build's check images"
 BEST_SUFFIXES = {"onnxruntime": ".ort.onnx", "openvino": ".openvino.xml", "tensorrt": ".engine"}
 """The winner is written as ``<model>.best`` (or the name given) plus its backend's suffix."""
 
@@ -317,51 +319,10 @@ def _options_for(plan: Plan, base: BuildOptions) -> BuildOptions:
     return replace(base, backend=plan.backend, precision=plan.precision, **plan.build_options)
 
 
-_COMPARED_OPTIONS = (
-    "precision",
-    "calib_dir",
-    "calib_size",
-    "calib_method",
-    "percentile",
-    "quantize_se",
-    "seed",
-)
-
-
-def _reusable_build(artifact: Path, source_sha256: str, options: BuildOptions) -> str | None:
-    """Why the build at ``artifact`` cannot be reused for ``options``, or None when it can."""
-    if not artifact.is_file():
-        return "not built yet"
-    try:
-        manifest = checked_manifest(artifact, required=True)
-    except ManifestError as error:
-        return str(error)
-    assert manifest is not None
-    if manifest.source_onnx_sha256 != source_sha256:
-        return "built from another version of the model"
-    if manifest.sedeploy_version != __version__:
-        return f"built by sedeploy {manifest.sedeploy_version}"
-    wanted, recorded = options.to_dict(), manifest.build_options
-    for key in _COMPARED_OPTIONS:
-        if key in recorded and recorded[key] != wanted[key]:
-            return f"built with {key}={recorded[key]!r}"
-    return None
-
-
 def _built(result: BuildResult, artifact: Path, reused: bool) -> Built:
     manifest = checked_manifest(artifact, required=True)
     audit = (manifest.precision_audit or {}) if manifest else {}
-    gate = None
-    if result.fidelity is not None:
-        fidelity = result.fidelity
-        gate = Fidelity(
-            samples=fidelity.samples,
-            top1_agreement=fidelity.top1_agreement,
-            min_cosine=fidelity.min_cosine,
-            mean_cosine=fidelity.mean_cosine,
-            finite=fidelity.finite,
-            where="the build's check images",
-        )
+    gate = Fidelity.from_comparison(result.fidelity, GATE_WHERE) if result.fidelity is not None else None
     return Built(artifact, reused=reused, shares=audit.get("shares"), gate=gate, seconds=result.seconds)
 
 
@@ -379,7 +340,19 @@ def _optimize_builder(source: Path, work: Path, base: BuildOptions, progress: bo
         output = _build_output(folder, source.stem, plan)
         options = _options_for(plan, base)
         run_file = _run_file(output, plan)
-        problem = _reusable_build(run_file, source_sha256, options)
+        build = options.to_dict()
+        problem = reuse_problem(
+            run_file,
+            source_sha256,
+            plan.backend,
+            plan.precision,
+            options.target or "cpu" if plan.precision == "int8" else None,
+            options.calib_dir,
+            options.calib_size,
+            {key: build[key] for key in ("calib_method", "percentile", "quantize_se", "seed")}
+            if plan.backend == "onnxruntime"
+            else {},
+        )
         record = _gate_record(run_file)
         if problem is None:
             try:
@@ -426,15 +399,8 @@ def _optimize_checker(source: Path, data: Path, batch: int) -> Checker:
             except (ValueError, KeyError, TypeError):
                 pass
         report = verify(built.artifact, source, data=data, batch=batch, runner_options=numeric)
-        comparison = report.comparison
-        fidelity = Fidelity(
-            samples=report.samples,
-            top1_agreement=comparison.top1_agreement,
-            min_cosine=comparison.min_cosine,
-            mean_cosine=comparison.mean_cosine,
-            finite=comparison.finite,
-            accuracy=report.artifact_accuracy,
-            reference_accuracy=report.reference_accuracy,
+        fidelity = Fidelity.from_comparison(
+            report.comparison, accuracy=report.artifact_accuracy, reference_accuracy=report.reference_accuracy
         )
         write_json_atomic(cache, fidelity.to_dict())
         return fidelity
@@ -476,10 +442,15 @@ def _previous_best(stem: Path) -> tuple[Path, BuildManifest] | None:
     return path, manifest
 
 
-def _write_best(stem: Path, winner_artifact: Path, plan: Plan, record: dict[str, Any]) -> Path:
+def _write_best(
+    stem: Path, winner_artifact: Path, plan: Plan, record: dict[str, Any], source: Path
+) -> tuple[Path, ...]:
     """Copy the winner to ``stem`` + its suffix with a manifest that records the search; atomically, as one unit.
 
-    Earlier winners of other backends under the same stem are removed once the new one is in place.
+    An ONNX Runtime winner also gets its portable file as ``stem.onnx`` (the precision file, or the FP32
+    source itself): the ``.ort.onnx`` holds this CPU's optimized layouts, while Triton and other machines take
+    the portable one. Earlier winners of other backends under the same stem are removed once the new one is
+    in place. Returns the files written, the one to load first.
     """
     suffix = BEST_SUFFIXES[plan.backend]
     best = stem.with_name(stem.name + suffix)
@@ -487,10 +458,20 @@ def _write_best(stem: Path, winner_artifact: Path, plan: Plan, record: dict[str,
     assert manifest is not None
     engine = dict(manifest.engine) if manifest.engine is not None else None
     pairs = [(winner_artifact, best)]
+    manifests = [(replace(manifest, engine=engine, runner_defaults=plan.runner_options, search=record), best)]
+    companion = None
     if plan.backend == "openvino":
         pairs.append((winner_artifact.with_suffix(".bin"), best.with_suffix(".bin")))
         assert engine is not None
         engine["weights"] = best.with_suffix(".bin").name
+    if plan.backend == "onnxruntime":
+        companion = stem.with_name(stem.name + ".onnx")
+        portable = winner_artifact.with_name(winner_artifact.name[: -len(".ort.onnx")] + ".onnx")
+        pairs.append((portable if portable.is_file() else source, companion))
+        portable_manifest = checked_manifest(portable) if portable.is_file() else None
+        if portable_manifest is not None:
+            manifests.append((replace(portable_manifest, search=record), companion))
+    manifests = [(replace(entry, artifact=path.name), path) for entry, path in manifests]
     staged: list[tuple[Path, Path]] = []
     try:
         for origin, destination in pairs:
@@ -498,24 +479,16 @@ def _write_best(stem: Path, winner_artifact: Path, plan: Plan, record: dict[str,
             staged.append((temp, destination))
             shutil.copyfile(origin, temp)
         pause_for_tests("best")
-        best_manifest = replace(
-            manifest, artifact=best.name, engine=engine, runner_defaults=plan.runner_options, search=record
-        )
-        commit_with_manifests(staged, [(best_manifest, best)])
+        commit_with_manifests(staged, manifests)
     finally:
         for temp, _ in staged:
             temp.unlink(missing_ok=True)
-    for other in BEST_SUFFIXES.values():
-        old = stem.with_name(stem.name + other)
-        if other != suffix and old.is_file():
-            for path in (
-                old,
-                manifest_path(old),
-                old.with_suffix(".bin") if other == ".openvino.xml" else None,
-            ):
-                if path is not None:
-                    path.unlink(missing_ok=True)
-    return best
+    written = {path for _, path in pairs} | {manifest_path(path) for _, path in manifests}
+    for other in (*BEST_SUFFIXES.values(), ".onnx", ".openvino.bin"):
+        for path in (stem.with_name(stem.name + other), manifest_path(stem.with_name(stem.name + other))):
+            if path not in written and path.is_file():
+                path.unlink()
+    return (best, *([companion] if companion else []))
 
 
 def optimize(
@@ -632,8 +605,8 @@ def optimize(
     winner = report.winner
     if winner is not None and winner.artifact is not None:
         record = {"key": key, "inputs": key_inputs, "machine": machine, "report": report.to_dict()}
-        best = _write_best(stem, Path(winner.artifact), winner.plan, record)
-        logger.info("optimize: kept %s", best)
+        best, *portable = _write_best(stem, Path(winner.artifact), winner.plan, record, model)
+        logger.info("optimize: kept %s%s", best, f" (portable: {portable[0].name})" if portable else "")
     result = OptimizeReport(model, report, best, stale=stale, seconds=time.perf_counter() - started)
     return _with_files(result, markdown, plot)
 

@@ -177,6 +177,26 @@ class Fidelity:
         }
 
     @classmethod
+    def from_comparison(
+        cls,
+        comparison: Any,
+        where: str = "held-out images",
+        accuracy: float | None = None,
+        reference_accuracy: float | None = None,
+    ) -> Fidelity:
+        """From a :class:`sedeploy.compare.Comparison` (a build's gate, a verification)."""
+        return cls(
+            samples=comparison.samples,
+            top1_agreement=comparison.top1_agreement,
+            min_cosine=comparison.min_cosine,
+            mean_cosine=comparison.mean_cosine,
+            finite=comparison.finite,
+            accuracy=accuracy,
+            reference_accuracy=reference_accuracy,
+            where=where,
+        )
+
+    @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Fidelity:
         names = ("samples", "top1_agreement", "min_cosine", "mean_cosine", "finite", "accuracy")
         return cls(

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from sedeploy import create_model, files
-from sedeploy.files import atomic_output, check_writable, interruptions_deferred
+from sedeploy import create_model
+from sedeploy.files import atomic_output
 from sedeploy.models.checkpoint import save_checkpoint
 
 
@@ -37,50 +38,44 @@ def test_a_saved_checkpoint_is_readable_like_any_other_file(tmp_path: Path) -> N
 
 
 # Interruptions: Python raises a signal's exception between any two bytecodes of the main thread, so a
-# Ctrl-C can land after a temporary file is made and before the code that removes it. These tests put
-# the signal exactly there: a real SIGINT sent to this process from inside the creating system call.
+# Ctrl-C can land after a temporary file is made and before the code that removes it. These tests put a
+# real SIGINT exactly there, in a fresh interpreter (signal_scenarios.py says why not in this one).
 
 
 def _temps(folder: Path) -> list[str]:
     return sorted(path.name for path in folder.iterdir() if path.name.endswith(".tmp"))
 
 
-def _signal_on_close(monkeypatch, signum: int = signal.SIGINT) -> None:  # type: ignore[no-untyped-def]
-    real_close = os.close
-
-    def close_then_signal(descriptor: int) -> None:
-        real_close(descriptor)
-        os.kill(os.getpid(), signum)
-
-    monkeypatch.setattr(files.os, "close", close_then_signal)
-
-
-def test_a_signal_inside_a_deferred_block_is_raised_when_the_block_ends() -> None:
-    steps = []
-    with pytest.raises(KeyboardInterrupt):
-        with interruptions_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            steps.append("after the signal")
-        steps.append("never")  # pragma: no cover - the block's end raised
-    assert steps == ["after the signal"]
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+@pytest.fixture(scope="module")
+def interrupted(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """What each scenario of ``signal_scenarios.py`` left behind, run once in a subprocess."""
+    root = tmp_path_factory.mktemp("signals")
+    script = Path(__file__).with_name("signal_scenarios.py")
+    result = subprocess.run(
+        [sys.executable, str(script), str(root)], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    outcomes: dict[str, Any] = json.loads(result.stdout)
+    return outcomes
 
 
-def test_check_writable_interrupted_mid_way_leaves_no_temporary_file(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    _signal_on_close(monkeypatch)
-    with pytest.raises(KeyboardInterrupt):
-        check_writable(tmp_path / "model.onnx")
-    assert _temps(tmp_path) == []
+def test_a_signal_inside_a_deferred_block_is_raised_when_the_block_ends(interrupted: dict[str, Any]) -> None:
+    outcome = interrupted["deferred"]
+    assert outcome["raised"] == "KeyboardInterrupt"
+    assert outcome["steps"] == ["after the signal"]  # the block finished; what follows it did not run
+    assert outcome["handler_restored"]
 
 
-def test_atomic_output_interrupted_as_its_file_is_made_leaves_nothing(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    target = tmp_path / "report.json"
-    target.write_text("earlier\n")
-    _signal_on_close(monkeypatch)
-    with pytest.raises(KeyboardInterrupt), atomic_output(target) as temp:
-        temp.write_text("new\n")  # pragma: no cover - interrupted before the block
-    assert _temps(tmp_path) == []
-    assert target.read_text() == "earlier\n"
+def test_check_writable_interrupted_mid_way_leaves_no_temporary_file(interrupted: dict[str, Any]) -> None:
+    assert interrupted["check_writable"] == {"raised": "KeyboardInterrupt", "temps": []}
+
+
+def test_atomic_output_interrupted_as_its_file_is_made_leaves_nothing(interrupted: dict[str, Any]) -> None:
+    assert interrupted["atomic_output"] == {"raised": "KeyboardInterrupt", "temps": [], "target": "earlier\n"}
+
+
+def test_commit_files_finishes_every_rename_before_the_interruption(interrupted: dict[str, Any]) -> None:
+    assert interrupted["commit"] == {"raised": "KeyboardInterrupt", "temps": [], "contents": ["new", "new"]}
 
 
 def test_a_temporary_file_orphaned_by_an_interruption_is_removed_at_exit(tmp_path: Path) -> None:

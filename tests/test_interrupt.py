@@ -22,7 +22,7 @@ import pytest
 from digits import cpu_int8_options
 
 from sedeploy.build import build_engine
-from sedeploy.files import commit_files, sha256_of_file, temp_path_beside
+from sedeploy.files import sha256_of_file
 from sedeploy.precision import DEFAULT_CALIBRATION_METHOD
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -150,31 +150,3 @@ def test_interrupted_publish_keeps_the_previous_artifact_and_manifest(
     after = _snapshot(model.parent)
     artifacts = [name for name in before if name.endswith((".onnx", ".manifest.json"))]
     assert {name: after[name] for name in artifacts} == {name: before[name] for name in artifacts}
-
-
-def test_commit_completes_its_set_when_interrupted_midway(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A SIGINT between the renames is held until the rest of the set is published, then propagates."""
-    pairs = []
-    for name in ("model.onnx", "model.onnx.manifest.json"):
-        destination = tmp_path / name
-        destination.write_text("old")
-        staged = temp_path_beside(destination)
-        staged.write_text("new")
-        pairs.append((staged, destination))
-    real_replace = os.replace
-    calls = []
-
-    def replace_then_interrupt(source: Path, destination: Path) -> None:
-        real_replace(source, destination)
-        calls.append(destination)
-        if len(calls) == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # a real SIGINT, right after the first rename
-
-    monkeypatch.setattr(os, "replace", replace_then_interrupt)
-    with pytest.raises(KeyboardInterrupt):
-        commit_files(pairs)
-    monkeypatch.undo()
-    assert [path.read_text() for _, path in pairs] == ["new", "new"]
-    assert _leftovers(tmp_path) == []

@@ -97,6 +97,8 @@ def test_a_search_over_backends_and_calibrations_keeps_the_fastest_within_budget
         for key, value in winner.plan.runner_options.items():
             assert getattr(kept, key) == value  # float_type, hint (OpenVINO), sessions (ONNX Runtime)
     assert verify(best, data=trained_digits.test_dir).passed  # its FP32 source is found beside it
+    portable = model.with_name("digits.best.onnx")  # ONNX Runtime's winner also leaves its portable file
+    assert portable.is_file() == (winner.plan.backend == "onnxruntime")
 
     again = optimize(
         model,
