@@ -672,6 +672,7 @@ def _build_auto_cpu(
         seconds=2 * options.probe_seconds,
         rounds=2,
         probe_seconds=0.2,
+        progress=progress,
     )
     if errors:  # an asked build failed: the same error as building that backend alone
         raise errors[0]

@@ -40,7 +40,6 @@ from sedeploy.optimize import (
     BACKEND_CHOICES,
     DEFAULT_MAX_DROP,
     DEFAULT_MAX_MINUTES,
-    DEFAULT_MIN_AGREEMENT,
     PRECISION_CHOICES,
     optimize,
 )
@@ -1008,18 +1007,17 @@ def _names(value: str | None, valid: tuple[str, ...], flag: str) -> tuple[str, .
 @click.option(
     "--data",
     type=click.Path(),
-    help="Held-out images (class sub-folders give labels) or .npy of preprocessed inputs; without it each "
-    "candidate is judged by its build's own parity check.",
+    required=True,
+    help="Held-out images (class sub-folders give labels) or .npy of preprocessed inputs to judge each candidate on.",
 )
 @click.option(
     "--max-drop",
     type=click.FloatRange(0, 100),
-    help=f"Largest top-1 accuracy drop in points, with labels (default: {DEFAULT_MAX_DROP}).",
+    help=f"Largest top-1 accuracy drop in points; without labels, largest share of changed top-1 "
+    f"(default: {DEFAULT_MAX_DROP}).",
 )
 @click.option(
-    "--min-agreement",
-    type=click.FloatRange(0, 1),
-    help=f"Smallest share of images whose top-1 stays FP32's (default without labels: {DEFAULT_MIN_AGREEMENT}).",
+    "--min-agreement", type=click.FloatRange(0, 1), help="Smallest share of images whose top-1 stays FP32's."
 )
 @click.option("--min-cos", type=click.FloatRange(0, 1), help="Smallest per-image cosine with FP32's logits.")
 @_batch_option("Batch size the candidates are timed at.", default=DEFAULT_OPTIMIZE_BATCH, show_default=True)
@@ -1054,7 +1052,7 @@ def optimize_command(
     model: str,
     calib_dir: str | None,
     calib_size: int,
-    data: str | None,
+    data: str,
     max_drop: float | None,
     min_agreement: float | None,
     min_cos: float | None,
@@ -1097,7 +1095,12 @@ def optimize_command(
     )
     _emit(report, json_out)
     if not report.passed:
-        click.echo(f"error: {report.search.reason()}; loosen the budget or allow more candidates", err=True)
+        fix = (
+            "loosen the budget or allow more candidates"
+            if report.search.closest is not None
+            else "each candidate's reason is in the table"
+        )
+        click.echo(f"error: {report.search.reason()}; {fix}", err=True)
         ctx.exit(1)
 
 

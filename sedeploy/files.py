@@ -31,6 +31,7 @@ _INTERRUPTIONS = (signal.SIGINT, signal.SIGTERM)
 
 _UNFINISHED: dict[Path, int] = {}
 """Every temporary file :func:`temp_path_beside` made, with the creating process: removed on interruption."""
+_UNFINISHED_LOCK = threading.Lock()
 
 
 @contextmanager
@@ -98,10 +99,11 @@ def temp_path_beside(path: Path) -> Path:
 
 
 def _remember(temp: Path) -> None:
-    if len(_UNFINISHED) > 64:  # forget the ones already renamed or removed
-        for known in [known for known in _UNFINISHED if not os.path.lexists(known)]:
-            del _UNFINISHED[known]
-    _UNFINISHED[temp] = os.getpid()
+    with _UNFINISHED_LOCK:  # builds on several threads share the registry
+        if len(_UNFINISHED) > 64:  # forget the ones already renamed or removed
+            for known in [known for known in _UNFINISHED if not os.path.lexists(known)]:
+                del _UNFINISHED[known]
+        _UNFINISHED[temp] = os.getpid()
 
 
 def remove_unfinished_temps() -> list[Path]:
@@ -113,7 +115,9 @@ def remove_unfinished_temps() -> list[Path]:
     not touched.
     """
     removed = []
-    for temp, pid in list(_UNFINISHED.items()):
+    with _UNFINISHED_LOCK:
+        entries = list(_UNFINISHED.items())
+    for temp, pid in entries:
         if pid == os.getpid() and os.path.lexists(temp):
             temp.unlink(missing_ok=True)
             removed.append(temp)

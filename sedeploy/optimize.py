@@ -42,11 +42,25 @@ from sedeploy.artifacts.manifest import (
 from sedeploy.artifacts.metadata import load_onnx, metadata_or_none
 from sedeploy.artifacts.naming import optimized_onnx_path, precision_suffix
 from sedeploy.artifacts.precision import detect_precision
-from sedeploy.build import DEFAULT_CALIBRATION_SIZE, BuildOptions, BuildResult, build_engine
+from sedeploy.build import (
+    DEFAULT_CALIBRATION_DIR,
+    DEFAULT_CALIBRATION_SIZE,
+    BuildOptions,
+    BuildResult,
+    build_engine,
+)
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
-from sedeploy.files import atomic_output, pause_for_tests, sha256_of_file, temp_path_beside, write_json_atomic
+from sedeploy.files import (
+    atomic_output,
+    check_writable,
+    pause_for_tests,
+    sha256_of_file,
+    temp_path_beside,
+    write_json_atomic,
+)
 from sedeploy.host import cpu_model, matrix_units, usable_cores
 from sedeploy.ladder import reuse_problem
+from sedeploy.optional import import_optional
 from sedeploy.runtime import load
 from sedeploy.search import (
     Budget,
@@ -56,7 +70,6 @@ from sedeploy.search import (
     Fidelity,
     Plan,
     SearchReport,
-    gate_fidelity,
     search,
 )
 from sedeploy.verify import verify
@@ -64,9 +77,8 @@ from sedeploy.verify import verify
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_DROP = 0.5
-"""Percentage points of top-1 accuracy a candidate may lose on labelled held-out images (default budget)."""
-DEFAULT_MIN_AGREEMENT = 0.99
-"""Share of unlabelled held-out images whose top-1 class must stay FP32's (default budget)."""
+"""Percentage points of top-1 accuracy a candidate may lose (default budget); on unlabelled images, the share
+of images whose top-1 class changed (verify's rule: it bounds the drop)."""
 DEFAULT_BATCH = 8
 DEFAULT_MAX_MINUTES = 10.0
 BACKEND_CHOICES = ("onnxruntime", "openvino", "tensorrt")
@@ -108,16 +120,19 @@ def candidate_plans(
     pruned: list[tuple[Plan, str]] = []
     notes: list[str] = []
     split = {"sessions": 2}
-    can_split = batch >= 2 and usable_cores() >= 2
+    cuda = ort_backend.has_cuda()
+    can_split = batch >= 2 and usable_cores() >= 2 and not cuda
 
     if "onnxruntime" in asked_backends:
-        cuda = ort_backend.has_cuda()
         if "fp32" in asked_precisions:
             if can_split:
                 plans.append(Plan.of("onnxruntime", "fp32", runner=split))
             else:
                 pruned.append(
-                    (Plan.of("onnxruntime", "fp32", runner=split), "split batch needs batch >= 2 and 2 cores")
+                    (
+                        Plan.of("onnxruntime", "fp32", runner=split),
+                        "split batch needs batch >= 2, 2 cores and the CPU provider",
+                    )
                 )
         if "fp16" in asked_precisions:
             if cuda:
@@ -189,11 +204,15 @@ def candidate_plans(
 
     if "tensorrt" in asked_backends:
         available, reason = trt_backend.availability()
-        for precision in ("fp16", "int8"):
+        for precision in ("fp32", "fp16", "bf16", "int8"):
             if precision not in asked_precisions:
                 continue
             plan = Plan.of("tensorrt", precision, {"target": "tensorrt"} if precision == "int8" else {})
-            if available:
+            if precision == "bf16":
+                pruned.append(
+                    (plan, "bf16 is built for OpenVINO on CPUs; on a GPU FP16 is TensorRT's half type")
+                )
+            elif available:
                 plans.append(plan)
             else:
                 pruned.append((plan, f"TensorRT cannot run here: {reason.split('; ')[0]}"))
@@ -248,17 +267,20 @@ class OptimizeReport:
 
 
 def _fingerprint(folder: Path | None) -> str | None:
-    """A cheap identity of an image folder: every file's relative path, size and modification time."""
-    if folder is None:
+    """A cheap identity of an image folder or file: every file's relative name and size.
+
+    No absolute path and no times, so the same set copied to another machine has the same identity (the
+    previous choice is then reported stale there, not silently redone). Calibration ranges are checked on
+    the pixels themselves (the calibration cache's key); this only decides whether a search may be reused.
+    """
+    if folder is None or not folder.exists():
         return None
     if folder.is_file():
-        stat = folder.stat()
-        return hashlib.sha256(f"{folder.resolve()}|{stat.st_size}|{stat.st_mtime_ns}".encode()).hexdigest()
-    digest = hashlib.sha256(str(folder.resolve()).encode())
+        return hashlib.sha256(f"{folder.name}|{folder.stat().st_size}".encode()).hexdigest()
+    digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
         if path.is_file():
-            stat = path.stat()
-            digest.update(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{path.relative_to(folder).as_posix()}|{path.stat().st_size}\n".encode())
     return digest.hexdigest()
 
 
@@ -274,6 +296,12 @@ def machine_identity() -> dict[str, Any]:
         versions["openvino"] = ov_backend.version()
     except MissingDependencyError:
         versions["openvino"] = None
+    try:
+        import tensorrt
+
+        versions["tensorrt"] = str(tensorrt.__version__)
+    except ImportError:
+        versions["tensorrt"] = None
     return {
         "cpu": cpu_model(),
         "isa": matrix_units().describe(),
@@ -316,7 +344,12 @@ def _run_file(output: Path, plan: Plan) -> Path:
 
 
 def _options_for(plan: Plan, base: BuildOptions) -> BuildOptions:
-    return replace(base, backend=plan.backend, precision=plan.precision, **plan.build_options)
+    """The plan's build options; OpenVINO's runtime is pinned (its own float type, latency): the search measures the others."""
+    float_type = {"fp32": "f32", "int8": "f32", "bf16": "bf16", "fp16": "f16"}[plan.precision]
+    pinned: dict[str, Any] = (
+        {"float_type": float_type, "hint": "latency"} if plan.backend == "openvino" else {}
+    )
+    return replace(base, backend=plan.backend, precision=plan.precision, **pinned, **plan.build_options)
 
 
 def _built(result: BuildResult, artifact: Path, reused: bool) -> Built:
@@ -416,13 +449,42 @@ def _open_plan(plan: Plan, built: Built, threads: int | None) -> Any:
 
 
 def _best_stem(model: Path, output: str | os.PathLike[str] | None) -> Path:
+    """The name the winner is written under (``<model>.best``, or ``output`` less a backend suffix)."""
     if output is None:
         return model.with_name(f"{model.stem}.best")
     path = Path(output)
-    for suffix in (*BEST_SUFFIXES.values(), ".onnx", ".xml"):
+    for suffix in BEST_SUFFIXES.values():
         if path.name.endswith(suffix):
-            return path.with_name(path.name[: -len(suffix)])
+            path = path.with_name(path.name[: -len(suffix)])
+            break
+    ours = [path.with_name(path.name + suffix) for suffix in (*BEST_SUFFIXES.values(), ".onnx")]
+    if model.resolve() in {candidate.resolve() for candidate in ours} or path.resolve() == model.resolve():
+        raise ConfigError(
+            f"output {output} would overwrite the source model {model.name}; give another name",
+            params=("output",),
+        )
     return path
+
+
+def _ours(path: Path) -> bool:
+    """Whether ``path`` is a winner an earlier ``optimize`` wrote (its manifest records a search)."""
+    try:
+        manifest = checked_manifest(path, verify_hash=False) if path.is_file() else None
+    except ManifestError:
+        return False
+    return manifest is not None and manifest.search is not None
+
+
+def _remove_earlier(stem: Path, keep: set[Path]) -> None:
+    """Remove the winners an earlier ``optimize`` wrote under ``stem`` (only those), except ``keep``."""
+    for suffix in (*BEST_SUFFIXES.values(), ".onnx"):
+        path = stem.with_name(stem.name + suffix)
+        if path in keep or not _ours(path):
+            continue
+        extras = [path.with_suffix(".bin")] if suffix == ".openvino.xml" else []
+        for file in (path, *extras, manifest_path(path)):
+            if file not in keep:
+                file.unlink(missing_ok=True)
 
 
 def _previous_best(stem: Path) -> tuple[Path, BuildManifest] | None:
@@ -442,35 +504,36 @@ def _previous_best(stem: Path) -> tuple[Path, BuildManifest] | None:
     return path, manifest
 
 
-def _write_best(
-    stem: Path, winner_artifact: Path, plan: Plan, record: dict[str, Any], source: Path
-) -> tuple[Path, ...]:
+def _write_best(stem: Path, winner_artifact: Path, plan: Plan, record: dict[str, Any]) -> tuple[Path, ...]:
     """Copy the winner to ``stem`` + its suffix with a manifest that records the search; atomically, as one unit.
 
-    An ONNX Runtime winner also gets its portable file as ``stem.onnx`` (the precision file, or the FP32
-    source itself): the ``.ort.onnx`` holds this CPU's optimized layouts, while Triton and other machines take
-    the portable one. Earlier winners of other backends under the same stem are removed once the new one is
-    in place. Returns the files written, the one to load first.
+    An ONNX Runtime INT8/FP16 winner also gets its portable precision file as ``stem.onnx``: the
+    ``.ort.onnx`` holds this CPU's optimized layouts, while Triton and other machines take the portable
+    one (for an FP32 winner that is the source model itself). An OpenVINO winner's manifest records the
+    float type and hint it was measured with. Earlier winners under the same stem are removed once the new
+    one is in place. Returns the files written, the one to load first.
     """
-    suffix = BEST_SUFFIXES[plan.backend]
-    best = stem.with_name(stem.name + suffix)
+    best = stem.with_name(stem.name + BEST_SUFFIXES[plan.backend])
     manifest = checked_manifest(winner_artifact, required=True)
     assert manifest is not None
     engine = dict(manifest.engine) if manifest.engine is not None else None
     pairs = [(winner_artifact, best)]
-    manifests = [(replace(manifest, engine=engine, runner_defaults=plan.runner_options, search=record), best)]
-    companion = None
     if plan.backend == "openvino":
-        pairs.append((winner_artifact.with_suffix(".bin"), best.with_suffix(".bin")))
         assert engine is not None
+        pairs.append((winner_artifact.with_suffix(".bin"), best.with_suffix(".bin")))
         engine["weights"] = best.with_suffix(".bin").name
-    if plan.backend == "onnxruntime":
-        companion = stem.with_name(stem.name + ".onnx")
+        runner = plan.runner_options
+        engine["inference_precision"] = runner.get("float_type", engine.get("inference_precision"))
+        engine["performance_hint"] = runner.get("hint", engine.get("performance_hint"))
+        engine["runtime_choice"] = {"chosen_by": "sedeploy optimize", "search_key": record["key"]}
+    manifests = [(replace(manifest, engine=engine, runner_defaults=plan.runner_options, search=record), best)]
+    if plan.backend == "onnxruntime" and plan.precision != "fp32":
         portable = winner_artifact.with_name(winner_artifact.name[: -len(".ort.onnx")] + ".onnx")
-        pairs.append((portable if portable.is_file() else source, companion))
-        portable_manifest = checked_manifest(portable) if portable.is_file() else None
-        if portable_manifest is not None:
-            manifests.append((replace(portable_manifest, search=record), companion))
+        portable_manifest = checked_manifest(portable, required=True)
+        assert portable_manifest is not None
+        companion = stem.with_name(stem.name + ".onnx")
+        pairs.append((portable, companion))
+        manifests.append((replace(portable_manifest, search=record), companion))
     manifests = [(replace(entry, artifact=path.name), path) for entry, path in manifests]
     staged: list[tuple[Path, Path]] = []
     try:
@@ -484,18 +547,15 @@ def _write_best(
         for temp, _ in staged:
             temp.unlink(missing_ok=True)
     written = {path for _, path in pairs} | {manifest_path(path) for _, path in manifests}
-    for other in (*BEST_SUFFIXES.values(), ".onnx", ".openvino.bin"):
-        for path in (stem.with_name(stem.name + other), manifest_path(stem.with_name(stem.name + other))):
-            if path not in written and path.is_file():
-                path.unlink()
-    return (best, *([companion] if companion else []))
+    _remove_earlier(stem, written)
+    return tuple(path for _, path in manifests)
 
 
 def optimize(
     model_path: str | os.PathLike[str],
     *,
+    data: str | os.PathLike[str],
     calib_dir: str | os.PathLike[str] | None = None,
-    data: str | os.PathLike[str] | None = None,
     max_drop: float | None = None,
     min_agreement: float | None = None,
     min_cosine: float | None = None,
@@ -515,12 +575,13 @@ def optimize(
     """Find the fastest artifact of ``model_path`` within the fidelity budget on this machine; see the module docstring.
 
     ``data``: held-out images (class sub-folders give labels) or a ``.npy`` of
-    preprocessed inputs. The budget: ``max_drop`` percentage points of accuracy
-    (labels; default :data:`DEFAULT_MAX_DROP`), else ``min_agreement`` of top-1 with FP32
-    (default :data:`DEFAULT_MIN_AGREEMENT`), and optionally ``min_cosine``. Without
-    ``data``, each candidate's fidelity is its build's own parity gate. ``max_minutes``:
-    no candidate is started after that (what was built is still timed). Returns the
-    report whether a candidate met the budget or not (``report.passed``).
+    preprocessed inputs. The budget: ``max_drop`` percentage points of top-1 accuracy
+    (default :data:`DEFAULT_MAX_DROP`; on unlabelled data the share of images whose
+    top-1 changed), and optionally ``min_agreement`` (top-1 agreement with FP32) and
+    ``min_cosine``. ``max_minutes``: no candidate is started after that (what was
+    built is still timed; such a search is not reused later). Returns the report
+    whether a candidate met the budget or not (``report.passed``); when none did,
+    earlier winners under the same name are removed.
     """
     started = time.perf_counter()
     model = Path(model_path)
@@ -532,29 +593,44 @@ def optimize(
         raise ConfigError(f"max_minutes must be positive, got {max_minutes}", params=("max_minutes",))
     if seconds <= 0 or rounds < 1:
         raise ConfigError("seconds must be positive and rounds at least 1", params=("seconds", "rounds"))
-    data_path = Path(data) if data is not None else None
-    if data_path is not None and not data_path.exists():
+    data_path = Path(data)
+    if not data_path.exists():
         raise BadInputError(f"held-out data {data_path} does not exist; give an image folder or a .npy file")
-    if metadata_or_none(load_onnx(model)) is None:
+    metadata = metadata_or_none(load_onnx(model))
+    if metadata is None:
         raise BadInputError(f"{model} has no sedeploy metadata; export it with sedeploy export")
+    if metadata.max_batch is not None and batch > metadata.max_batch:
+        raise ConfigError(
+            f"batch {batch} is above the model's max batch {metadata.max_batch}; pass a smaller batch or export "
+            "with a larger max batch",
+            params=("batch",),
+        )
     source_precision = detect_precision(model)
     if source_precision != "fp32":
         raise ConfigError(f"{model} is a {source_precision} file; give the exported FP32 ONNX")
-    if data_path is None:
-        budget = Budget(max_drop=max_drop, min_agreement=min_agreement, min_cosine=min_cosine)
-    elif max_drop is None and min_agreement is None and min_cosine is None:
-        budget = Budget(max_drop=DEFAULT_MAX_DROP, min_agreement=None)
-    else:
-        budget = Budget(max_drop=max_drop, min_agreement=min_agreement, min_cosine=min_cosine)
+    for path in (markdown, plot):  # fail now, not after the search has published its winner
+        if path is not None:
+            check_writable(path)
+    if plot is not None:
+        import_optional("matplotlib")
+    budget = Budget(
+        max_drop=DEFAULT_MAX_DROP if max_drop is None else max_drop,
+        min_agreement=min_agreement,
+        min_cosine=min_cosine,
+        verify_cosine=True,  # unless min_cosine is given: the kept artifact passes sedeploy verify
+    )
     calibration = Path(calib_dir) if calib_dir is not None else None
+    calibration_folder = calibration or DEFAULT_CALIBRATION_DIR
     stem = _best_stem(model, output)
     key_inputs = {
         "source_sha256": sha256_of_file(model),
-        "calibration": _fingerprint(calibration),
+        "calibration": _fingerprint(calibration_folder),
         "calib_size": calib_size,
         "data": _fingerprint(data_path),
         "budget": budget.to_dict(),
         "batch": batch,
+        "seconds": seconds,
+        "rounds": rounds,
         "backends": sorted(backends or BACKEND_CHOICES),
         "precisions": sorted(precisions or PRECISION_CHOICES),
     }
@@ -565,21 +641,25 @@ def optimize(
     if previous is not None:
         path, manifest = previous
         record = manifest.search or {}
-        if record.get("key") == key:
+        recorded = SearchReport.from_dict(record.get("report") or {})
+        if record.get("key") != key:
+            logger.info("optimize: inputs differ from the search recorded in %s; searching again", path)
+        elif recorded.stopped_early:
+            logger.info("optimize: the search recorded in %s stopped early; searching again", path)
+        else:
             stale = _stale(record.get("machine") or {}, machine)
             if stale is None:
-                report = SearchReport.from_dict(record.get("report") or {})
                 logger.info("optimize: reusing the search recorded in %s", manifest_path(path))
                 result = OptimizeReport(
-                    model, report, path, reused=True, seconds=time.perf_counter() - started
+                    model, recorded, path, reused=True, seconds=time.perf_counter() - started
                 )
                 return _with_files(result, markdown, plot)
-        else:
-            logger.info("optimize: inputs differ from the search recorded in %s; searching again", path)
 
     plans, pruned, notes = candidate_plans(backends, precisions, batch)
-    if data_path is None:
-        notes.append("no held-out data: each candidate's fidelity is its build's own parity check")
+    if not calibration_folder.is_dir():
+        reason = f"no calibration images ({calibration_folder} is not a folder): give calib_dir"
+        pruned = [(plan, reason) for plan in plans if plan.precision == "int8"] + pruned
+        plans = [plan for plan in plans if plan.precision != "int8"]
     baseline_asked = (backends is None or "onnxruntime" in backends) and (
         precisions is None or "fp32" in precisions
     )
@@ -590,7 +670,7 @@ def optimize(
         plans,
         _optimize_builder(model, work, base, progress),
         _open_plan,
-        check=_optimize_checker(model, data_path, batch) if data_path is not None else gate_fidelity,
+        check=_optimize_checker(model, data_path, batch),
         budget=budget,
         batches=(batch,),
         pruned=pruned,
@@ -605,8 +685,10 @@ def optimize(
     winner = report.winner
     if winner is not None and winner.artifact is not None:
         record = {"key": key, "inputs": key_inputs, "machine": machine, "report": report.to_dict()}
-        best, *portable = _write_best(stem, Path(winner.artifact), winner.plan, record, model)
+        best, *portable = _write_best(stem, Path(winner.artifact), winner.plan, record)
         logger.info("optimize: kept %s%s", best, f" (portable: {portable[0].name})" if portable else "")
+    else:  # an earlier winner would still load as the choice: it no longer is one
+        _remove_earlier(stem, set())
     result = OptimizeReport(model, report, best, stale=stale, seconds=time.perf_counter() - started)
     return _with_files(result, markdown, plot)
 
@@ -626,8 +708,6 @@ def _with_files(
 
 def plot_search(report: SearchReport, path: Path) -> Path:
     """PNG of images/s against fidelity loss, every timed candidate, the Pareto front joined and the winner ringed."""
-    from sedeploy.optional import import_optional
-
     import_optional("matplotlib")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -681,7 +761,6 @@ def plot_search(report: SearchReport, path: Path) -> Path:
 
 __all__ = [
     "DEFAULT_MAX_DROP",
-    "DEFAULT_MIN_AGREEMENT",
     "OptimizeReport",
     "candidate_plans",
     "machine_identity",

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sedeploy.bench import BenchReport, Candidate, bench
+from sedeploy.compare import DEFAULT_THRESHOLDS
 from sedeploy.errors import ConfigError, SedeployError
 from sedeploy.host import describe_machine
 from sedeploy.progress import progress_bar
@@ -211,11 +212,15 @@ class Budget:
     """The fidelity a candidate must keep: accuracy drop (with labels), top-1 agreement, worst-case cosine."""
 
     max_drop: float | None = None
-    """Percentage points of top-1 accuracy the candidate may lose against FP32 (needs labelled images)."""
+    """Percentage points of top-1 accuracy the candidate may lose against FP32; on unlabelled images, the
+    share of images whose top-1 class changed, which bounds the drop (verify's rule)."""
     min_agreement: float | None = None
     """Share of images whose top-1 class must stay the FP32 model's (0..1)."""
     min_cosine: float | None = None
     """Every image's logits must keep at least this cosine similarity with FP32's."""
+    verify_cosine: bool = False
+    """Without ``min_cosine``: hold each candidate to verify's own minimum cosine for its precision
+    (:data:`sedeploy.compare.DEFAULT_THRESHOLDS`), so the artifact kept passes ``sedeploy verify``."""
 
     def __post_init__(self) -> None:
         if self.max_drop is not None and not 0 <= self.max_drop <= 100:
@@ -225,17 +230,25 @@ class Budget:
             if value is not None and not 0 <= value <= 1:
                 raise ConfigError(f"{name} must be between 0 and 1, got {value}")
 
-    def problem(self, fidelity: Fidelity) -> str | None:
-        """Why ``fidelity`` misses the budget, or None when it meets it."""
+    def problem(self, fidelity: Fidelity, precision: str | None = None) -> str | None:
+        """Why ``fidelity`` (of a ``precision`` artifact) misses the budget, or None when it meets it."""
         if not fidelity.finite:
             return "non-finite logits"
         drop = fidelity.drop_points
         if self.max_drop is not None and drop is not None and drop > self.max_drop:
             return f"drop {drop:.2f} pt > {self.max_drop:g} pt"
+        changed = 100 * (1 - fidelity.top1_agreement)
+        if self.max_drop is not None and drop is None and changed > self.max_drop:
+            # without labels, as verify counts it: the share of changed top-1 classes bounds the drop
+            return f"top-1 changed on {changed:.2f}% > {self.max_drop:g} pt"
         if self.min_agreement is not None and fidelity.top1_agreement < self.min_agreement:
             return f"agreement {100 * fidelity.top1_agreement:.2f}% < {100 * self.min_agreement:g}%"
         if self.min_cosine is not None and fidelity.min_cosine < self.min_cosine:
             return f"min cosine {fidelity.min_cosine:.5f} < {self.min_cosine:g}"
+        if self.min_cosine is None and self.verify_cosine and precision in DEFAULT_THRESHOLDS:
+            floor = DEFAULT_THRESHOLDS[precision].min_cosine
+            if fidelity.min_cosine < floor:
+                return f"min cosine {fidelity.min_cosine:.5f} < {floor:g} (verify's for {precision})"
         return None
 
     def describe(self) -> str:
@@ -246,10 +259,17 @@ class Budget:
             parts.append(f"top-1 agreement >= {100 * self.min_agreement:g}%")
         if self.min_cosine is not None:
             parts.append(f"min cosine >= {self.min_cosine:g}")
+        elif self.verify_cosine:
+            parts.append("verify's min cosine per precision")
         return ", ".join(parts) or "the build's own parity gate"
 
     def to_dict(self) -> dict[str, Any]:
-        return {"max_drop": self.max_drop, "min_agreement": self.min_agreement, "min_cosine": self.min_cosine}
+        return {
+            "max_drop": self.max_drop,
+            "min_agreement": self.min_agreement,
+            "min_cosine": self.min_cosine,
+            "verify_cosine": self.verify_cosine,
+        }
 
 
 STATUSES = ("chosen", "meets budget", "baseline", "over budget", "build failed", "pruned", "not reached")
@@ -367,12 +387,19 @@ class SearchReport:
         winner = self.winner
         if winner is None:
             closest = self.closest
-            near = (
-                f"; closest: {closest.label} ({closest.reason or closest.fidelity.to_text()})"  # type: ignore[union-attr]
-                if closest is not None
-                else ""
-            )
-            return f"no candidate met the budget ({self.budget.describe()}){near}"
+            if closest is not None:
+                return (
+                    f"no candidate met the budget ({self.budget.describe()}); closest: {closest.label} "
+                    f"({closest.reason})"
+                )
+            failed = [row for row in self.rows if row.status == "build failed"]
+            if failed:
+                return (
+                    f"no candidate could be built and checked; first: {failed[0].label} ({failed[0].reason})"
+                )
+            left_out = [row for row in self.rows if row.status == "pruned"]
+            why = f"; e.g. {left_out[0].label}: {left_out[0].reason}" if left_out else ""
+            return f"none of the asked candidates can run on this machine{why}"
         batch = max(winner.images_per_s)
         parts = [f"{winner.images_per_s[batch]:.1f} img/s at batch {batch}"]
         baseline = self.baseline()
@@ -401,7 +428,10 @@ class SearchReport:
         budget = data.get("budget") or {}
         return cls(
             rows=tuple(SearchRow.from_dict(row) for row in data.get("candidates", ())),
-            budget=Budget(**{key: budget.get(key) for key in ("max_drop", "min_agreement", "min_cosine")}),
+            budget=Budget(
+                **{key: budget.get(key) for key in ("max_drop", "min_agreement", "min_cosine")},
+                verify_cosine=bool(budget.get("verify_cosine")),
+            ),
             batches=tuple(int(batch) for batch in data.get("batches", ())),
             machine=data.get("machine") or {},
             notes=tuple(data.get("notes", ())),
@@ -538,9 +568,9 @@ def search(
     budget = budget or Budget()
     outcomes: dict[Plan, SearchRow] = {}
     built: dict[tuple[Any, ...], Built | str] = {}
-    checked: dict[tuple[Any, ...], Fidelity] = {}
+    checked: dict[tuple[Any, ...], Fidelity | str] = {}
     stopped: str | None = None
-    bar = progress_bar(total=len(plans) + 1, desc="optimize", unit="candidate", enabled=progress)
+    bar = progress_bar(total=len(plans) + 1, desc="search", unit="candidate", enabled=progress)
     try:
         for index, plan in enumerate(plans):
             if deadline is not None and index > 0 and time.monotonic() > deadline:
@@ -548,21 +578,30 @@ def search(
                 for rest in plans[index:]:
                     outcomes[rest] = SearchRow(rest, "not reached", "time budget")
                 break
-            bar.set_description(f"optimize: {plan.label}")
+            bar.set_description(f"search: {plan.label}")
             outcomes[plan] = _try(plan, build, check, budget, built, checked)
             bar.update(1)
         timed = [row for row in outcomes.values() if row.artifact is not None and row.fidelity is not None]
         report = None
-        if timed:
-            bar.set_description("optimize: timing")
-            report = bench(
-                [_candidate(row, built, open_runner) for row in timed],
-                batches=batches,
-                warmup=warmup,
-                duration=seconds,
-                rounds=rounds,
-                probe_seconds=probe_seconds,
-            )
+        while timed:
+            bar.set_description("search: timing")
+            try:
+                report = bench(
+                    [_candidate(row, built, open_runner) for row in timed],
+                    batches=batches,
+                    warmup=warmup,
+                    duration=seconds,
+                    rounds=rounds,
+                    probe_seconds=probe_seconds,
+                )
+                break
+            except Exception:  # a runner that cannot open is that candidate's failure: mark it, time the rest
+                unusable = _unopenable(timed, built, open_runner)
+                if unusable is None:
+                    raise
+                row, problem = unusable
+                outcomes[row.plan] = replace(row, status="build failed", reason=f"cannot run: {problem}")
+                timed = [other for other in timed if other is not row]
         bar.update(1)
     finally:
         bar.close()
@@ -589,27 +628,28 @@ def _try(
     check: Checker,
     budget: Budget,
     built: dict[tuple[Any, ...], Built | str],
-    checked: dict[tuple[Any, ...], Fidelity],
+    checked: dict[tuple[Any, ...], Fidelity | str],
 ) -> SearchRow:
     """Build (once per build key) and check (once per fidelity key) one plan; its row without timing."""
     if plan.build_key not in built:
         try:
             built[plan.build_key] = build(plan)
-        except SedeployError as error:
-            built[plan.build_key] = _first_clause(str(error))
-            logger.info("optimize: %s did not build: %s", plan.label, error)
+        except Exception as error:  # a search reports every candidate: one backend's failure is its row
+            built[plan.build_key] = _problem(error)
+            logger.info("search: %s did not build: %s", plan.label, error, exc_info=_unexpected(error))
     result = built[plan.build_key]
     if isinstance(result, str):
         return SearchRow(plan, "build failed", result)
     if plan.fidelity_key not in checked:
         try:
             checked[plan.fidelity_key] = check(plan, result)
-        except SedeployError as error:
-            return SearchRow(
-                plan, "build failed", f"check: {_first_clause(str(error))}", str(result.artifact)
-            )
+        except Exception as error:
+            checked[plan.fidelity_key] = f"check: {_problem(error)}"
+            logger.info("search: %s could not be checked: %s", plan.label, error, exc_info=_unexpected(error))
     fidelity = checked[plan.fidelity_key]
-    problem = budget.problem(fidelity)
+    if isinstance(fidelity, str):
+        return SearchRow(plan, "build failed", fidelity, str(result.artifact))
+    problem = budget.problem(fidelity, plan.precision)
     return SearchRow(
         plan,
         "over budget" if problem else "meets budget",
@@ -635,6 +675,18 @@ def runs_as(shares: Mapping[str, float] | None, float_type: str | None) -> Mappi
     return dict(sorted(merged.items(), key=lambda item: -item[1]))
 
 
+def _unexpected(error: BaseException) -> bool:
+    """Whether a failure is not one of sedeploy's own one-line errors (its traceback is worth logging)."""
+    return not isinstance(error, SedeployError)
+
+
+def _problem(error: BaseException) -> str:
+    """A failure as a table cell: a sedeploy error's problem clause, else the exception's type and first line."""
+    if isinstance(error, SedeployError):
+        return _first_clause(str(error))
+    return f"{type(error).__name__}: {_first_clause(str(error))}"
+
+
 def _first_clause(message: str) -> str:
     """The problem part of a one-line error: its first line up to the first "; " outside parentheses (the fix)."""
     line = (message.strip().splitlines() or [""])[0]
@@ -658,6 +710,20 @@ def _candidate(
         open=lambda threads: open_runner(plan, result, threads),
         precision=plan.precision,
     )
+
+
+def _unopenable(
+    rows: Sequence[SearchRow], built: Mapping[tuple[Any, ...], Built | str], open_runner: Opener
+) -> tuple[SearchRow, str] | None:
+    """The first row whose runner fails to open, with why; None when every one opens."""
+    for row in rows:
+        result = built[row.plan.build_key]
+        assert isinstance(result, Built)
+        try:
+            open_runner(row.plan, result, None).close()
+        except Exception as error:
+            return row, _problem(error)
+    return None
 
 
 def _with_timing(row: SearchRow, report: BenchReport) -> SearchRow:
