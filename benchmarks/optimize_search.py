@@ -10,7 +10,8 @@ weights, speed only: synthetic inputs, judged by top-1 agreement with FP32 on th
 2. the same command again, timed (it should reuse the recorded search);
 3. an independent re-timing: the winner and the three fastest other candidates within the budget,
    opened as ``sedeploy.load`` opens them, in a fresh interleaved ``bench`` run. The choice holds when no
-   other candidate beats the winner by more than the search's tie band.
+   other candidate beats the winner by more than the search's tie band (the digits model runs about
+   20,000 img/s, 0.4 ms a call: its candidates sit within the run-to-run noise of each other).
 
 Writes benchmarks/results/optimize_search.{md,json} with the machine's ISA and the load average
 before and after (the cores are shared: read ratios from one run, not absolute figures). Work files
@@ -163,7 +164,7 @@ def main() -> None:
         np.save(folder / "heldout.npy", inputs)
         cases.append(
             run_case(
-                "se_resnet50 224 (random weights; agreement >= 90% with FP32 on 64 synthetic inputs)",
+                "se_resnet50 224 (random weights; top-1 of FP32 kept on >= 90% of 64 synthetic inputs)",
                 model,
                 args.seconds,
                 args.rounds,
@@ -171,7 +172,7 @@ def main() -> None:
                 calib_dir=folder / "calib",
                 data=folder / "heldout.npy",
                 calib_size=64,
-                min_agreement=0.9,
+                max_drop=10.0,  # unlabelled: at most 10% of the top-1 classes may change
                 max_minutes=30,
             )
         )

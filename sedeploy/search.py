@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 TIE_BAND = 0.03
 """Candidates whose speed is within this share of the fastest are tied; the most faithful of them wins."""
+RUNOFF_BAND = 0.10
+"""Candidates within the budget and within this share of the fastest are timed again, among themselves only."""
+RUNOFF_SIZE = 4
+"""At most this many (the fastest) go to the run-off."""
 NUMERIC_RUNNER_OPTIONS = frozenset({"float_type"})
 """Runner options that change the numbers (not just the speed): each value is checked for fidelity on its own."""
 
@@ -296,6 +300,8 @@ class SearchRow:
     """Share of its own precision's roof at the largest batch; None without one or when the probe under-measured."""
     pareto: bool = False
     """Not beaten on both speed and fidelity by any other timed candidate."""
+    runoff_images_per_s: Mapping[int, float] = field(default_factory=dict)
+    """Images/s in the run-off (the near-fastest candidates timed again among themselves), when it ran one."""
 
     @property
     def label(self) -> str:
@@ -304,8 +310,12 @@ class SearchRow:
     @property
     def speed(self) -> float | None:
         """Geometric mean of images/s over the batches (what the search ranks by)."""
-        rates = [rate for rate in self.images_per_s.values() if rate > 0]
-        return math.exp(sum(math.log(rate) for rate in rates) / len(rates)) if rates else None
+        return _geometric_mean(self.images_per_s)
+
+    @property
+    def runoff_speed(self) -> float | None:
+        """The same over the run-off's figures (what decides among the near-fastest), or None."""
+        return _geometric_mean(self.runoff_images_per_s)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -324,6 +334,9 @@ class SearchRow:
             else round(self.ratio_to_fp32, 3),
             "roof_share": None if self.roof_share is None else round(self.roof_share, 4),
             "pareto": self.pareto,
+            "runoff_images_per_s": {
+                str(batch): round(rate, 2) for batch, rate in self.runoff_images_per_s.items()
+            },
         }
 
     @classmethod
@@ -345,6 +358,9 @@ class SearchRow:
             ratio_to_fp32=data.get("ratio_to_fp32_same_backend"),
             roof_share=data.get("roof_share"),
             pareto=bool(data.get("pareto")),
+            runoff_images_per_s={
+                int(batch): float(rate) for batch, rate in (data.get("runoff_images_per_s") or {}).items()
+            },
         )
 
 
@@ -509,6 +525,11 @@ class SearchReport:
         return "\n".join(lines) + "\n"
 
 
+def _geometric_mean(rates: Mapping[int, float]) -> float | None:
+    positive = [rate for rate in rates.values() if rate > 0]
+    return math.exp(sum(math.log(rate) for rate in positive) / len(positive)) if positive else None
+
+
 def _shares(shares: Mapping[str, float] | None) -> str:
     """``int8 90%, bf16 10%``: the precisions that run a visible share of the MACs."""
     if not shares:
@@ -550,6 +571,7 @@ def search(
     deadline: float | None = None,
     notes: Sequence[str] = (),
     progress: bool = False,
+    runoff: bool = True,
 ) -> SearchReport:
     """Build, check and time ``plans``; choose the fastest within ``budget``. See the module docstring.
 
@@ -558,7 +580,10 @@ def search(
     that was only timed for its ratio is not). ``deadline``: a ``time.monotonic()``
     after which no further candidate is built (at least one always is); what was
     built is still timed. ``seconds``: timed seconds per candidate and batch, over
-    ``rounds`` interleaved rounds.
+    ``rounds`` interleaved rounds. ``runoff``: the candidates within the budget and
+    within :data:`RUNOFF_BAND` of the fastest (at most :data:`RUNOFF_SIZE`) are timed
+    again among themselves, and that second run decides between them (a search that
+    stopped on its deadline skips it).
     """
     if not plans:
         raise ConfigError("the search has no candidate to try; allow more backends or precisions")
@@ -608,7 +633,10 @@ def search(
     rows = [_with_timing(outcomes[plan], report) if report else outcomes[plan] for plan in outcomes]
     rows = _ratios(rows)
     rows = _mark_pareto(rows)
-    rows = _choose(rows, choosable or (lambda plan: True))
+    choosable = choosable or (lambda plan: True)
+    if runoff and stopped is None:
+        rows = _runoff(rows, built, open_runner, choosable, batches, seconds, rounds, warmup, progress)
+    rows = _choose(rows, choosable)
     rows += [SearchRow(plan, "pruned", reason) for plan, reason in pruned]
     machine = report.machine if report else describe_machine()
     return SearchReport(
@@ -772,24 +800,75 @@ def _mark_pareto(rows: list[SearchRow]) -> list[SearchRow]:
     return [replace(row, pareto=True) if row in timed and not beaten(row) else row for row in rows]
 
 
+def _eligible(rows: Sequence[SearchRow], choosable: Callable[[Plan], bool]) -> list[SearchRow]:
+    return [row for row in rows if row.status == "meets budget" and row.speed and choosable(row.plan)]
+
+
+def _runoff(
+    rows: list[SearchRow],
+    built: Mapping[tuple[Any, ...], Built | str],
+    open_runner: Opener,
+    choosable: Callable[[Plan], bool],
+    batches: Sequence[int],
+    seconds: float,
+    rounds: int,
+    warmup: int,
+    progress: bool,
+) -> list[SearchRow]:
+    """Time the near-fastest candidates within the budget again, among themselves; record their figures."""
+    eligible = sorted(_eligible(rows, choosable), key=lambda row: -(row.speed or 0.0))
+    if not eligible:
+        return rows
+    fastest = eligible[0].speed or 0.0
+    contenders = [row for row in eligible if (row.speed or 0.0) >= (1 - RUNOFF_BAND) * fastest][:RUNOFF_SIZE]
+    if len(contenders) < 2:
+        return rows
+    logger.info("search: run-off of %s", ", ".join(row.label for row in contenders))
+    report = bench(
+        [_candidate(row, built, open_runner) for row in contenders],
+        batches=batches,
+        warmup=warmup,
+        duration=seconds,
+        rounds=rounds,
+        probe_seconds=0.1,
+        progress=progress,
+    )
+    figures: dict[str, dict[int, float]] = {}
+    for bench_row in report.rows:
+        figures.setdefault(bench_row.label, {})[bench_row.stats.batch] = bench_row.stats.images_per_s
+    return [
+        replace(row, runoff_images_per_s=figures[row.label]) if row.label in figures else row for row in rows
+    ]
+
+
 def _choose(rows: list[SearchRow], choosable: Callable[[Plan], bool]) -> list[SearchRow]:
-    """Mark the winner: the fastest candidate within the budget, ties (within TIE_BAND) to the most faithful."""
+    """Mark the winner: the fastest within the budget, ties (within TIE_BAND) to the most faithful.
+
+    Where a run-off ran, its figures decide among the candidates that took part (they were timed
+    together, apart from the slower ones); the others cannot win, being over RUNOFF_BAND slower.
+    """
     rows = [
         replace(row, status="baseline", reason="timed for the ratios; not among the asked candidates")
         if row.status == "meets budget" and not choosable(row.plan)
         else row
         for row in rows
     ]
-    eligible = [row for row in rows if row.status == "meets budget" and row.speed]
+    eligible = _eligible(rows, lambda plan: True)
     if not eligible:
         return rows
-    fastest = max(row.speed for row in eligible if row.speed)
-    tied = [row for row in eligible if row.speed and row.speed >= (1 - TIE_BAND) * fastest]
-    winner = max(tied, key=lambda row: (row.fidelity.rank() if row.fidelity else (0.0,), row.speed or 0.0))
-    quickest = max(eligible, key=lambda row: row.speed or 0.0)
-    reason = (
-        "fastest within the budget"
-        if winner is quickest
-        else f"within {100 * TIE_BAND:.0f}% of the fastest ({quickest.label}) and more faithful"
-    )
+    ran_off = [row for row in eligible if row.runoff_speed]
+
+    def speed(row: SearchRow) -> float:
+        return (row.runoff_speed if ran_off else row.speed) or 0.0
+
+    pool = ran_off or eligible
+    quickest = max(pool, key=speed)
+    tied = [row for row in pool if speed(row) >= (1 - TIE_BAND) * speed(quickest)]
+    winner = max(tied, key=lambda row: (row.fidelity.rank() if row.fidelity else (0.0,), speed(row)))
+    if winner is quickest:
+        reason = "fastest within the budget"
+    else:
+        reason = f"within {100 * TIE_BAND:.0f}% of the fastest ({quickest.label}) and more faithful"
+    if ran_off:
+        reason += f" (run-off of the {len(ran_off)} within {100 * RUNOFF_BAND:.0f}% of the fastest)"
     return [replace(row, status="chosen", reason=reason) if row is winner else row for row in rows]
