@@ -672,8 +672,7 @@ def _build_auto_cpu(
         seconds=2 * options.probe_seconds,
         rounds=2,
         probe_seconds=0.2,
-        progress=progress,
-    )
+    )  # no bar of its own: each build shows its progress, and a failing one's error stays the only line
     if errors:  # an asked build failed: the same error as building that backend alone
         raise errors[0]
     winner_row = report.winner

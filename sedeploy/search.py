@@ -611,14 +611,7 @@ def search(
         while timed:
             bar.set_description("search: timing")
             try:
-                report = bench(
-                    [_candidate(row, built, open_runner) for row in timed],
-                    batches=batches,
-                    warmup=warmup,
-                    duration=seconds,
-                    rounds=rounds,
-                    probe_seconds=probe_seconds,
-                )
+                report = _time(timed, built, open_runner, batches, seconds, rounds, warmup, probe_seconds)
                 break
             except Exception:  # a runner that cannot open is that candidate's failure: mark it, time the rest
                 unusable = _unopenable(timed, built, open_runner)
@@ -740,6 +733,29 @@ def _candidate(
     )
 
 
+def _time(
+    rows: Sequence[SearchRow],
+    built: Mapping[tuple[Any, ...], Built | str],
+    open_runner: Opener,
+    batches: Sequence[int],
+    seconds: float,
+    rounds: int,
+    warmup: int,
+    probe_seconds: float,
+    progress: bool = False,
+) -> BenchReport:
+    """Time ``rows`` interleaved with :func:`sedeploy.bench.bench`, each opened as its plan says."""
+    return bench(
+        [_candidate(row, built, open_runner) for row in rows],
+        batches=batches,
+        warmup=warmup,
+        duration=seconds,
+        rounds=rounds,
+        probe_seconds=probe_seconds,
+        progress=progress,
+    )
+
+
 def _unopenable(
     rows: Sequence[SearchRow], built: Mapping[tuple[Any, ...], Built | str], open_runner: Opener
 ) -> tuple[SearchRow, str] | None:
@@ -824,15 +840,7 @@ def _runoff(
     if len(contenders) < 2:
         return rows
     logger.info("search: run-off of %s", ", ".join(row.label for row in contenders))
-    report = bench(
-        [_candidate(row, built, open_runner) for row in contenders],
-        batches=batches,
-        warmup=warmup,
-        duration=seconds,
-        rounds=rounds,
-        probe_seconds=0.1,
-        progress=progress,
-    )
+    report = _time(contenders, built, open_runner, batches, seconds, rounds, warmup, 0.1, progress)
     figures: dict[str, dict[int, float]] = {}
     for bench_row in report.rows:
         figures.setdefault(bench_row.label, {})[bench_row.stats.batch] = bench_row.stats.images_per_s

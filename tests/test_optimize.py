@@ -15,6 +15,7 @@ import shutil
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -42,19 +43,24 @@ def _model(trained_digits, folder: Path) -> Path:  # type: ignore[no-untyped-def
     return model
 
 
+def _search_settings(trained_digits) -> dict[str, Any]:  # type: ignore[no-untyped-def]
+    """Both backends, FP32 and INT8 (every calibration method, SE float and quantized), 0.5 points of accuracy."""
+    return {
+        "calib_dir": trained_digits.calib_dir,
+        "data": trained_digits.test_dir,
+        "max_drop": 0.5,
+        "precisions": ("fp32", "int8"),
+        "backends": ("onnxruntime", "openvino"),
+        **QUICK,
+    }
+
+
 def test_a_search_over_backends_and_calibrations_keeps_the_fastest_within_budget(
     trained_digits, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]
     model = _model(trained_digits, tmp_path / "search")
-    report = optimize(
-        model,
-        calib_dir=trained_digits.calib_dir,
-        data=trained_digits.test_dir,
-        max_drop=0.5,
-        precisions=("fp32", "int8"),
-        backends=("onnxruntime", "openvino"),
-        **QUICK,
-    )
+    search = _search_settings(trained_digits)
+    report = optimize(model, **search)
     rows = report.search.rows
     tried = [row for row in rows if row.status != "pruned"]
     assert len(tried) >= 6
@@ -115,15 +121,7 @@ def test_a_search_over_backends_and_calibrations_keeps_the_fastest_within_budget
     portable = model.with_name("digits.best.onnx")  # ONNX Runtime's winner also leaves its portable file
     assert portable.is_file() == (winner.plan.backend == "onnxruntime" and winner.plan.precision != "fp32")
 
-    again = optimize(
-        model,
-        calib_dir=trained_digits.calib_dir,
-        data=trained_digits.test_dir,
-        max_drop=0.5,
-        precisions=("fp32", "int8"),
-        backends=("onnxruntime", "openvino"),
-        **QUICK,
-    )
+    again = optimize(model, **search)
     assert again.reused and again.best == best and again.search.winner is not None
     assert again.search.winner.label == winner.label
 
@@ -131,15 +129,7 @@ def test_a_search_over_backends_and_calibrations_keeps_the_fastest_within_budget
     assert record.search is not None
     moved = {**record.search, "machine": {**record.search["machine"], "isa": "INT8 AMX-INT8; BF16 AMX-BF16"}}
     write_manifest(dataclasses.replace(record, search=moved), best)
-    third = optimize(
-        model,
-        calib_dir=trained_digits.calib_dir,
-        data=trained_digits.test_dir,
-        max_drop=0.5,
-        precisions=("fp32", "int8"),
-        backends=("onnxruntime", "openvino"),
-        **QUICK,
-    )
+    third = optimize(model, **search)
     assert not third.reused and third.stale is not None and "isa" in third.stale
     assert "previous choice is stale" in third.to_text()
     assert all(row.reused for row in third.search.rows if row.artifact is not None)  # builds were kept
