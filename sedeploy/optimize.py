@@ -169,8 +169,8 @@ def candidate_plans(
         try:
             ov_backend.require_available()
             missing = None
-        except MissingDependencyError as error:
-            missing = str(error).split("; ")[0]
+        except MissingDependencyError:
+            missing = "OpenVINO is not installed (pip install 'sedeploy[openvino]')"
         hints = ("latency", "throughput") if batch > 1 else ("latency",)
         floats = {"f32": True, "bf16": units.best("bf16") is not None, "f16": units.best("fp16") is not None}
         for precision in ("fp32", "bf16", "fp16", "int8"):
@@ -198,9 +198,11 @@ def candidate_plans(
             notes.append(
                 "OpenVINO's throughput hint is not tried at batch 1: one request cannot use two streams"
             )
-        notes.append(
-            "OpenVINO's INT8 comes from NNCF's own recipe: the calibration methods and SE choice are ONNX Runtime's"
-        )
+        if not missing and "int8" in asked_precisions:
+            notes.append(
+                "OpenVINO's INT8 comes from NNCF's own recipe: the calibration methods and SE choice are "
+                "ONNX Runtime's"
+            )
 
     if "tensorrt" in asked_backends:
         available, reason = trt_backend.availability()
