@@ -268,21 +268,27 @@ class OptimizeReport:
         return f"# sedeploy optimize {self.model.name}\n\n" + self.search.to_markdown()
 
 
-def _fingerprint(folder: Path | None) -> str | None:
+def _fingerprint(folder: Path | None, times: bool = False) -> str | None:
     """A cheap identity of an image folder or file: every file's relative name and size.
 
     No absolute path and no times, so the same set copied to another machine has the same identity (the
     previous choice is then reported stale there, not silently redone). Calibration ranges are checked on
     the pixels themselves (the calibration cache's key); this only decides whether a search may be reused.
+    ``times``: add modification times, for caches that stay on this machine (a rewritten image counts).
     """
     if folder is None or not folder.exists():
         return None
+
+    def line(path: Path, name: str) -> str:
+        stat = path.stat()
+        return f"{name}|{stat.st_size}" + (f"|{stat.st_mtime_ns}" if times else "") + "\n"
+
     if folder.is_file():
-        return hashlib.sha256(f"{folder.name}|{folder.stat().st_size}".encode()).hexdigest()
+        return hashlib.sha256(line(folder, folder.name).encode()).hexdigest()
     digest = hashlib.sha256()
     for path in sorted(folder.rglob("*")):
         if path.is_file():
-            digest.update(f"{path.relative_to(folder).as_posix()}|{path.stat().st_size}\n".encode())
+            digest.update(line(path, path.relative_to(folder).as_posix()).encode())
     return digest.hexdigest()
 
 
@@ -375,7 +381,7 @@ def _optimize_builder(source: Path, work: Path, base: BuildOptions, progress: bo
         output = _build_output(folder, source.stem, plan)
         options = _options_for(plan, base)
         run_file = _run_file(output, plan)
-        build = options.to_dict()
+        wanted = options.to_dict()
         problem = reuse_problem(
             run_file,
             source_sha256,
@@ -384,7 +390,7 @@ def _optimize_builder(source: Path, work: Path, base: BuildOptions, progress: bo
             options.target or "cpu" if plan.precision == "int8" else None,
             options.calib_dir,
             options.calib_size,
-            {key: build[key] for key in ("calib_method", "percentile", "quantize_se", "seed")}
+            {key: wanted[key] for key in ("calib_method", "percentile", "quantize_se", "seed")}
             if plan.backend == "onnxruntime"
             else {},
         )
@@ -417,7 +423,7 @@ def _optimize_builder(source: Path, work: Path, base: BuildOptions, progress: bo
 
 def _optimize_checker(source: Path, data: Path, batch: int) -> Checker:
     """Verifies each candidate on the held-out data against the FP32 source; results cached beside the build."""
-    data_fingerprint = _fingerprint(data)
+    data_fingerprint = _fingerprint(data, times=True)  # a cache on this machine: a rewritten image counts
     source_sha256 = sha256_of_file(source)
 
     def check(plan: Plan, built: Built) -> Fidelity:
