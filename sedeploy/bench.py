@@ -782,16 +782,31 @@ def write_reports(
         plot_throughput(report, plot_path)
 
 
-def plot_throughput(report: BenchReport, path: Path) -> Path:
-    """PNG of images/s against batch size, one line per artifact."""
+def new_figure(size: tuple[float, float]) -> tuple[Any, Any]:
+    """A matplotlib Figure with its own Agg canvas (no pyplot: the user's backend is left alone) and its axes."""
     import_optional("matplotlib")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    # A Figure with its own Agg canvas: no pyplot, so the user's matplotlib backend is left alone.
-    figure = Figure(figsize=(7, 4.5), dpi=110)
+    figure = Figure(figsize=size, dpi=110)
     FigureCanvasAgg(figure)
-    axes = figure.subplots()
+    return figure, figure.subplots()
+
+
+def save_figure(figure: Any, axes: Any, title: str, path: Path, legend_size: int = 8) -> Path:
+    """Grid, legend and title on ``axes``, then ``figure`` written to ``path`` as PNG, atomically."""
+    axes.grid(True, alpha=0.3)
+    axes.legend(fontsize=legend_size)
+    axes.set_title(title, fontsize=9)
+    figure.tight_layout()
+    with atomic_output(path) as temp_path:
+        figure.savefig(temp_path, format="png")
+    return path
+
+
+def plot_throughput(report: BenchReport, path: Path) -> Path:
+    """PNG of images/s against batch size, one line per artifact."""
+    figure, axes = new_figure((7, 4.5))
     for label in dict.fromkeys(row.label for row in report.rows):
         points = sorted(
             (row.stats.batch, row.stats.images_per_s) for row in report.rows if row.label == label
@@ -800,10 +815,4 @@ def plot_throughput(report: BenchReport, path: Path) -> Path:
     axes.set_xlabel("batch size")
     axes.set_ylabel("images / s")
     axes.set_xscale("log", base=2)
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8)
-    axes.set_title(f"sedeploy bench - {report.machine['cpu']}", fontsize=9)
-    figure.tight_layout()
-    with atomic_output(path) as temp_path:
-        figure.savefig(temp_path, format="png")
-    return path
+    return save_figure(figure, axes, f"sedeploy bench - {report.machine['cpu']}", path)

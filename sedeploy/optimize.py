@@ -42,6 +42,7 @@ from sedeploy.artifacts.manifest import (
 from sedeploy.artifacts.metadata import load_onnx, metadata_or_none
 from sedeploy.artifacts.naming import optimized_onnx_path, precision_suffix
 from sedeploy.artifacts.precision import detect_precision
+from sedeploy.bench import new_figure, save_figure
 from sedeploy.build import (
     DEFAULT_CALIBRATION_DIR,
     DEFAULT_CALIBRATION_SIZE,
@@ -716,10 +717,7 @@ def _with_files(
 
 def plot_search(report: SearchReport, path: Path) -> Path:
     """PNG of images/s against fidelity loss, every timed candidate, the Pareto front joined and the winner ringed."""
-    import_optional("matplotlib")
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
+    figure, axes = new_figure((7.5, 4.8))
     batch = max(report.batches)
     points = [
         (row, row.images_per_s[batch])
@@ -732,9 +730,6 @@ def plot_search(report: SearchReport, path: Path) -> Path:
         drop = row.fidelity.drop_points
         return drop if labelled and drop is not None else 100 * (1 - row.fidelity.top1_agreement)
 
-    figure = Figure(figsize=(7.5, 4.8), dpi=110)
-    FigureCanvasAgg(figure)
-    axes = figure.subplots()
     for row, rate in points:
         within = row.status in ("chosen", "meets budget", "baseline")
         axes.scatter(
@@ -758,13 +753,9 @@ def plot_search(report: SearchReport, path: Path) -> Path:
         axes.axvline(report.budget.max_drop, color="tab:red", linestyle=":", label="budget")
     axes.set_xlabel("top-1 accuracy drop (pt)" if labelled else "top-1 changes vs fp32 (%)")
     axes.set_ylabel(f"images / s at batch {batch}")
-    axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=7)
-    axes.set_title(f"sedeploy optimize - {report.machine.get('cpu', '')}", fontsize=9)
-    figure.tight_layout()
-    with atomic_output(path) as temp:
-        figure.savefig(temp, format="png")
-    return path
+    return save_figure(
+        figure, axes, f"sedeploy optimize - {report.machine.get('cpu', '')}", path, legend_size=7
+    )
 
 
 __all__ = [

@@ -168,10 +168,17 @@ def test_max_minutes_stops_after_the_first_candidate_and_says_so(trained_digits,
     tried = [row for row in rows if row.status != "pruned"]
     assert report.search.stopped_early == f"the time budget ran out after 1 of {len(tried)} candidates"
     assert "stopped early: the time budget ran out after 1 of" in report.to_text()
+    plot, markdown = tmp_path / "search.png", tmp_path / "search.md"
     again = optimize(
-        model, data=data, backends=("onnxruntime",), precisions=("fp32", "int8"), max_minutes=1e-6, **QUICK
-    )
+        model, data=data, backends=("onnxruntime",), precisions=("fp32", "int8"), max_minutes=1e-6,
+        plot=plot, markdown=markdown, **QUICK,
+    )  # fmt: skip
     assert not again.reused  # a search cut short is never taken as the answer later
+    assert again.files == (markdown, plot)
+    assert plot.read_bytes().startswith(b"\x89PNG") and plot.stat().st_size > 10_000
+    assert "| onnxruntime fp32 * | chosen |" in markdown.read_text() or "| onnxruntime fp32 | chosen |" in (
+        markdown.read_text()
+    )
 
 
 def test_an_interrupted_search_leaves_no_half_written_best(trained_digits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
