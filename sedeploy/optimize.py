@@ -534,6 +534,8 @@ def _write_best(stem: Path, winner_artifact: Path, plan: Plan, record: dict[str,
         runner = plan.runner_options
         engine["inference_precision"] = runner.get("float_type", engine.get("inference_precision"))
         engine["performance_hint"] = runner.get("hint", engine.get("performance_hint"))
+        if "hint" in runner:  # the search measured this one hint at every batch
+            engine.pop("throughput_from_batch", None)
         engine["runtime_choice"] = {"chosen_by": "sedeploy optimize", "search_key": record["key"]}
     manifests = [(replace(manifest, engine=engine, runner_defaults=plan.runner_options, search=record), best)]
     if plan.backend == "onnxruntime" and plan.precision != "fp32":

@@ -467,7 +467,7 @@ def audit_openvino(artifact: str | Path, source: str | Path | None = None) -> Pr
     runner = OpenVinoRunner(path)
     with runner:
         # The runner's own compiled model, so the audit sees the precision hint a run gets.
-        runtime = runner._compiled.get_runtime_model()
+        runtime = runner.runtime_model()
         provider = runner.provider
     layers = []
     for op in runtime.get_ordered_ops():

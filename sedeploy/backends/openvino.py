@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -250,8 +251,10 @@ def choose_runtime(
     The float types OpenVINO can run here (:func:`float_type_candidates`) are timed interleaved with the LATENCY
     hint, then the winner under both hints; a less accurate float type must win by :data:`MIN_GAIN` on the
     geometric mean over ``batches`` (noise on a shared machine is a few percent), THROUGHPUT by as much at
-    every batch (with a batch of 1 among them it keeps LATENCY: one request cannot use several streams). Returns the manifest's ``engine`` fields:
-    ``inference_precision``, ``performance_hint`` and ``runtime_choice`` (how each was decided, with images/s).
+    each batch it is to serve (:func:`throughput_from_batch`: never batch 1, where one request cannot use
+    several streams). Returns the manifest's ``engine`` fields: ``inference_precision``,
+    ``performance_hint`` (the hint of the smallest batch), ``throughput_from_batch`` when THROUGHPUT won only
+    from some larger batch on, and ``runtime_choice`` (how each was decided, with images/s).
     ``seconds``: timed seconds per candidate and batch.
     """
     if float_type is not None and float_type not in FLOAT_TYPES:
@@ -281,6 +284,7 @@ def choose_runtime(
                 if _score(rates[kind]) >= MIN_GAIN * _score(rates[chosen_float]):
                     chosen_float = kind
             choice["float_type"] = {"decided": "measured", "images_per_s": _rounded(rates)}
+    throughput_from: int | None = None
     if hint is not None:
         chosen_hint, choice["hint"] = hint, {"decided": "pinned"}
     elif max(batches) == 1:
@@ -289,12 +293,31 @@ def choose_runtime(
         rates = _time_configs(
             xml, {name: {"float_type": chosen_float, "hint": name} for name in HINTS}, batches, seconds
         )
-        # THROUGHPUT trades batch-1 latency for rate at larger batches: it must win at every batch asked for.
-        wins = all(rates["throughput"][batch] >= MIN_GAIN * rates["latency"][batch] for batch in batches)
-        chosen_hint = "throughput" if wins else "latency"
+        throughput_from = throughput_from_batch(rates, batches)
+        chosen_hint = "throughput" if throughput_from == min(batches) else "latency"
+        if chosen_hint == "throughput":
+            throughput_from = None  # one hint serves every batch
         choice["hint"] = {"decided": "measured", "images_per_s": _rounded(rates)}
     logger.info("OpenVINO runs %s in %s with the %s hint (%s)", xml.name, chosen_float, chosen_hint, choice)
-    return {"inference_precision": chosen_float, "performance_hint": chosen_hint, "runtime_choice": choice}
+    engine: dict[str, Any] = {"inference_precision": chosen_float, "performance_hint": chosen_hint}
+    if throughput_from is not None:
+        engine["throughput_from_batch"] = throughput_from
+    return {**engine, "runtime_choice": choice}
+
+
+def throughput_from_batch(rates: dict[str, dict[int, float]], batches: Sequence[int]) -> int | None:
+    """The smallest measured batch from which THROUGHPUT beat LATENCY by :data:`MIN_GAIN` at it and every larger one.
+
+    None when it did not win at the largest. The runner compiles both hints and sends a call of at least that
+    many images to the THROUGHPUT compile, smaller ones to LATENCY (usually batch 1: one request cannot use
+    several streams).
+    """
+    start = None
+    for batch in sorted(batches, reverse=True):
+        if rates["throughput"][batch] < MIN_GAIN * rates["latency"][batch]:
+            break
+        start = batch
+    return start
 
 
 def _rounded(rates: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
@@ -308,15 +331,26 @@ def describe_choice(engine: dict[str, Any]) -> str:
         return "float type not recorded"
     choice = engine.get("runtime_choice") or {}
     hint = engine.get("performance_hint", "latency")
-    return (
-        f"runs in {float_type}{_why(choice.get('float_type', {}), float_type)}, "
-        f"{hint} hint{_why(choice.get('hint', {}), hint)}"
-    )
+    switch = engine.get("throughput_from_batch")
+    hints = f"{hint} hint{_why(choice.get('hint', {}), hint)}"
+    if switch is not None:
+        hints = f"{hint} hint below batch {switch}, throughput from it{_why(choice.get('hint', {}), None)}"
+    return f"runs in {float_type}{_why(choice.get('float_type', {}), float_type)}, {hints}"
 
 
-def _why(decision: dict[str, Any], chosen: str) -> str:
-    """`` (measured: 1.90x f32)`` from a recorded decision with rates, else `` (pinned)`` and the like."""
+def _why(decision: dict[str, Any], chosen: str | None) -> str:
+    """`` (measured: 1.90x f32)`` from a recorded decision with rates, else `` (pinned)`` and the like.
+
+    ``chosen`` None: the choice differs by batch, so the figures are given per batch.
+    """
     rates = decision.get("images_per_s")
+    if rates and chosen is None:
+        names = list(rates)
+        per_batch = [
+            f"batch {batch}: " + ", ".join(f"{name} {rates[name][batch]:g}" for name in names)
+            for batch in rates[names[0]]
+        ]
+        return f" (measured img/s: {'; '.join(per_batch)})"
     if rates and chosen in rates:
         score = _score({int(batch): rate for batch, rate in rates[chosen].items()})
         others = [
@@ -445,7 +479,10 @@ class OpenVinoRunner(Runner):
 
     ``hint``: ``latency`` (one stream, all cores on each call) or ``throughput``
     (several streams; a batch is split across async infer requests); default: the
-    hint the build measured and recorded, else ``latency``. ``float_type``: the
+    hint the build measured and recorded, else ``latency``. Where the build measured
+    THROUGHPUT faster only from some batch on (``throughput_from_batch``), the runner
+    compiles the IR under both hints and sends each call to the one measured for its
+    size (:attr:`throughput_from_batch`; a pinned ``hint`` compiles one). ``float_type``: the
     ``INFERENCE_PRECISION_HINT`` for the float parts (``f32``, ``bf16``, ``f16``);
     default: the recorded one (a recorded type this device cannot run falls back to f32
     where that is the source precision, else fails). ``provider`` names both.
@@ -489,34 +526,35 @@ class OpenVinoRunner(Runner):
         core = ov.Core()
         self.device = (device or "CPU").upper()
         engine = (self.manifest.engine or {}) if self.manifest else {}
+        given_hint = hint is not None
         hint = hint or engine.get("performance_hint") or "latency"
         if hint not in HINTS:
             raise BadInputError(
                 f"{self.model_path}'s manifest records an unknown hint {hint!r}; build it again"
             )
         self.float_type, how = self._float_type(core, float_type, engine.get("inference_precision"))
-        config: dict[str, Any] = {
-            "PERFORMANCE_HINT": hint.upper(),
-            "INFERENCE_PRECISION_HINT": self.float_type,
-        }
-        if threads is not None:
-            config["INFERENCE_NUM_THREADS"] = threads
-        try:
-            self._compiled = core.compile_model(str(self.model_path), self.device, config)
-        except RuntimeError as error:
-            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-            raise BadInputError(
-                f"OpenVINO cannot load {self.model_path} ({first_line}); build it again"
-            ) from None
-        self.hint = hint
-        self.provider = f"OpenVINO {self.device} ({hint}, {self.float_type}: {how})"
-        requests = int(self._compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
-        self._streams = max(1, requests) if hint == "throughput" else 1
-        self._requests: queue.Queue[Any] = queue.Queue()
+        switch = engine.get("throughput_from_batch")
+        self.throughput_from_batch: int | None = None
+        """Calls of at least this many images run on the THROUGHPUT compile (recorded by the build), or None."""
+        if switch is not None and not given_hint and hint == "latency":
+            if not isinstance(switch, int) or isinstance(switch, bool) or switch < 2:
+                raise BadInputError(
+                    f"{self.model_path}'s manifest records throughput_from_batch {switch!r}; build it again"
+                )
+            self.throughput_from_batch = switch
         self._take_lock = threading.Lock()
-        for _ in range(max(1, requests)):
-            self._requests.put(self._compiled.create_infer_request())
-        inputs, outputs = self._compiled.inputs, self._compiled.outputs
+        self._compiled: _Compiled | None = self._compile(core, hint, threads)
+        self._throughput = (
+            self._compile(core, "throughput", threads) if self.throughput_from_batch is not None else None
+        )
+        self.hint = hint
+        hints = (
+            hint
+            if self._throughput is None
+            else f"{hint}, throughput from batch {self.throughput_from_batch}"
+        )
+        self.provider = f"OpenVINO {self.device} ({hints}, {self.float_type}: {how})"
+        inputs, outputs = self._compiled.model.inputs, self._compiled.model.outputs
         if len(inputs) != 1 or len(outputs) != 1:
             raise BadInputError(
                 f"{self.model_path} has {len(inputs)} inputs and {len(outputs)} outputs; "
@@ -555,11 +593,45 @@ class OpenVinoRunner(Runner):
             require_bf16(core, self.device)
         return _legacy_float_type(core, self.device, self.precision), f"built for {recorded}"
 
-    def _infer(self, batch: np.ndarray) -> np.ndarray:
+    def _compile(self, core: Any, hint: str, threads: int | None) -> _Compiled:
+        """The IR compiled under ``hint`` and this runner's float type, with its pool of infer requests."""
+        config: dict[str, Any] = {
+            "PERFORMANCE_HINT": hint.upper(),
+            "INFERENCE_PRECISION_HINT": self.float_type,
+        }
+        if threads is not None:
+            config["INFERENCE_NUM_THREADS"] = threads
+        try:
+            compiled = core.compile_model(str(self.model_path), self.device, config)
+        except RuntimeError as error:
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise BadInputError(
+                f"OpenVINO cannot load {self.model_path} ({first_line}); build it again"
+            ) from None
+        count = max(1, int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
+        requests: queue.Queue[Any] = queue.Queue()
+        for _ in range(count):
+            requests.put(compiled.create_infer_request())
+        return _Compiled(compiled, requests, count if hint == "throughput" else 1)
+
+    def runtime_model(self) -> Any:
+        """The graph OpenVINO runs for this runner (per-layer execution precisions), for audits.
+
+        Both compiles of a runner with :attr:`throughput_from_batch` share the float type; this is the first.
+        """
         if self._compiled is None:
             raise RunnerClosedError(f"this {self.backend} runner is closed; load the model again")
-        requests = self._requests
-        pieces = np.array_split(batch, min(self._streams, len(batch)))
+        return self._compiled.model.get_runtime_model()
+
+    def _infer(self, batch: np.ndarray) -> np.ndarray:
+        compiled = self._compiled
+        if compiled is None:
+            raise RunnerClosedError(f"this {self.backend} runner is closed; load the model again")
+        throughput, switch = self._throughput, self.throughput_from_batch
+        if throughput is not None and switch is not None and len(batch) >= switch:
+            compiled = throughput
+        requests = compiled.requests
+        pieces = np.array_split(batch, min(compiled.streams, len(batch)))
         with self._take_lock:  # take all of a call's requests at once, so two callers cannot deadlock
             taken = [requests.get() for _ in pieces]
         try:
@@ -576,6 +648,16 @@ class OpenVinoRunner(Runner):
 
     def _release(self) -> None:
         self._compiled = None
+        self._throughput = None
+
+
+@dataclass
+class _Compiled:
+    """One compile of the IR: the compiled model, its infer requests, and how many streams a call is split over."""
+
+    model: Any
+    requests: queue.Queue[Any]
+    streams: int
 
 
 def _spec(port: Any, dtype: str, max_batch: int | None) -> TensorSpec:

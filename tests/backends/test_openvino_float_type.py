@@ -4,15 +4,18 @@ VNNI-only Xeon stands in for such a CPU)."""
 
 from __future__ import annotations
 
+import queue
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 import sedeploy
 from sedeploy import host
-from sedeploy.artifacts.manifest import read_manifest
+from sedeploy.artifacts.manifest import read_manifest, write_manifest
 from sedeploy.bench import bench
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.errors import BadInputError, ConfigError
@@ -72,11 +75,15 @@ def test_int8_ir_measures_its_float_type_and_hint_and_records_them(trained_digit
         rates = choice["float_type"]["images_per_s"]
         assert choice["float_type"]["decided"] == "measured" and {"f32", "bf16"} <= set(rates)
     assert f"int8 IR runs in {engine['inference_precision']}" in result.backend_reason
+    switch = engine.get("throughput_from_batch")  # present only where THROUGHPUT won from batch 8 alone
+    assert switch in (None, 8)
     with sedeploy.load(result.artifact) as runner:
         assert (
             runner.float_type == engine["inference_precision"] and runner.hint == engine["performance_hint"]
         )
-        assert runner.provider.endswith(f"({runner.hint}, {runner.float_type}: recorded)")
+        assert runner.throughput_from_batch == switch
+        hints = runner.hint if switch is None else f"{runner.hint}, throughput from batch {switch}"
+        assert runner.provider.endswith(f"({hints}, {runner.float_type}: recorded)")
 
 
 @needs_bf16
@@ -241,18 +248,74 @@ def test_a_less_accurate_float_type_or_throughput_must_win_by_the_margin(
     assert only_one["runtime_choice"]["hint"]["decided"] == "batch 1 has nothing to split across streams"
 
 
-def test_throughput_must_win_at_every_batch_asked_for(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """THROUGHPUT 1.5x faster at batch 8 but 0.6x at batch 1 keeps LATENCY for (1, 8); asked for 8 alone, it wins."""
+def test_throughput_serves_the_batches_where_it_won(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """THROUGHPUT 1.5x faster at batch 8 but 0.6x at batch 1: LATENCY below 8, THROUGHPUT from 8; asked for 8
+    alone, THROUGHPUT for every batch; a win at 4 that is lost again at 8 does not count."""
     from sedeploy.backends import openvino as ov_backend
 
-    per_batch = {"latency": {1: 60.0, 8: 50.0}, "throughput": {1: 36.0, 8: 75.0}}
+    per_batch = {"latency": {1: 60.0, 4: 55.0, 8: 50.0}, "throughput": {1: 36.0, 4: 56.0, 8: 75.0}}
 
     def timed(path: Path, configs: dict, batches: tuple[int, ...], seconds: float) -> dict:  # type: ignore[type-arg]
         return {name: {batch: per_batch[name][batch] for batch in batches} for name in configs}
 
     monkeypatch.setattr(ov_backend, "_time_configs", timed)
     xml = tmp_path / "model.openvino.xml"  # only the timings would open it
-    assert ov_backend.choose_runtime(xml, "fp32", (1, 8), 0.1)["performance_hint"] == "latency"
-    assert ov_backend.choose_runtime(xml, "fp32", (8,), 0.1)["performance_hint"] == "throughput"
+    both = ov_backend.choose_runtime(xml, "fp32", (1, 8), 0.1)
+    assert (both["performance_hint"], both["throughput_from_batch"]) == ("latency", 8)
+    assert ov_backend.describe_choice(both) == (
+        "runs in f32 (only f32 applies), latency hint below batch 8, throughput from it (measured img/s: "
+        "batch 1: latency 60, throughput 36; batch 8: latency 50, throughput 75)"
+    )
+    alone = ov_backend.choose_runtime(xml, "fp32", (8,), 0.1)
+    assert alone["performance_hint"] == "throughput" and "throughput_from_batch" not in alone
+    per_batch["throughput"][4] = 60.0  # 1.09x at 4: THROUGHPUT from 4 on
+    assert ov_backend.choose_runtime(xml, "fp32", (1, 4, 8), 0.1)["throughput_from_batch"] == 4
+    per_batch["throughput"][8] = 50.0  # no longer faster at 8: nowhere from some batch on
+    nowhere = ov_backend.choose_runtime(xml, "fp32", (1, 4, 8), 0.1)
+    assert nowhere["performance_hint"] == "latency" and "throughput_from_batch" not in nowhere
+
+
+class _CountingQueue(queue.Queue):  # type: ignore[type-arg]
+    """An infer-request pool that counts how often a call takes from it."""
+
+    def __init__(self, source: queue.Queue) -> None:  # type: ignore[type-arg]
+        super().__init__()
+        self.taken = 0
+        while not source.empty():
+            self.put(source.get())
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        self.taken += 1
+        return super().get(*args, **kwargs)
+
+
+def test_a_recorded_throughput_switch_runs_each_call_on_the_compile_measured_for_its_size(
+    trained_digits, digits_onnx: Path
+) -> None:  # type: ignore[no-untyped-def]
+    result = build_engine(digits_onnx, PinnedOptions(backend="openvino", float_type="f32", hint="latency"))
+    manifest = read_manifest(result.artifact)
+    write_manifest(
+        replace(manifest, engine={**(manifest.engine or {}), "throughput_from_batch": 4}), result.artifact
+    )
+    images = trained_digits.test_images[:8]
+    with sedeploy.load(result.artifact, hint="latency") as pinned:  # a pinned hint compiles one model
+        assert pinned.throughput_from_batch is None and pinned._throughput is None
+        expected = pinned(images)
+    with sedeploy.load(result.artifact) as runner:
+        assert runner.hint == "latency" and runner.throughput_from_batch == 4
+        assert runner.provider == "OpenVINO CPU (latency, throughput from batch 4, f32: recorded)"
+        assert runner._compiled is not None and runner._throughput is not None
+        latency_pool = _CountingQueue(runner._compiled.requests)
+        throughput_pool = _CountingQueue(runner._throughput.requests)
+        runner._compiled.requests, runner._throughput.requests = latency_pool, throughput_pool
+        small, large = runner(images[:3]), runner(images)
+        assert (latency_pool.taken, throughput_pool.taken) == (1, runner._throughput.streams)
+    np.testing.assert_allclose(large, expected, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(small, expected[:3], rtol=1e-5, atol=1e-5)
+    for bad in (1, "8", True):
+        write_manifest(
+            replace(manifest, engine={**(manifest.engine or {}), "throughput_from_batch": bad}),
+            result.artifact,
+        )
+        with pytest.raises(BadInputError, match="throughput_from_batch"):
+            sedeploy.load(result.artifact)
