@@ -43,6 +43,7 @@ def test_latency_statistics_on_synthetic_timings() -> None:
     assert 20.0 <= stats.p99_ms <= 100.0
     assert stats.mean_ms == pytest.approx(1e3 * sum(seconds) / 100)
     assert stats.images_per_s == pytest.approx(4 * 100 / sum(seconds))
+    assert stats.median_images_per_s == pytest.approx(4 / 0.010)  # the one slow call does not move it
 
 
 def test_gflops_arithmetic_and_roof_share() -> None:
