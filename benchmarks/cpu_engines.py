@@ -8,8 +8,10 @@ Writes benchmarks/results/cpu_engines.{md,json}: images/s of every path at batch
 8 with its ratio to ONNX Runtime FP32 measured in the same interleaved run
 (``sedeploy.bench``: the roofs per precision are probed between its rounds and each is
 labelled with the ISA that ran it), the machine's matrix units (``sedeploy.host``), the
-load average before and after (other processes share these cores), and the trained
-demo model's fidelity on every path (against its FP32 ONNX on the held-out digits).
+load average before and after (other processes share these cores), the trained
+demo model's fidelity on every path (against its FP32 ONNX on the held-out digits), and
+issue 21's targets checked against the run (met, missed, or not measurable on this CPU).
+Rates are the median call's (batch / p50): on shared cores the mean carries other processes' bursts.
 
 VNNI-only rows: unless ``--no-vnni``, the OpenVINO and torch rows run again in a
 child process with ``ONEDNN_MAX_CPU_ISA=AVX512_CORE_VNNI`` (oneDNN, which both use,

@@ -251,8 +251,8 @@ def choose_runtime(
     The float types OpenVINO can run here (:func:`float_type_candidates`) are timed interleaved with the LATENCY
     hint, then the winner under both hints; a less accurate float type must win by :data:`MIN_GAIN` on the
     geometric mean over ``batches`` (noise on a shared machine is a few percent), THROUGHPUT by as much at
-    each batch it is to serve (:func:`throughput_from_batch`: never batch 1, where one request cannot use
-    several streams). Returns the manifest's ``engine`` fields: ``inference_precision``,
+    each batch it is to serve (:func:`throughput_from_batch`; one request cannot use several streams, so it
+    rarely wins at batch 1). Returns the manifest's ``engine`` fields: ``inference_precision``,
     ``performance_hint`` (the hint of the smallest batch), ``throughput_from_batch`` when THROUGHPUT won only
     from some larger batch on, and ``runtime_choice`` (how each was decided, with images/s).
     ``seconds``: timed seconds per candidate and batch.
