@@ -1,7 +1,9 @@
 """Every registered model, timm-style: a newly registered name is tested without anyone adding it to a list.
 
 Each gets a forward pass at a small size, a complexity count that agrees with its parameters, and (``slow``)
-an export round-trip whose ONNX logits match PyTorch's.
+an export round-trip whose ONNX logits match PyTorch's. The round-trip is ``heavy`` (``pytest -m heavy``) for
+deep networks, timm's names and names the default suite exports elsewhere; a new name outside those runs by
+default.
 """
 
 from __future__ import annotations
@@ -49,17 +51,32 @@ def test_complexity_counts_every_parameter(name: str) -> None:
     assert complexity.macs > 0
 
 
-DEEP = re.compile(r"(101|152|154|200|269)")
-"""Depths whose export takes a minute or more on 2 cores: ``heavy``, run with ``pytest -m heavy``."""
+DEEP = re.compile(r"(34|50|101|152|154|200|269)")
+"""Depths whose export takes 8 s to minutes on 2 cores: ``heavy``, run with ``pytest -m heavy``. Their block
+families are exported by default elsewhere (``test_export.py``'s family round trips: basic block, bottleneck,
+SE-ResNeXt), so the default suite (CI's 15 minutes) keeps that coverage without a deep network per name."""
 TIMM_NAMES = set(TIMM_MODELS)
 """timm's names: their export round-trips against timm's own network are in ``test_timm_names.py`` (``slow``)."""
+EXPORTED_ELSEWHERE = {
+    "resnet18": "test_export.py's plain-resnet family round trip",
+    "se_resnet18": "test_export.py's basic-block family round trip",
+    "chair_se_resnet": "test_zoo_part2.py's chair classifier at its native size",
+    "chair_resnet": "its SE twin, chair_se_resnet (the same constructor without SE)",
+    "se_mobilenet_v1": "test_zoo_part2.py's width-0.25 ablation",
+    "mobilenet_v1": "its SE twin, se_mobilenet_v1 (the same constructor without SE)",
+    "se_preact_resnet": "test_export.py's pre-activation parity test",
+    "preact_resnet": "its SE twin, se_preact_resnet (the same constructor without SE)",
+}
+"""Names whose export the default suite already round-trips elsewhere: ``heavy`` here, with where instead."""
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name",
     [
-        pytest.param(name, marks=pytest.mark.heavy) if DEEP.search(name) or name in TIMM_NAMES else name
+        pytest.param(name, marks=pytest.mark.heavy)
+        if DEEP.search(name) or name in TIMM_NAMES or name in EXPORTED_ELSEWHERE
+        else name
         for name in NAMES
     ],
 )

@@ -164,8 +164,8 @@ def test_chair_classifier_exports_and_parity_checks_at_native_size(tmp_path) -> 
 @pytest.mark.parametrize(
     "name,options",
     [
-        ("se_resnet50", {"gate": "tanh", "se_variant": "3x3"}),
-        ("se_resnet50", {"se_stages": (4,), "squeeze": "max"}),
+        ("se_resnet50", {"gate": "tanh", "se_variant": "3x3"}),  # the 3x3 variant exists in bottlenecks only
+        ("se_resnet18", {"se_stages": (4,), "squeeze": "max"}),  # SE options of any block: the small network
         ("se_resnet18", {"se_variant": "identity", "gate": "relu"}),
         ("se_mobilenet_v1", {"width_multiplier": 0.25}),
     ],
