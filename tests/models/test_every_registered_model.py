@@ -1,6 +1,7 @@
 """Every registered model, timm-style: a newly registered name is tested without anyone adding it to a list.
 
-Each gets a forward pass at a small size, a complexity count that agrees with its parameters, and (``slow``)
+Each gets a forward pass at a small size and a complexity count that agrees with its parameters (one test, one
+construction), and (``slow``)
 an export round-trip whose ONNX logits match PyTorch's. The round-trip is ``heavy`` (``pytest -m heavy``) for
 deep networks, timm's names and names the default suite exports elsewhere; a new name outside those runs by
 default.
@@ -31,24 +32,20 @@ def _small(name: str) -> torch.nn.Module:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_forward_pass_at_a_small_size(name: str) -> None:
+def test_forward_pass_and_complexity_at_a_small_size(name: str) -> None:
+    """One construction per name (the deepest take seconds to build): a forward pass, then the complexity count."""
     model = _small(name)
     channels = model.default_config.input_size[0]
     with torch.no_grad():
         logits = model(torch.randn(2, channels, SMALL, SMALL))
     assert logits.shape == (2, 5) and torch.isfinite(logits).all()
+    complexity = sedeploy.estimate_complexity(model)
+    assert complexity.params == sum(p.numel() for p in model.parameters())
+    assert complexity.macs > 0
     twin = get_entry(name).defaults.plain_twin
     if twin is not None:  # an SE model's plain twin is the same network without SE
         assert any(isinstance(module, SqueezeExcite) for module in model.modules())
         assert not any(isinstance(module, SqueezeExcite) for module in _small(twin).modules())
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_complexity_counts_every_parameter(name: str) -> None:
-    model = _small(name)
-    complexity = sedeploy.estimate_complexity(model)
-    assert complexity.params == sum(p.numel() for p in model.parameters())
-    assert complexity.macs > 0
 
 
 DEEP = re.compile(r"(34|50|101|152|154|200|269)")
