@@ -108,6 +108,10 @@ SCENARIOS = {
 
 
 def main() -> None:
+    # Python keeps an inherited SIG_IGN for SIGINT (a job started with & from a non-interactive shell, as CI
+    # runners do), and then no Ctrl-C ever raises. The scenarios are about a terminal's Ctrl-C: Python's own
+    # handler, as an interactive `sedeploy` run has it.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     root = Path(sys.argv[1])
     outcomes = {}
     for name, scenario in SCENARIOS.items():

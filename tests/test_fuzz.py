@@ -72,7 +72,7 @@ def usable_metadata(metadata: ModelMetadata | None) -> None:
     channels, height, width = metadata.input_size
     assert min(channels, height, width) >= 1 and metadata.num_classes >= 1 and metadata.max_batch >= 1
     pre = metadata.preprocessing
-    assert len(pre.mean) == len(pre.std) == channels
+    assert len(pre.mean) in (1, channels) and len(pre.std) in (1, channels)  # one value serves every channel
     assert all(math.isfinite(value) for value in pre.mean)
     assert all(math.isfinite(value) and value > 0 for value in pre.std)
     assert min(pre.crop) >= 1 and all(size >= 1 for size in pre.resize)
