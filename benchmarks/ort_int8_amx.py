@@ -30,7 +30,6 @@ import json
 import logging
 import os
 import sys
-import tempfile
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -50,6 +49,7 @@ import sedeploy  # noqa: E402
 from sedeploy.backends.onnxruntime import (  # noqa: E402
     OnnxRuntimeRunner,
     onnxruntime,
+    profile_kernel_events,
     profile_ops,
     session_options,
 )
@@ -143,30 +143,19 @@ def expand_se_gate(model: onnx.ModelProto) -> int:
 
 
 def layer_rates(path: Path, batch: int, calls: int = 12) -> dict[str, dict[str, Any]]:
-    """Per QLinearConv: median kernel ms over ``calls`` (after 3 warm-up calls) and GOP/s from its shapes."""
-    ort = onnxruntime()
+    """Per QLinearConv: median kernel ms over ``calls`` and GOP/s from its shapes (ONNX Runtime's profiler)."""
     kernels = {
         node.name: list(next(a.ints for a in node.attribute if a.name == "kernel_shape"))
         for node in onnx.load(str(path), load_external_data=False).graph.node
         if node.op_type == "Conv"
     }
-    with tempfile.TemporaryDirectory(prefix="sedeploy-amx-profile-") as folder:
-        options = session_options()
-        options.enable_profiling = True
-        options.profile_file_prefix = str(Path(folder) / "profile")
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        name = session.get_inputs()[0].name
-        feed = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
-        for _ in range(3 + calls):
-            session.run(None, {name: feed})
-        events = json.loads(Path(session.end_profiling()).read_text())
+    feed = np.random.default_rng(0).standard_normal((batch, 3, 224, 224)).astype(np.float32)
     durations: dict[str, list[float]] = defaultdict(list)
     args: dict[str, Any] = {}
-    for event in events:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
-            node = event["name"][: -len("_kernel_time")]
-            durations[node].append(event["dur"])
-            args[node] = event["args"]
+    for event in profile_kernel_events(path, feed, calls):
+        node = event["name"][: -len("_kernel_time")]
+        durations[node].append(event["dur"])
+        args[node] = event["args"]
     rows = {}
     for node, times in durations.items():
         if args[node].get("op_name") != "QLinearConv":
@@ -176,7 +165,7 @@ def layer_rates(path: Path, batch: int, calls: int = 12) -> dict[str, dict[str, 
         y_shape = next(iter(args[node]["output_type_shape"][0].values()))
         kernel = kernels.get(source, [1, 1])
         macs = int(np.prod(y_shape)) * int(x_shape[-1]) * int(np.prod(kernel))
-        ms = float(np.median(times[3:])) / 1000.0
+        ms = float(np.median(times)) / 1000.0
         rows[source] = {
             "ms": ms,
             "gops": 2.0 * macs / ms / 1e6,
@@ -323,7 +312,7 @@ def _row(report: Any, label: str, batch: int) -> Any:
 
 def _rate(report: Any, label: str, batch: int) -> dict[str, float]:
     stats = _row(report, label, batch).stats
-    return {"img_s": stats.images_per_s, "p50_img_s": batch * 1000.0 / stats.p50_ms}
+    return {"img_s": stats.images_per_s, "p50_img_s": stats.median_images_per_s}
 
 
 def write_results(

@@ -175,17 +175,17 @@ def write_optimized_model(
     return output_path
 
 
-def profile_ops(
+def profile_kernel_events(
     model_path: str | os.PathLike[str],
     feed: np.ndarray,
     runs: int = 20,
     threads: int | None = None,
     optimization_level: str = "all",
-) -> dict[str, float]:
-    """Kernel seconds per op type over ``runs`` calls on ``feed`` (CPU), from ONNX Runtime's own profiler.
+) -> list[dict[str, Any]]:
+    """ONNX Runtime's own profiler events of every kernel over ``runs`` calls on ``feed`` (CPU), warm-up left out.
 
-    The op types are those of the optimized graph that actually runs (``QLinearConv``,
-    ``QLinearGlobalAveragePool``, ...); one warm-up call is left out.
+    Each event names its node (``name``, ending ``_kernel_time``), its op type (``args.op_name``), its input
+    and output shapes (``args.input_type_shape``, ``args.output_type_shape``) and its microseconds (``dur``).
     """
     ort = onnxruntime()
     check_onnx_file(model_path)  # its external data stays in its folder, checked before ONNX Runtime opens it
@@ -202,14 +202,29 @@ def profile_ops(
             session.run(None, {name: feed})
         trace = Path(session.end_profiling())
         events = json.loads(trace.read_text(encoding="utf-8"))
-    totals: dict[str, float] = defaultdict(float)
     kernel_events = [
         event
         for event in events
         if event.get("cat") == "Node" and str(event.get("name", "")).endswith("_kernel_time")
     ]
     per_call = len(kernel_events) // (runs + 1)
-    for event in kernel_events[per_call:]:
+    return kernel_events[per_call:]
+
+
+def profile_ops(
+    model_path: str | os.PathLike[str],
+    feed: np.ndarray,
+    runs: int = 20,
+    threads: int | None = None,
+    optimization_level: str = "all",
+) -> dict[str, float]:
+    """Kernel seconds per op type over ``runs`` calls on ``feed`` (CPU), from ONNX Runtime's own profiler.
+
+    The op types are those of the optimized graph that actually runs (``QLinearConv``,
+    ``QLinearGlobalAveragePool``, ...); one warm-up call is left out.
+    """
+    totals: dict[str, float] = defaultdict(float)
+    for event in profile_kernel_events(model_path, feed, runs, threads, optimization_level):
         totals[str(event.get("args", {}).get("op_name", "?"))] += float(event.get("dur", 0)) / 1e6
     return dict(sorted(totals.items(), key=lambda item: -item[1]))
 
