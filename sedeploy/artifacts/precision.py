@@ -1,7 +1,8 @@
 """The one precision rule: what precision an artifact is, from its manifest where one describes it, else its graph.
 
 verify, bench, the Triton writer, serving and the TensorRT builder all ask here, so a QOperator INT8 file
-(``QLinearConv``) is ``int8`` to every one of them, as a Q/DQ file is.
+(``QLinearConv``) is ``int8`` to every one of them, as a Q/DQ file is. OpenVINO's float types (what an IR's
+float parts compute in) map onto these precision names here too (:data:`FLOAT_TYPE_PRECISION`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,24 @@ INT8_OPS = frozenset(
     }
 )
 """Ops that make a graph INT8: explicit Q/DQ (TensorRT, ORT QDQ) and ONNX Runtime's QOperator format."""
+
+
+FLOAT_TYPE_PRECISION = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+"""OpenVINO's ``INFERENCE_PRECISION_HINT`` values (float types) -> sedeploy's precision names, most accurate first."""
+FLOAT_TYPES = tuple(FLOAT_TYPE_PRECISION)
+"""The float types sedeploy chooses among (``f32``, ``bf16``, ``f16``), most accurate first."""
+
+
+def float_type_precision(float_type: str) -> str:
+    """The precision name of an OpenVINO float type: ``f16`` -> ``fp16``; a ``KeyError`` for another value."""
+    return FLOAT_TYPE_PRECISION[float_type]
+
+
+def precision_float_type(precision: str) -> str:
+    """The float type an IR of ``precision`` is built to compute its float parts in (INT8's float layers: ``f32``)."""
+    if precision == "int8":
+        return "f32"
+    return {name: kind for kind, name in FLOAT_TYPE_PRECISION.items()}[precision]
 
 
 def graph_precision(model: onnx.ModelProto) -> str:

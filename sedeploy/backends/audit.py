@@ -35,8 +35,9 @@ import numpy as np
 import onnx
 
 from sedeploy.artifacts import naming
-from sedeploy.artifacts.manifest import matching_manifest
+from sedeploy.artifacts.manifest import PRECISIONS, matching_manifest
 from sedeploy.artifacts.metadata import load_onnx
+from sedeploy.artifacts.precision import FLOAT_TYPE_PRECISION
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import sha256_of_file
 from sedeploy.precision.recipe import PrecisionError
@@ -48,7 +49,7 @@ COMPUTE_OPS = ("Conv", "Gemm", "MatMul")
 PRECISION_FAMILIES: dict[str, frozenset[str]] = {
     "int8": frozenset({"int8"}),
     "fp16": frozenset({"fp16", "bf16"}),
-    "fp32": frozenset({"fp32", "fp16", "bf16", "int8"}),
+    "fp32": frozenset(PRECISIONS),
 }
 """Runtime precisions that honour an asked precision: FP16 is honoured by bf16 too (the OpenVINO runner asks for
 bf16 on a CPU without FP16 arithmetic); nothing is below FP32."""
@@ -415,12 +416,11 @@ _OPENVINO_TYPES = {
     "i8": "int8",
     "u4": "int4",
     "i4": "int4",
-    "f16": "fp16",
-    "bf16": "bf16",
-    "f32": "fp32",
+    **FLOAT_TYPE_PRECISION,
     "f8e4m3": "fp8",
     "f8e5m2": "fp8",
 }
+"""OpenVINO's runtime precisions -> sedeploy's precision names (the float types from their one home)."""
 
 
 def openvino_precisions(

@@ -20,7 +20,7 @@ from sedeploy.artifacts.manifest import ManifestError, read_manifest
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.cli import cli
 from sedeploy.errors import MissingDependencyError
-from sedeploy.search import TIE_BAND
+from sedeploy.measure.search import TIE_BAND
 from sedeploy.verify import verify
 
 openvino = pytest.importorskip(
@@ -178,5 +178,5 @@ def test_auto_with_an_onnx_only_flag_stays_on_onnxruntime(trained_digits, tmp_pa
     shutil.copy(trained_digits.onnx_path, model)
     result = build_engine(model, BuildOptions(precision="fp32"), output=tmp_path / "fast.onnx")
     assert result.backend == "onnxruntime" and result.probe is None
-    assert "OpenVINO not probed: -o given (use --backend openvino for an IR)" in result.backend_reason
+    assert "OpenVINO not measured: output given (use backend openvino for an IR)" in result.backend_reason
     assert not list(tmp_path.glob("*.xml"))

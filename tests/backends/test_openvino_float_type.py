@@ -19,6 +19,8 @@ from sedeploy.artifacts.manifest import read_manifest, write_manifest
 from sedeploy.bench import bench
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.errors import BadInputError, ConfigError
+from sedeploy.measure import runtime_choice
+from sedeploy.measure.runtime_choice import describe_choice
 from sedeploy.verify import verify
 
 openvino = pytest.importorskip(
@@ -189,8 +191,6 @@ def test_unknown_pins_are_refused_naming_the_parameter(digits_onnx: Path) -> Non
 
 
 def test_the_recorded_choice_reads_as_one_line() -> None:
-    from sedeploy.backends.openvino import describe_choice
-
     rates = {"f32": {"1": 100.0, "8": 100.0}, "bf16": {"1": 150.0, "8": 240.0}}
     engine = {
         "inference_precision": "bf16",
@@ -221,8 +221,6 @@ def test_a_less_accurate_float_type_or_throughput_must_win_by_the_margin(
 ) -> None:
     """The decision rule on given timings (what a shared machine measures is not repeatable): most accurate
     first, another float type or THROUGHPUT only when at least MIN_GAIN (5%) faster."""
-    from sedeploy.backends import openvino as ov_backend
-
     xml = tmp_path / "digits.openvino.xml"  # only the timings would open it
     rates = {
         "f32": 100.0,
@@ -236,14 +234,14 @@ def test_a_less_accurate_float_type_or_throughput_must_win_by_the_margin(
         assert path == xml and seconds == 0.1
         return {name: {batch: rates[name] for batch in batches} for name in configs}
 
-    monkeypatch.setattr(ov_backend, "_time_configs", timed)
+    monkeypatch.setattr(runtime_choice, "_time_configs", timed)
     monkeypatch.setattr(
-        ov_backend, "float_type_candidates", lambda core, device, precision: ("f32", "bf16", "f16")
+        runtime_choice, "float_type_candidates", lambda core, device, precision: ("f32", "bf16", "f16")
     )
-    choice = ov_backend.choose_runtime(xml, "int8", (1, 8), 0.1)
+    choice = runtime_choice.choose_runtime(xml, "int8", (1, 8), 0.1)
     assert (choice["inference_precision"], choice["performance_hint"]) == expected
     assert choice["runtime_choice"]["float_type"]["images_per_s"]["f16"] == {"1": 50.0, "8": 50.0}
-    only_one = ov_backend.choose_runtime(xml, "int8", (1,), 0.1, float_type="f32")
+    only_one = runtime_choice.choose_runtime(xml, "int8", (1,), 0.1, float_type="f32")
     assert only_one["performance_hint"] == "latency"
     assert only_one["runtime_choice"]["hint"]["decided"] == "batch 1 has nothing to split across streams"
 
@@ -251,28 +249,104 @@ def test_a_less_accurate_float_type_or_throughput_must_win_by_the_margin(
 def test_throughput_serves_the_batches_where_it_won(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """THROUGHPUT 1.5x faster at batch 8 but 0.6x at batch 1: LATENCY below 8, THROUGHPUT from 8; asked for 8
     alone, THROUGHPUT for every batch; a win at 4 that is lost again at 8 does not count."""
-    from sedeploy.backends import openvino as ov_backend
-
     per_batch = {"latency": {1: 60.0, 4: 55.0, 8: 50.0}, "throughput": {1: 36.0, 4: 56.0, 8: 75.0}}
 
     def timed(path: Path, configs: dict, batches: tuple[int, ...], seconds: float) -> dict:  # type: ignore[type-arg]
         return {name: {batch: per_batch[name][batch] for batch in batches} for name in configs}
 
-    monkeypatch.setattr(ov_backend, "_time_configs", timed)
+    monkeypatch.setattr(runtime_choice, "_time_configs", timed)
     xml = tmp_path / "model.openvino.xml"  # only the timings would open it
-    both = ov_backend.choose_runtime(xml, "fp32", (1, 8), 0.1)
+    both = runtime_choice.choose_runtime(xml, "fp32", (1, 8), 0.1)
     assert (both["performance_hint"], both["throughput_from_batch"]) == ("latency", 8)
-    assert ov_backend.describe_choice(both) == (
+    assert runtime_choice.describe_choice(both) == (
         "runs in f32 (only f32 applies), latency hint below batch 8, throughput from it (measured img/s: "
         "batch 1: latency 60, throughput 36; batch 8: latency 50, throughput 75)"
     )
-    alone = ov_backend.choose_runtime(xml, "fp32", (8,), 0.1)
+    alone = runtime_choice.choose_runtime(xml, "fp32", (8,), 0.1)
     assert alone["performance_hint"] == "throughput" and "throughput_from_batch" not in alone
     per_batch["throughput"][4] = 60.0  # 1.09x at 4: THROUGHPUT from 4 on
-    assert ov_backend.choose_runtime(xml, "fp32", (1, 4, 8), 0.1)["throughput_from_batch"] == 4
+    assert runtime_choice.choose_runtime(xml, "fp32", (1, 4, 8), 0.1)["throughput_from_batch"] == 4
     per_batch["throughput"][8] = 50.0  # no longer faster at 8: nowhere from some batch on
-    nowhere = ov_backend.choose_runtime(xml, "fp32", (1, 4, 8), 0.1)
+    nowhere = runtime_choice.choose_runtime(xml, "fp32", (1, 4, 8), 0.1)
     assert nowhere["performance_hint"] == "latency" and "throughput_from_batch" not in nowhere
+
+
+def _tiny_ir(folder: Path) -> Path:
+    """A real FP32 IR of a four-channel conv classifier on 3x8x8 images (no manifest: the probe needs none)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from sedeploy.backends.openvino import build_ir
+
+    weight = numpy_helper.from_array(
+        np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w"
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["input", "w"], ["conv"], pads=[1, 1, 1, 1]),
+            helper.make_node("GlobalAveragePool", ["conv"], ["pooled"]),
+            helper.make_node("Flatten", ["pooled"], ["logits"]),
+        ],
+        "tiny",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4])],
+        [weight],
+    )
+    source = folder / "tiny.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), source)
+    xml = folder / "tiny.openvino.xml"
+    build_ir(source, xml, "fp32")
+    return xml
+
+
+def test_the_runtime_choice_times_through_the_one_timing_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hint probe of a real IR runs in ``measure.timing.time_interleaved`` (A B A B, median call), with a
+    runner per hint, and records the median rates that loop measured."""
+    from sedeploy.backends.openvino import OpenVinoRunner
+    from sedeploy.measure import timing
+
+    xml = _tiny_ir(tmp_path)
+    seen: list[tuple[dict[str, Any], tuple[int, ...], dict[str, Any], timing.Timings]] = []
+
+    def spy(runners: dict[str, Any], batches: tuple[int, ...], **settings: Any) -> timing.Timings:
+        timings = timing.time_interleaved(runners, batches, **settings)
+        seen.append((dict(runners), tuple(batches), settings, timings))
+        return timings
+
+    monkeypatch.setattr(runtime_choice, "time_interleaved", spy)
+    choice = runtime_choice.choose_runtime(xml, "fp32", (1, 2), 0.05)
+    assert len(seen) == 1  # fp32 has one float type: only the hints are timed
+    runners, batches, settings, timings = seen[0]
+    assert batches == (1, 2) and set(runners) == {"latency", "throughput"}
+    for name, runner in runners.items():
+        assert isinstance(runner, OpenVinoRunner) and (runner.hint, runner.float_type) == (name, "f32")
+        assert runner._compiled is None  # closed after the probe
+    assert settings["rounds"] == runtime_choice.PROBE_ROUNDS and settings["seconds"] == 0.05
+    assert settings["max_calls"] == runtime_choice.MAX_PROBE_CALLS and settings["min_calls"] == 3
+    for key, calls in timings.calls.items():
+        assert (
+            3 * runtime_choice.PROBE_ROUNDS
+            <= len(calls)
+            <= runtime_choice.MAX_PROBE_CALLS * runtime_choice.PROBE_ROUNDS
+        ), key
+    recorded = choice["runtime_choice"]["hint"]["images_per_s"]
+    assert recorded == {
+        name: {str(batch): round(timings.median_rate(name, batch), 2) for batch in (1, 2)} for name in runners
+    }
+    assert choice["performance_hint"] in ("latency", "throughput") and choice["inference_precision"] == "f32"
+
+
+def test_float_types_map_onto_precision_names_in_one_place() -> None:
+    from sedeploy.artifacts.precision import FLOAT_TYPES, float_type_precision, precision_float_type
+
+    assert FLOAT_TYPES == ("f32", "bf16", "f16")  # most accurate first: the choice relies on the order
+    assert [float_type_precision(kind) for kind in FLOAT_TYPES] == ["fp32", "bf16", "fp16"]
+    assert all(precision_float_type(float_type_precision(kind)) == kind for kind in FLOAT_TYPES)
+    assert precision_float_type("int8") == "f32"  # INT8's float layers are built to run in f32
+    with pytest.raises(KeyError):
+        float_type_precision("fp16")  # a precision name is not a float type
 
 
 class _CountingQueue(queue.Queue):  # type: ignore[type-arg]
