@@ -2,19 +2,21 @@
 
 verify, bench, the Triton writer, serving and the TensorRT builder all ask here, so a QOperator INT8 file
 (``QLinearConv``) is ``int8`` to every one of them, as a Q/DQ file is. OpenVINO's float types (what an IR's
-float parts compute in) map onto these precision names here too (:data:`FLOAT_TYPE_PRECISION`).
+float parts compute in) map onto these precision names here too (:data:`FLOAT_TYPE_PRECISION`). Importing
+this module imports no onnx (the CLI's option choices read the float types from here at startup).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-
-import onnx
+from typing import TYPE_CHECKING
 
 from sedeploy.artifacts.manifest import matching_manifest
-from sedeploy.artifacts.metadata import load_onnx
 from sedeploy.artifacts.naming import ONNX_SUFFIXES
+
+if TYPE_CHECKING:
+    import onnx
 
 INT8_OPS = frozenset(
     {
@@ -54,6 +56,8 @@ def precision_float_type(precision: str) -> str:
 
 def graph_precision(model: onnx.ModelProto) -> str:
     """``int8`` with any :data:`INT8_OPS` node, ``fp16`` with float16 weights, else ``fp32``."""
+    import onnx  # already imported by whoever parsed ``model``
+
     if any(node.op_type in INT8_OPS for node in model.graph.node):
         return "int8"
     if any(init.data_type == onnx.TensorProto.FLOAT16 for init in model.graph.initializer):
@@ -70,4 +74,6 @@ def detect_precision(artifact: str | os.PathLike[str]) -> str:
         return manifest.precision
     if path.suffix.lower() not in ONNX_SUFFIXES:
         return "fp32"
+    from sedeploy.artifacts.metadata import load_onnx  # onnx only where a graph is read
+
     return graph_precision(load_onnx(path))
