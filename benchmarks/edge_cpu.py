@@ -173,7 +173,7 @@ def build_ir_float_se(source: Path, calib: Path, xml: Path) -> Path:
     """OpenVINO INT8 with every SE block (squeeze, both FCs, gate, scale) left in float by NNCF's ignored scope."""
     from sedeploy.artifacts.manifest import write_manifest
     from sedeploy.backends import openvino as ov_backend
-    from sedeploy.build import _calibration_set  # the calibration set exactly as build-engine reads it
+    from sedeploy.building import calibration_set_for  # the calibration set exactly as build-engine reads it
     from sedeploy.host import describe_host
 
     started = time.perf_counter()
@@ -181,7 +181,7 @@ def build_ir_float_se(source: Path, calib: Path, xml: Path) -> Path:
     stem = [node.name for node in proto.graph.node if node.op_type == "Conv" and node.input[0] == "input"][:1]
     se_nodes = [name for block in find_se_blocks(proto) for name in block]
     options = BuildOptions(precision="int8", backend="openvino", calib_dir=calib, calib_size=CALIB_SIZE)
-    images = _calibration_set(source, options, progress=False).images
+    images = calibration_set_for(source, options, progress=False).images
     recipe = ov_backend.build_ir(source, xml, "int8", images, stem + se_nodes)
     manifest = ov_backend.ir_manifest(
         xml,

@@ -3,16 +3,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from sedeploy.models.complexity import Complexity, estimate_complexity
-from sedeploy.models.registry import create_model, get_entry, model_defaults
-from sedeploy.models.senet import RESNET_SE_OPTION_NAMES
-
-_SE_ONLY_OPTIONS = RESNET_SE_OPTION_NAMES
-"""Options a plain twin does not take; it shares all others with its SE model."""
+if TYPE_CHECKING:
+    from sedeploy.models.complexity import Complexity
 
 
 @dataclass(frozen=True)
@@ -92,8 +86,15 @@ class ModelInfo:
 def model_info(arch: str, img_size: tuple[int, int] | None = None, **options: Any) -> ModelInfo:
     """Complexity report for a zoo model built with ``options``, at ``img_size`` (H, W) or its default size.
 
-    Models are built on PyTorch's meta device: no weights are allocated.
+    Models are built on PyTorch's meta device: no weights are allocated. PyTorch is imported here, when a
+    zoo model is described, not when the module is.
     """
+    import torch
+
+    from sedeploy.models.complexity import estimate_complexity
+    from sedeploy.models.registry import create_model, get_entry, model_defaults
+    from sedeploy.models.senet import RESNET_SE_OPTION_NAMES  # options a plain twin does not take
+
     entry = get_entry(arch)
     with torch.device("meta"):
         model = create_model(arch, img_size=img_size, **options)
@@ -103,7 +104,7 @@ def model_info(arch: str, img_size: tuple[int, int] | None = None, **options: An
         twin_options: dict[str, Any] | None = None
         if twin is not None:
             twin_options = dict(entry.defaults.plain_twin_options)
-            twin_options.update((k, v) for k, v in options.items() if k not in _SE_ONLY_OPTIONS)
+            twin_options.update((k, v) for k, v in options.items() if k not in RESNET_SE_OPTION_NAMES)
             plain_complexity = estimate_complexity(create_model(twin, img_size=img_size, **twin_options))
     defaults = model_defaults(model)
     assert defaults is not None  # create_model always attaches them

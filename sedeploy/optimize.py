@@ -7,7 +7,7 @@ float type and hint; ONNX Runtime's split batch), says why it left any out, buil
 each one into ``<model>.optimize/`` (reusing earlier builds and calibration ranges),
 checks it on held-out images against the FP32 model (accuracy and drop with labels,
 else top-1 agreement and cosine), and times them all interleaved at the asked batch
-(:mod:`sedeploy.search`). The fastest candidate within the fidelity budget is kept as
+(:mod:`sedeploy.measure.search`). The fastest candidate within the fidelity budget is kept as
 ``<model>.best.<backend suffix>`` with a manifest that records the whole search, the
 options it must be opened with (``runner_defaults``), the machine and the versions:
 ``sedeploy.load(best)`` runs it as it was measured.
@@ -26,29 +26,30 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from sedeploy._version import __version__
+from sedeploy.artifacts import naming
 from sedeploy.artifacts.manifest import (
+    PRECISIONS,
     BuildManifest,
     ManifestError,
     checked_manifest,
     commit_with_manifests,
     manifest_path,
 )
-from sedeploy.artifacts.metadata import load_onnx, metadata_or_none
-from sedeploy.artifacts.naming import optimized_onnx_path, precision_suffix
-from sedeploy.artifacts.precision import detect_precision
-from sedeploy.bench import new_figure, save_figure
-from sedeploy.build import (
+from sedeploy.artifacts.naming import ARTIFACT_BACKENDS, BACKEND_ARTIFACT_SUFFIXES, optimized_onnx_path
+from sedeploy.building import (
     DEFAULT_CALIBRATION_DIR,
     DEFAULT_CALIBRATION_SIZE,
+    ONNX_RECIPE_OPTIONS,
     BuildOptions,
     BuildResult,
-    build_engine,
+    SourceModel,
+    build_artifact,
+    read_source,
 )
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import (
@@ -59,11 +60,9 @@ from sedeploy.files import (
     temp_path_beside,
     write_json_atomic,
 )
-from sedeploy.host import cpu_model, matrix_units, usable_cores
-from sedeploy.ladder import reuse_problem
-from sedeploy.optional import import_optional
-from sedeploy.runtime import load
-from sedeploy.search import (
+from sedeploy.host import matrix_units, usable_cores
+from sedeploy.measure.reuse import folder_fingerprint, machine_identity, reuse_problem, stale_reason
+from sedeploy.measure.search import (
     Budget,
     Builder,
     Built,
@@ -73,7 +72,10 @@ from sedeploy.search import (
     SearchReport,
     search,
 )
-from sedeploy.verify import verify
+from sedeploy.measure.verification import verify
+from sedeploy.optional import import_optional
+from sedeploy.plots import new_figure, save_figure
+from sedeploy.runtime import load
 
 logger = logging.getLogger(__name__)
 
@@ -82,8 +84,8 @@ DEFAULT_MAX_DROP = 0.5
 of images whose top-1 class changed (verify's rule: it bounds the drop)."""
 DEFAULT_BATCH = 8
 DEFAULT_MAX_MINUTES = 10.0
-BACKEND_CHOICES = ("onnxruntime", "openvino", "tensorrt")
-PRECISION_CHOICES = ("fp32", "fp16", "bf16", "int8")
+BACKEND_CHOICES = ARTIFACT_BACKENDS
+PRECISION_CHOICES = PRECISIONS
 INT8_CALIBRATIONS: tuple[dict[str, Any], ...] = (
     {"calib_method": "minmax"},
     {"calib_method": "entropy"},
@@ -91,7 +93,7 @@ INT8_CALIBRATIONS: tuple[dict[str, Any], ...] = (
 )
 """The calibration methods an INT8 search tries on ONNX Runtime (each with the SE path float and quantized)."""
 GATE_WHERE = "the build's check images"
-BEST_SUFFIXES = {"onnxruntime": ".ort.onnx", "openvino": ".openvino.xml", "tensorrt": ".engine"}
+BEST_SUFFIXES = BACKEND_ARTIFACT_SUFFIXES
 """The winner is written as ``<model>.best`` (or the name given) plus its backend's suffix."""
 
 
@@ -174,7 +176,7 @@ def candidate_plans(
             missing = "OpenVINO is not installed (pip install 'sedeploy[openvino]')"
         hints = ("latency", "throughput") if batch > 1 else ("latency",)
         floats = {"f32": True, "bf16": units.best("bf16") is not None, "f16": units.best("fp16") is not None}
-        for precision in ("fp32", "bf16", "fp16", "int8"):
+        for precision in PRECISIONS:
             if precision not in asked_precisions:
                 continue
             if missing:
@@ -207,7 +209,7 @@ def candidate_plans(
 
     if "tensorrt" in asked_backends:
         available, reason = trt_backend.availability()
-        for precision in ("fp32", "fp16", "bf16", "int8"):
+        for precision in PRECISIONS:
             if precision not in asked_precisions:
                 continue
             plan = Plan.of("tensorrt", precision, {"target": "tensorrt"} if precision == "int8" else {})
@@ -269,80 +271,23 @@ class OptimizeReport:
         return f"# sedeploy optimize {self.model.name}\n\n" + self.search.to_markdown()
 
 
-def _fingerprint(folder: Path | None, times: bool = False) -> str | None:
-    """A cheap identity of an image folder or file: every file's relative name and size.
-
-    No absolute path and no times, so the same set copied to another machine has the same identity (the
-    previous choice is then reported stale there, not silently redone). Calibration ranges are checked on
-    the pixels themselves (the calibration cache's key); this only decides whether a search may be reused.
-    ``times``: add modification times, for caches that stay on this machine (a rewritten image counts).
-    """
-    if folder is None or not folder.exists():
-        return None
-
-    def line(path: Path, name: str) -> str:
-        stat = path.stat()
-        return f"{name}|{stat.st_size}" + (f"|{stat.st_mtime_ns}" if times else "") + "\n"
-
-    if folder.is_file():
-        return hashlib.sha256(line(folder, folder.name).encode()).hexdigest()
-    digest = hashlib.sha256()
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            digest.update(line(path, path.relative_to(folder).as_posix()).encode())
-    return digest.hexdigest()
-
-
-def machine_identity() -> dict[str, Any]:
-    """What a measured choice depends on besides the inputs: the CPU, its matrix units, cores, backend versions."""
-    from sedeploy.backends import onnxruntime as ort_backend
-
-    versions: dict[str, str | None] = {"sedeploy": __version__, "onnxruntime": ort_backend.version()}
-    try:
-        from sedeploy.backends import openvino as ov_backend
-
-        ov_backend.require_available()
-        versions["openvino"] = ov_backend.version()
-    except MissingDependencyError:
-        versions["openvino"] = None
-    try:
-        import tensorrt
-
-        versions["tensorrt"] = str(tensorrt.__version__)
-    except ImportError:
-        versions["tensorrt"] = None
-    return {
-        "cpu": cpu_model(),
-        "isa": matrix_units().describe(),
-        "cores": usable_cores(),
-        "versions": versions,
-    }
-
-
-def _stale(previous: Mapping[str, Any], now: Mapping[str, Any]) -> str | None:
-    changed = [
-        f"{name} {previous.get(name)!r} -> {now.get(name)!r}"
-        for name in ("cpu", "isa", "cores", "versions")
-        if previous.get(name) != now.get(name)
-    ]
-    return "; ".join(changed) or None
-
-
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
 def _build_output(folder: Path, stem: str, plan: Plan) -> Path:
     """Where a plan's build goes in its own folder (the file ``-o`` names for that backend)."""
+    source = folder / f"{stem}.onnx"
     if plan.backend == "openvino":
-        middle = "" if plan.precision == "fp32" else f".{plan.precision}"
-        return folder / f"{stem}{middle}.openvino.xml"
+        return naming.openvino_path(source, plan.precision)
+    default_flavour = "tensorrt" if plan.backend == "tensorrt" else "cpu"
+    flavour = plan.build_options.get("target") or default_flavour if plan.precision == "int8" else None
+    precision_file = naming.precision_onnx_path(source, plan.precision, flavour)
     if plan.backend == "tensorrt":
-        return folder / f"{stem}.{plan.precision}.engine"
+        return naming.engine_path(precision_file)
     if plan.precision == "fp32":
-        return folder / f"{stem}.ort.onnx"  # FP32: -o names the optimized graph
-    flavour = plan.build_options.get("target") or "cpu" if plan.precision == "int8" else None
-    return folder / f"{stem}.{precision_suffix(plan.precision, flavour)}.onnx"
+        return naming.optimized_onnx_path(source)  # FP32: -o names the optimized graph
+    return precision_file
 
 
 def _run_file(output: Path, plan: Plan) -> Path:
@@ -373,13 +318,13 @@ def _gate_record(run_file: Path) -> Path:
     return run_file.with_name(f".{run_file.name}.gate.json")
 
 
-def _optimize_builder(source: Path, work: Path, base: BuildOptions, progress: bool) -> Builder:
+def _optimize_builder(source: SourceModel, work: Path, base: BuildOptions, progress: bool) -> Builder:
     """Builds each plan into its own folder under ``work``; a build whose manifest says it is this one is reused."""
-    source_sha256 = sha256_of_file(source)
+    source_sha256 = source.sha256
 
     def build(plan: Plan) -> Built:
         folder = work / _slug(Plan.of(plan.backend, plan.precision, plan.build_options).label)
-        output = _build_output(folder, source.stem, plan)
+        output = _build_output(folder, source.path.stem, plan)
         options = _options_for(plan, base)
         run_file = _run_file(output, plan)
         wanted = options.to_dict()
@@ -391,7 +336,7 @@ def _optimize_builder(source: Path, work: Path, base: BuildOptions, progress: bo
             options.target or "cpu" if plan.precision == "int8" else None,
             options.calib_dir,
             options.calib_size,
-            {key: wanted[key] for key in ("calib_method", "percentile", "quantize_se", "seed")}
+            {key: wanted[key] for key in (*ONNX_RECIPE_OPTIONS, "seed") if key != "target"}
             if plan.backend == "onnxruntime"
             else {},
         )
@@ -407,7 +352,7 @@ def _optimize_builder(source: Path, work: Path, base: BuildOptions, progress: bo
                 pass
             problem = "its parity record is missing"
         logger.info("optimize: building %s (%s)", plan.label, problem)
-        result = build_engine(source, options, output=output, progress=progress)
+        result = build_artifact(source, options, output=output, progress=progress)
         built = _built(result, run_file, reused=False)
         write_json_atomic(
             record,
@@ -422,10 +367,12 @@ def _optimize_builder(source: Path, work: Path, base: BuildOptions, progress: bo
     return build
 
 
-def _optimize_checker(source: Path, data: Path, batch: int) -> Checker:
+def _optimize_checker(source: SourceModel, data: Path, batch: int) -> Checker:
     """Verifies each candidate on the held-out data against the FP32 source; results cached beside the build."""
-    data_fingerprint = _fingerprint(data, times=True)  # a cache on this machine: a rewritten image counts
-    source_sha256 = sha256_of_file(source)
+    data_fingerprint = folder_fingerprint(
+        data, times=True
+    )  # a cache on this machine: a rewritten image counts
+    source_sha256 = source.sha256
 
     def check(plan: Plan, built: Built) -> Fidelity:
         numeric = {key: value for key, value in plan.runner_options.items() if key == "float_type"}
@@ -440,7 +387,7 @@ def _optimize_checker(source: Path, data: Path, batch: int) -> Checker:
                 return Fidelity.from_dict(json.loads(cache.read_text(encoding="utf-8")))
             except (ValueError, KeyError, TypeError):
                 pass
-        report = verify(built.artifact, source, data=data, batch=batch, runner_options=numeric)
+        report = verify(built.artifact, source.path, data=data, batch=batch, runner_options=numeric)
         fidelity = Fidelity.from_comparison(
             report.comparison, accuracy=report.artifact_accuracy, reference_accuracy=report.reference_accuracy
         )
@@ -490,7 +437,7 @@ def _remove_earlier(stem: Path, keep: set[Path]) -> None:
         path = stem.with_name(stem.name + suffix)
         if path in keep or not _ours(path):
             continue
-        extras = [path.with_suffix(".bin")] if suffix == ".openvino.xml" else []
+        extras = [path.with_suffix(".bin")] if suffix == BEST_SUFFIXES["openvino"] else []
         for file in (path, *extras, manifest_path(path)):
             if file not in keep:
                 file.unlink(missing_ok=True)
@@ -539,7 +486,7 @@ def _write_best(stem: Path, winner_artifact: Path, plan: Plan, record: dict[str,
         engine["runtime_choice"] = {"chosen_by": "sedeploy optimize", "search_key": record["key"]}
     manifests = [(replace(manifest, engine=engine, runner_defaults=plan.runner_options, search=record), best)]
     if plan.backend == "onnxruntime" and plan.precision != "fp32":
-        portable = winner_artifact.with_name(winner_artifact.name[: -len(".ort.onnx")] + ".onnx")
+        portable = naming.portable_onnx_path(winner_artifact)
         portable_manifest = checked_manifest(portable, required=True)
         assert portable_manifest is not None
         companion = stem.with_name(stem.name + ".onnx")
@@ -607,7 +554,8 @@ def optimize(
     data_path = Path(data)
     if not data_path.exists():
         raise BadInputError(f"held-out data {data_path} does not exist; give an image folder or a .npy file")
-    metadata = metadata_or_none(load_onnx(model))
+    source = read_source(model)
+    metadata = source.metadata
     if metadata is None:
         raise BadInputError(f"{model} has no sedeploy metadata; export it with sedeploy export")
     if metadata.max_batch is not None and batch > metadata.max_batch:
@@ -616,7 +564,7 @@ def optimize(
             "with a larger max batch",
             params=("batch",),
         )
-    source_precision = detect_precision(model)
+    source_precision = source.precision
     if source_precision != "fp32":
         raise ConfigError(f"{model} is a {source_precision} file; give the exported FP32 ONNX")
     for path in (markdown, plot):  # fail now, not after the search has published its winner
@@ -634,10 +582,10 @@ def optimize(
     calibration_folder = calibration or DEFAULT_CALIBRATION_DIR
     stem = _best_stem(model, output)
     key_inputs = {
-        "source_sha256": sha256_of_file(model),
-        "calibration": _fingerprint(calibration_folder),
+        "source_sha256": source.sha256,
+        "calibration": folder_fingerprint(calibration_folder),
         "calib_size": calib_size,
-        "data": _fingerprint(data_path),
+        "data": folder_fingerprint(data_path),
         "budget": budget.to_dict(),
         "batch": batch,
         "seconds": seconds,
@@ -658,7 +606,7 @@ def optimize(
         elif recorded.stopped_early:
             logger.info("optimize: the search recorded in %s stopped early; searching again", path)
         else:
-            stale = _stale(record.get("machine") or {}, machine)
+            stale = stale_reason(record.get("machine") or {}, machine)
             if stale is None:
                 logger.info("optimize: reusing the search recorded in %s", manifest_path(path))
                 result = OptimizeReport(
@@ -679,9 +627,9 @@ def optimize(
     deadline = time.monotonic() + 60 * max_minutes if max_minutes is not None else None
     report = search(
         plans,
-        _optimize_builder(model, work, base, progress),
+        _optimize_builder(source, work, base, progress),
         _open_plan,
-        check=_optimize_checker(model, data_path, batch),
+        check=_optimize_checker(source, data_path, batch),
         budget=budget,
         batches=(batch,),
         pruned=pruned,

@@ -22,11 +22,11 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-from sedeploy.artifacts.naming import artifact_backend
+from sedeploy.artifacts.naming import ARTIFACT_BACKENDS, artifact_backend
 from sedeploy.backends.base import Runner
 from sedeploy.errors import ConfigError
 
-BACKENDS = ("onnxruntime", "tensorrt", "openvino", "torch")
+BACKENDS = (*ARTIFACT_BACKENDS, "torch")
 
 
 def load(

@@ -16,22 +16,12 @@ from PIL import Image
 from sedeploy import host
 from sedeploy.artifacts.manifest import read_manifest
 from sedeploy.backends.base import Runner, TensorSpec
-from sedeploy.bench import (
-    BenchReport,
-    BenchRow,
-    Candidate,
-    LatencyStats,
-    bench,
-    cpu_roof_probes,
-    gemm_probe,
-    gpu_peak_gflops,
-    roof_kind,
-    torch_gemm_probe,
-    write_reports,
-)
+from sedeploy.bench import compare, prepare_compare, write_reports
 from sedeploy.errors import ConfigError
 from sedeploy.files import sha256_of_file
-from sedeploy.ladder import compare, prepare_compare
+from sedeploy.measure.bench import BenchReport, BenchRow, Candidate, bench
+from sedeploy.measure.roofs import cpu_roof_probes, gemm_probe, gpu_peak_gflops, roof_kind, torch_gemm_probe
+from sedeploy.measure.timing import LatencyStats
 
 
 def test_latency_statistics_on_synthetic_timings() -> None:

@@ -16,35 +16,52 @@ PACKAGE = Path(__file__).resolve().parents[1] / "sedeploy"
 
 LAYERS: dict[str, int] = {
     # foundation: no sedeploy imports beyond each other
-    "_version": 0, "errors": 0, "files": 1, "optional": 1, "host": 1, "compare": 1, "progress": 1,
+    "_version": 0, "errors": 0, "files": 1, "optional": 1, "host": 1, "compare": 1, "progress": 1, "plots": 1,
     "artifacts": 2,
     "models": 3,
     "graphs": 4, "data": 4,
     "precision": 5,
     "backends": 6,
     "runtime": 7,
-    "bench": 8, "verify": 8, "predict": 8, "export": 8, "train": 8, "info": 8, "inspect": 8, "serving": 8,
-    "sweep": 8, "search": 8,
-    "build": 9,
-    "ladder": 10, "optimize": 10, "demo": 11,
+    "measure": 8,
+    "building": 9,
+    "bench": 10, "verify": 10, "predict": 10, "export": 10, "train": 10, "info": 10, "inspect": 10,
+    "serving": 10, "build": 10, "optimize": 10,
+    "demo": 11,
     "cli": 12, "__main__": 13,
 }  # fmt: skip
 """A module imports only from its own group or a lower layer: data flows one way, so no circle can form."""
-COMMANDS = {
-    "export",
-    "build",
-    "verify",
-    "predict",
-    "bench",
-    "train",
-    "demo",
-    "runtime",
-    "cli",
-    "info",
-    "ladder",
-}
-COMMANDS |= {"inspect", "optimize"}
+COMMANDS = frozenset(
+    {
+        "sedeploy.export",
+        "sedeploy.build",
+        "sedeploy.verify",
+        "sedeploy.predict",
+        "sedeploy.bench",
+        "sedeploy.train",
+        "sedeploy.optimize",
+        "sedeploy.inspect",
+        "sedeploy.info",
+        "sedeploy.demo",
+        "sedeploy.serving.triton",
+        "sedeploy.serving.server",
+        "sedeploy.serving.loadtest",
+    }
+)
+"""The modules behind one CLI verb each, written once. No command module imports another (the demo, which
+runs them all, aside; ``cli`` is above them all): what two commands share is machinery in a wing."""
+COMMANDS_THAT_MAY_IMPORT_COMMANDS = frozenset({"sedeploy.demo"})
 ARTIFACTS_MAY_IMPORT = {"files", "errors", "_version", "artifacts"}
+TORCH_FREE_GROUPS = frozenset(
+    {"_version", "errors", "files", "optional", "host", "compare", "progress", "plots", "artifacts", "data",
+     "precision", "graphs", "backends", "runtime", "measure", "building", "bench", "verify", "predict", "info",
+     "inspect", "serving", "build", "optimize", "cli", "__main__", "sedeploy"}
+)  # fmt: skip
+"""Groups on the runtime path: they never import torch at module level (a lazy import inside a function, in a
+feature that needs PyTorch and says so, is allowed). ``models``, ``export`` and ``train`` may."""
+TORCH_ALLOWED_MODULES = frozenset({"sedeploy.backends.torch"})
+"""The PyTorch runner: imported only when a weights file or zoo name is loaded."""
+MAX_MODULE_LINES = 750
 
 
 def module_name(path: Path, root: Path) -> str:
@@ -73,7 +90,7 @@ def imports_of(path: Path, root: Path) -> set[str]:
     return found
 
 
-def violations(root: Path) -> list[str]:
+def violations(root: Path, commands: frozenset[str] = COMMANDS) -> list[str]:
     """Each broken rule in the package at ``root``, as one line."""
     graph: dict[str, set[str]] = defaultdict(set)
     problems: list[str] = []
@@ -84,13 +101,20 @@ def violations(root: Path) -> list[str]:
                 continue
             graph[source].add(target)
             mine, theirs = group(source), group(target)
+            if (
+                source in commands
+                and target in commands
+                and source not in COMMANDS_THAT_MAY_IMPORT_COMMANDS
+                and target != source
+            ):
+                problems.append(f"{source} imports {target}: commands are peers, one never imports another")
             if mine == theirs or mine == "sedeploy":  # the package face re-exports the public API
                 continue
             if theirs == "cli" and mine != "__main__":
                 problems.append(f"{source} imports cli: nothing but __main__ may")
             if mine in ("models", "precision") and theirs == "backends":
                 problems.append(f"{source} imports {target}: {mine}/ never imports backends/")
-            if mine == "backends" and theirs in COMMANDS:
+            if mine == "backends" and target in commands:
                 problems.append(f"{source} imports {target}: backends/ never imports a command module")
             if mine == "artifacts" and theirs not in ARTIFACTS_MAY_IMPORT:
                 problems.append(
@@ -174,6 +198,15 @@ def _tree(tmp_path: Path, files: dict[str, str]) -> Path:
              "build.py": "from sedeploy.bench import bench\n"},
             "import circle",
         ),
+        (
+            {"optimize.py": "def f():\n    from sedeploy.verify import verify\n", "verify.py": ""},
+            "commands are peers",
+        ),
+        (
+            {"serving/__init__.py": "", "serving/server.py": "from sedeploy.serving.triton import write\n",
+             "serving/triton.py": ""},
+            "commands are peers",
+        ),
         ({"data/__init__.py": "", "data/images.py": "from sedeploy.precision import fp16\n",
           "precision/__init__.py": "", "precision/fp16.py": ""}, "a lower stage (data) imports a higher one"),
     ],
@@ -186,3 +219,217 @@ def test_a_broken_rule_is_reported(tmp_path: Path, files: dict[str, str], expect
 def test_a_clean_synthetic_tree_passes(tmp_path: Path) -> None:
     files = {"build.py": "from sedeploy.bench import bench\n", "bench.py": "from sedeploy.errors import E\n"}
     assert violations(_tree(tmp_path, {**files, "errors.py": ""})) == []
+
+
+# --- One home per rule -------------------------------------------------------------------------------------------
+
+RULE_HOMES: dict[str, str] = {
+    # name tables
+    "PRECISIONS": "sedeploy.artifacts.manifest",
+    "ARTIFACT_BACKENDS": "sedeploy.artifacts.naming",
+    "BACKEND_ARTIFACT_SUFFIXES": "sedeploy.artifacts.naming",
+    "OUTPUT_SUFFIXES": "sedeploy.artifacts.naming",
+    "ONNX_RECIPE_OPTIONS": "sedeploy.building.options",
+    "DEFAULT_THRESHOLDS": "sedeploy.compare",
+    # judges
+    "judge": "sedeploy.compare",
+    "parity_failures": "sedeploy.compare",
+    "top1_rule_applies": "sedeploy.compare",
+    "checked_manifest": "sedeploy.artifacts.manifest",
+    "detect_precision": "sedeploy.artifacts.precision",
+    "reuse_problem": "sedeploy.measure.reuse",
+    # measuring
+    "time_interleaved": "sedeploy.measure.timing",
+    "LatencyStats": "sedeploy.measure.timing",
+    "cpu_roof_probes": "sedeploy.measure.roofs",
+    # host facts
+    "usable_cores": "sedeploy.host",
+    "describe_machine": "sedeploy.host",
+    "describe_host": "sedeploy.host",
+    "sha256_of_file": "sedeploy.files",
+}
+"""Each rule's one home: a second module-level definition of the name anywhere else is a copy."""
+TABLE_WORDS: dict[str, tuple[frozenset[str], frozenset[str], str]] = {
+    "precision names": (
+        frozenset({"fp32", "fp16", "int8"}),
+        frozenset({"fp32", "fp16", "bf16", "int8"}),
+        "sedeploy.artifacts.manifest",
+    ),
+    "backend names": (
+        frozenset({"onnxruntime", "tensorrt", "openvino"}),
+        frozenset({"auto", "onnxruntime", "tensorrt", "openvino", "torch"}),
+        "sedeploy.artifacts.naming",
+    ),
+}
+"""A literal tuple/list/set of strings with all of the first words and only words of the second set is a copy
+of that table outside its home (a list of package names that happens to hold the backends' is not)."""
+ARTIFACT_SUFFIX_LITERALS = frozenset({".ort.onnx", ".openvino.xml", ".engine", ".plan"})
+"""Artifact-name suffixes are written only in ``artifacts/naming.py``."""
+
+
+def _defined_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(target.id for target in node.targets if isinstance(target, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            names.add(node.target.id)
+    return names
+
+
+def _literal_words(node: ast.AST) -> set[str] | None:
+    """The words of a literal tuple, list or set made of strings only (a name table); None for anything else.
+
+    A dict keyed by precision (thresholds, peaks per precision) maps each name to its own value: a rule of its
+    own, not a copy of the table."""
+    if not isinstance(node, (ast.Tuple, ast.List, ast.Set)) or not node.elts:
+        return None
+    if not all(isinstance(e, ast.Constant) and isinstance(e.value, str) for e in node.elts):
+        return None
+    return {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+
+
+def rule_copies(root: Path) -> list[str]:
+    """Each second definition of a rule outside its home, as one line."""
+    problems: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        module = module_name(path, root)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for name in sorted(_defined_names(tree)):
+            home = RULE_HOMES.get(name)
+            if home is not None and module != home:
+                problems.append(f"{module} defines {name}: its one home is {home}")
+        for node in ast.walk(tree):
+            words = _literal_words(node)
+            if words:
+                for table, (needed, vocabulary, home) in TABLE_WORDS.items():
+                    if needed <= words <= vocabulary and module != home:
+                        problems.append(
+                            f"{module}:{node.lineno} writes the {table} again: import them from {home}"
+                        )
+            if (
+                isinstance(node, ast.Constant)
+                and node.value in ARTIFACT_SUFFIX_LITERALS
+                and module != "sedeploy.artifacts.naming"
+            ):
+                problems.append(
+                    f"{module}:{node.lineno} writes the suffix {node.value!r}: artifact names come from "
+                    "sedeploy.artifacts.naming"
+                )
+    return problems
+
+
+def test_every_rule_is_defined_once() -> None:
+    assert rule_copies(PACKAGE) == []
+
+
+def test_every_rule_home_exists() -> None:
+    for name, home in RULE_HOMES.items():
+        path = PACKAGE.parent / (home.replace(".", "/") + ".py")
+        assert name in _defined_names(ast.parse(path.read_text(encoding="utf-8"))), (name, home)
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"optimize.py": "def parity_failures(c, t):\n    return []\n"}, "its one home is sedeploy.compare"),
+        ({"optimize.py": "CHOICES = ('fp32', 'fp16', 'bf16', 'int8')\n"}, "writes the precision names again"),
+        ({"bench.py": "B = {'onnxruntime', 'tensorrt', 'openvino'}\n"}, "writes the backend names again"),
+        ({"optimize.py": "def f(p):\n    return p.with_suffix('.engine')\n"}, "writes the suffix '.engine'"),
+    ],
+)  # fmt: skip
+def test_a_second_definition_of_a_rule_is_reported(
+    tmp_path: Path, files: dict[str, str], expected: str
+) -> None:
+    problems = rule_copies(_tree(tmp_path, files))
+    assert any(expected in problem for problem in problems), problems
+
+
+# --- The runtime path without PyTorch ---------------------------------------------------------------------------
+
+
+def module_level_torch(root: Path) -> list[str]:
+    """Modules on the runtime path that import torch at module level (outside any function)."""
+    problems = []
+    for path in sorted(root.rglob("*.py")):
+        module = module_name(path, root)
+        if group(module) not in TORCH_FREE_GROUPS or module in TORCH_ALLOWED_MODULES:
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in tree.body:
+            names = (
+                [alias.name for alias in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+            if any(name.split(".")[0] in ("torch", "torchvision", "timm", "onnxscript") for name in names):
+                problems.append(f"{module}:{node.lineno} imports torch at module level (runtime path)")
+    return problems
+
+
+def test_the_runtime_path_never_imports_torch_at_module_level() -> None:
+    assert module_level_torch(PACKAGE) == []
+
+
+def test_a_module_level_torch_import_on_the_runtime_path_is_reported(tmp_path: Path) -> None:
+    root = _tree(tmp_path, {"measure/__init__.py": "", "measure/roofs.py": "import torch\n",
+                            "models/__init__.py": "", "models/zoo.py": "import torch\n"})  # fmt: skip
+    assert module_level_torch(root) == [
+        "sedeploy.measure.roofs:1 imports torch at module level (runtime path)"
+    ]
+
+
+# --- Sizes and depths ---------------------------------------------------------------------------------------------
+
+
+def test_no_module_is_above_the_size_limit() -> None:
+    long = {
+        str(path.relative_to(PACKAGE)): count
+        for path in PACKAGE.rglob("*.py")
+        if (count := len(path.read_text(encoding="utf-8").splitlines())) > MAX_MODULE_LINES
+    }
+    assert long == {}, f"split these by job (at most {MAX_MODULE_LINES} lines): {long}"
+
+
+def _unit(module: str) -> str:
+    """A subpackage counts as one module; a top-level module is itself."""
+    parts = module.split(".")
+    return ".".join(parts[:2]) if len(parts) > 1 else module
+
+
+def longest_chain(root: Path, keep: frozenset[str] | None = None) -> list[str]:
+    """The longest chain of imports between units (subpackages as one), optionally among ``keep`` only."""
+    edges: dict[str, set[str]] = defaultdict(set)
+    for path in sorted(root.rglob("*.py")):
+        source = module_name(path, root)
+        for target in imports_of(path, root):
+            a, b = (source, target) if keep is not None else (_unit(source), _unit(target))
+            if keep is not None and (a not in keep or b not in keep):
+                continue
+            if a != b and not a.startswith(b + ".") and b != "sedeploy":
+                edges[a].add(b)
+    best: dict[str, list[str]] = {}
+
+    def chain(node: str, seen: frozenset[str]) -> list[str]:
+        if node in best:
+            return best[node]
+        longest = [node]
+        for nxt in edges.get(node, ()):
+            if nxt not in seen:
+                candidate = [node, *chain(nxt, seen | {nxt})]
+                longest = max(longest, candidate, key=len)
+        best[node] = longest
+        return longest
+
+    return max((chain(node, frozenset({node})) for node in list(edges)), key=len, default=[])
+
+
+def test_import_chains_stay_short() -> None:
+    chain = longest_chain(PACKAGE)
+    assert len(chain) <= 13, " -> ".join(chain)
+    commands = longest_chain(PACKAGE, keep=COMMANDS | {"sedeploy.cli"})
+    assert len(commands) <= 3, " -> ".join(commands)

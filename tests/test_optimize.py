@@ -28,7 +28,7 @@ from sedeploy.artifacts.manifest import read_manifest, write_manifest
 from sedeploy.cli import cli
 from sedeploy.errors import ConfigError
 from sedeploy.optimize import candidate_plans, optimize
-from sedeploy.search import RUNOFF_BAND, RUNOFF_SIZE, STATUSES, TIE_BAND, Budget, Fidelity, _first_clause
+from sedeploy.measure.search import RUNOFF_BAND, RUNOFF_SIZE, STATUSES, TIE_BAND, Budget, Fidelity, _first_clause
 from sedeploy.verify import verify
 
 pytestmark = pytest.mark.slow

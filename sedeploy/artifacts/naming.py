@@ -12,12 +12,20 @@ from pathlib import Path
 
 from sedeploy.errors import BadInputError
 
+ARTIFACT_BACKENDS = ("onnxruntime", "tensorrt", "openvino")
+"""The backends an artifact is built for; ``auto`` (build) and ``torch`` (runtime) are added where they apply."""
 ENGINE_SUFFIXES = (".engine", ".plan")
 ONNX_SUFFIXES = (".onnx",)
 OPENVINO_SUFFIXES = (".xml",)
 WEIGHTS_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 OPTIMIZED_ONNX_SUFFIX = ".ort.onnx"
 """ONNX Runtime's saved optimized graph: specific to the backend (and, at level ``all``, to the CPU kind)."""
+OPENVINO_IR_SUFFIX = ".openvino.xml"
+ENGINE_SUFFIX = ENGINE_SUFFIXES[0]
+BACKEND_ARTIFACT_SUFFIXES = {"onnxruntime": OPTIMIZED_ONNX_SUFFIX, "openvino": OPENVINO_IR_SUFFIX, "tensorrt": ENGINE_SUFFIX}
+"""The suffix of each backend's runnable artifact (what ``optimize`` appends to ``<model>.best``)."""
+OUTPUT_SUFFIXES = {"onnxruntime": ".onnx", "tensorrt": ENGINE_SUFFIX, "openvino": ".xml"}
+"""What an explicit output name must end with for :func:`artifact_backend` to open it with that backend."""
 
 
 def artifact_backend(path: str | os.PathLike[str]) -> str:
@@ -61,15 +69,28 @@ def is_optimized_onnx(path: Path) -> bool:
     return path.name.lower().endswith(OPTIMIZED_ONNX_SUFFIX)
 
 
+def portable_onnx_path(optimized_path: Path) -> Path:
+    """The portable precision ONNX an ONNX Runtime optimized graph was made from: ``m.int8-cpu.ort.onnx`` -> ``m.int8-cpu.onnx``."""
+    name = optimized_path.name
+    if not name.lower().endswith(OPTIMIZED_ONNX_SUFFIX):
+        return optimized_path
+    return optimized_path.with_name(name[: -len(OPTIMIZED_ONNX_SUFFIX)] + ".onnx")
+
+
+def with_backend_suffix(stem: Path, backend: str) -> Path:
+    """``<stem>`` + the runnable artifact suffix of ``backend`` (``.ort.onnx``, ``.openvino.xml``, ``.engine``)."""
+    return stem.with_name(stem.name + BACKEND_ARTIFACT_SUFFIXES[backend])
+
+
 def engine_path(precision_path: Path) -> Path:
     """The TensorRT plan built from a (precision) ONNX: ``model.int8-tensorrt.onnx`` -> ``.engine``."""
-    return precision_path.with_suffix(".engine")
+    return precision_path.with_suffix(ENGINE_SUFFIX)
 
 
 def openvino_path(model_path: Path, precision: str) -> Path:
     """The OpenVINO IR (``.xml``; ``.bin`` beside it) built from the FP32 ONNX at ``precision``."""
     suffix = "" if precision == "fp32" else f".{precision}"
-    return model_path.with_name(f"{model_path.stem}{suffix}.openvino.xml")
+    return model_path.with_name(f"{model_path.stem}{suffix}{OPENVINO_IR_SUFFIX}")
 
 
 def artifact_path(model_path: Path, backend: str, precision: str, flavour: str | None = None) -> Path:

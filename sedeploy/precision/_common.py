@@ -5,32 +5,66 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, Union
 
 import onnx
 
 from sedeploy.artifacts.metadata import load_onnx
 from sedeploy.errors import BadInputError
-from sedeploy.files import atomic_output
+from sedeploy.files import atomic_output, sha256_of_file
 from sedeploy.optional import import_optional
 
 logger = logging.getLogger("sedeploy.precision")
 
 
-def load(path: Path) -> onnx.ModelProto:
-    """The ONNX file at ``path`` with its weights in memory, through the artifact contract's one reader.
+class ModelSource(Protocol):
+    """A model already read (the build's :class:`~sedeploy.building.SourceModel`): its path, graph and hash."""
 
-    External data is checked there (inside the model's folder) and then read in, so a converted graph carries
-    its own weights instead of pointing at the source's data file with the source's sizes.
+    path: Path
+    proto: onnx.ModelProto
+    sha256: str
+
+
+ModelInput = Union[str, os.PathLike, ModelSource]  # noqa: UP007 (a runtime alias; X | Y needs 3.10 objects)
+"""What the precision steps take: a path (read here), or the source a build read once (copied, never re-read)."""
+
+
+def model_path(model: ModelInput) -> Path:
+    """The file a model input names."""
+    return Path(model) if isinstance(model, (str, os.PathLike)) else model.path
+
+
+def model_sha256(model: ModelInput) -> str:
+    """The sha256 of a model input's file: the one a build computed, else hashed now."""
+    return sha256_of_file(model) if isinstance(model, (str, os.PathLike)) else model.sha256
+
+
+def load(model: ModelInput) -> onnx.ModelProto:
+    """The ONNX model with its weights in memory, through the artifact contract's one reader.
+
+    A path is read (external data checked there, inside the model's folder, and then read in, so a converted
+    graph carries its own weights instead of pointing at the source's data file with the source's sizes); a
+    source already read is copied (the caller's graph is never changed) with its external data read in.
     """
-    model = load_onnx(path)
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        proto = load_onnx(path)
+    else:
+        path = model.path
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model.proto)
+        if not any(
+            tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in proto.graph.initializer
+        ):
+            return proto
     try:
-        onnx.load_external_data_for_model(model, str(Path(path).parent))
+        onnx.load_external_data_for_model(proto, str(path.parent))
     except Exception as error:
         raise BadInputError(f"{path}: cannot read its external data ({error}); export it again") from None
-    return model
+    return proto
 
 
 def save(model: onnx.ModelProto, output_path: Path) -> None:

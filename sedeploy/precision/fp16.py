@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from sedeploy.optional import import_optional
-from sedeploy.precision._common import copy_metadata, load, save
+from sedeploy.precision._common import ModelInput, copy_metadata, load, save
 from sedeploy.precision.recipe import PrecisionError
 
 logger = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ DEFAULT_FP16_BLOCK_LIST: tuple[str, ...] = ()
 
 
 def convert_fp16(
-    model_path: Path,
+    model_path: ModelInput,
     output_path: Path,
     block_list: Sequence[str] = DEFAULT_FP16_BLOCK_LIST,
 ) -> dict[str, Any]:

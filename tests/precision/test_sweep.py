@@ -10,7 +10,7 @@ import pytest
 
 from sedeploy.data import load_image_set, preprocessing_for
 from sedeploy.precision import Int8Recipe
-from sedeploy.sweep import sweep_calibration, sweep_candidates
+from sedeploy.measure.sweep import sweep_calibration, sweep_candidates
 
 
 def test_candidates_cover_every_method_and_se_choice() -> None:

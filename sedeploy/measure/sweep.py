@@ -21,6 +21,8 @@ import numpy as np
 
 from sedeploy.compare import Comparison, compare_logits, top1_accuracy
 from sedeploy.errors import BadInputError
+from sedeploy.precision._common import ModelInput
+from sedeploy.precision._common import model_path as source_path
 from sedeploy.precision.calibration import calibrate_cached
 from sedeploy.precision.int8 import quantize_int8
 from sedeploy.precision.recipe import Int8Recipe, fidelity_optimization_level
@@ -122,7 +124,7 @@ class SweepReport:
 
 
 def sweep_calibration(
-    model_path: Path,
+    model: ModelInput,
     calibration_images: np.ndarray,
     input_name: str,
     dataset_sha256: str,
@@ -141,7 +143,7 @@ def sweep_calibration(
         )
     candidates = list(candidates or sweep_candidates(base or Int8Recipe()))
     batch = np.ascontiguousarray(held_out, dtype=np.float32)
-    reference = ort_backend.create_session(model_path, ["CPUExecutionProvider"]).run(
+    reference = ort_backend.create_session(source_path(model), ["CPUExecutionProvider"]).run(
         None, {input_name: batch}
     )[0]
     reference_accuracy = top1_accuracy(reference, labels) if labels is not None else None
@@ -153,11 +155,9 @@ def sweep_calibration(
     rows = []
     with tempfile.TemporaryDirectory(prefix="sedeploy-sweep-") as folder:
         for index, recipe in enumerate(iterator):
-            ranges, reused = calibrate_cached(
-                model_path, calibration_images, input_name, recipe, dataset_sha256
-            )
+            ranges, reused = calibrate_cached(model, calibration_images, input_name, recipe, dataset_sha256)
             candidate_path = Path(folder) / f"candidate-{index}.onnx"
-            built = quantize_int8(model_path, candidate_path, ranges, recipe)
+            built = quantize_int8(model, candidate_path, ranges, recipe)
             session = ort_backend.create_session(
                 candidate_path,
                 ["CPUExecutionProvider"],

@@ -1,0 +1,145 @@
+"""The precision ONNX a build writes: FP16-typed or INT8 Q/DQ calibrated on the image set, checked by the gate."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import onnx
+
+from sedeploy.artifacts.metadata import ModelMetadata
+from sedeploy.building.gate import check_on_onnxruntime, gate_images, parity_gate
+from sedeploy.building.options import DEFAULT_CALIBRATION_DIR, FP16_MIN_COSINE, BuildOptions
+from sedeploy.building.source import SourceModel, random_images
+from sedeploy.compare import Comparison
+from sedeploy.data import ImageSet, load_image_set, preprocessing_for
+from sedeploy.measure.sweep import sweep_calibration
+from sedeploy.precision import (
+    DEFAULT_CALIBRATION_METHOD,
+    Int8Recipe,
+    PrecisionError,
+    calibrate_cached,
+    convert_fp16,
+    fidelity_optimization_level,
+    quantize_int8,
+)
+from sedeploy.progress import stage
+
+logger = logging.getLogger(__name__)
+
+
+def calibration_set_for(source: SourceModel | Path, options: BuildOptions, progress: bool) -> ImageSet:
+    """The calibration images as build-engine reads them: the model's own preprocessing, the options' folder."""
+    model_path = source.path if isinstance(source, SourceModel) else Path(source)
+    described = source.metadata if isinstance(source, SourceModel) else model_path
+    preprocessing, channels = preprocessing_for(described, **options.preprocessing_overrides)
+    folder = options.calib_dir or DEFAULT_CALIBRATION_DIR
+    return load_image_set(
+        folder,
+        preprocessing,
+        channels,
+        limit=options.calib_size,
+        seed=options.seed,
+        cache_dir=model_path.parent / ".sedeploy-cache",
+        progress=progress,
+    )
+
+
+def make_precision_file(
+    source: SourceModel,
+    staged_path: Path | None,
+    proto: onnx.ModelProto,
+    metadata: ModelMetadata | None,
+    options: BuildOptions,
+    target: str,
+    input_name: str,
+    calibration_set: ImageSet | None,
+    progress: bool,
+) -> tuple[dict[str, Any], dict[str, Any] | None, Comparison | None, str | None]:
+    """Write the FP16 or INT8 graph to ``staged_path`` and check it on ONNX Runtime against FP32.
+
+    Returns the recipe, the calibration record, the fidelity and the parity gate's note (None: passed).
+    Without a ``staged_path`` (FP32, or TensorRT's implicit INT8) nothing is written.
+    """
+    if staged_path is None:
+        return {}, None, None, None
+    model_path = source.path
+    split = gate_images(
+        calibration_set.images if calibration_set is not None else None,
+        lambda: random_images(proto, metadata),
+    )
+    calibration: dict[str, Any] | None = None
+    if options.precision == "fp16":
+        with stage("build: FP16 conversion", progress):
+            recipe = convert_fp16(source, staged_path, options.fp16_block_list)
+    else:
+        assert calibration_set is not None and split.ranges is not None
+        ranges_images = split.ranges
+        int8 = Int8Recipe(
+            flavour=target,
+            method=DEFAULT_CALIBRATION_METHOD if options.calib_method == "sweep" else options.calib_method,
+            percentile=options.percentile,
+            quantize_se=options.quantize_se,
+            high_precision=options.high_precision,
+        )
+        sweep: dict[str, Any] | None = None
+        if options.calib_method == "sweep":
+            assert options.sweep_data is not None
+            preprocessing, channels = preprocessing_for(source.metadata, **options.preprocessing_overrides)
+            held_out = load_image_set(options.sweep_data, preprocessing, channels, progress=progress)
+            report = sweep_calibration(
+                source,
+                ranges_images,
+                input_name,
+                calibration_set.report.dataset_sha256,
+                held_out.images,
+                held_out.labels,
+                base=int8,
+                progress=progress,
+            )
+            int8, sweep = report.best.recipe, report.to_dict()
+        ranges, reused = calibrate_cached(
+            source,
+            ranges_images,
+            input_name,
+            int8,
+            calibration_set.report.dataset_sha256,
+            recalibrate=options.recalibrate,
+            progress=progress,
+        )
+        with stage("build: INT8 Q/DQ", progress):
+            recipe = quantize_int8(source, staged_path, ranges, int8, ranges_images)
+        calibration = {
+            "method": int8.method,
+            "percentile": int8.percentile if int8.method == "percentile" else None,
+            "images": len(ranges_images),
+            "found": calibration_set.report.found,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in calibration_set.report.skipped],
+            "dataset_sha256": calibration_set.report.dataset_sha256,
+            "folder": calibration_set.report.folder,
+            "reused": reused,
+            "tensors": len(ranges.ranges),
+            "parameters": int8.calibration_parameters(),
+            "sweep": sweep,
+        }
+    with stage(f"build: {options.precision} {split.describe()}", progress):
+        fidelity = check_on_onnxruntime(
+            model_path, staged_path, split.check, input_name, fidelity_optimization_level(recipe)
+        )
+    if not fidelity.finite:
+        raise PrecisionError(f"the {options.precision} graph gives non-finite logits; nothing was written")
+    if options.precision == "fp16" and fidelity.mean_cosine < FP16_MIN_COSINE:
+        raise PrecisionError(
+            f"FP16 logits drift from FP32 (mean cosine {fidelity.mean_cosine:.5f} < {FP16_MIN_COSINE}); "
+            "keep more ops in FP32 with fp16_block_list"
+        )
+    gate_note = parity_gate(
+        options.precision, fidelity, options, calibration_set.report.used if calibration_set else None
+    )
+    recipe = {
+        **recipe,
+        "parity_gate": "passed" if gate_note is None else "failed, published with gate=False",
+        "parity_check": split.to_dict(),
+    }
+    return recipe, calibration, fidelity, gate_note
