@@ -12,7 +12,7 @@ On a CUDA device it is a production runner for machines without TensorRT:
 pinned host staging and device buffers allocated once per execution slot, the
 input copy on a side stream so that in :meth:`TorchRunner.stream` the copy of one
 batch overlaps the compute of the previous one (two slots), optional CUDA graphs
-(one per slot, re-recorded when the batch size changes), and
+(one per batch size and slot, sharing one memory pool per slot), and
 :meth:`TorchRunner.time_compute` (CUDA events around the model alone) for ``bench``.
 PyTorch's own allocator and streams hold the memory here, not :mod:`~sedeploy.backends.cuda_memory`:
 a tensor must come from PyTorch's stream-aware caching allocator to be used safely
@@ -47,8 +47,11 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_BATCH = 32
 """Largest batch one forward pass takes when no metadata says otherwise (bigger batches are split)."""
-PRECISIONS: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 """The model's compute type per ``precision``; inputs and outputs stay float32."""
+CUDA_MIN_COSINE: dict[str, float] = {"fp32": 0.9995, "fp16": 0.999, "bf16": 0.99}
+"""Lowest per-image cosine of the CUDA runner's logits against CPU FP32, with top-1 unchanged, per ``precision``
+(FP32 may run convolutions in TF32). The GPU tests and ``benchmarks/gpu_check.py`` judge by it."""
 
 
 class TorchRunner(Runner):
@@ -70,8 +73,10 @@ class TorchRunner(Runner):
     input and output stay float32. On CUDA, ``slots`` execution slots (pinned
     staging, device input, a copy and a compute stream each) serve that many
     concurrent callers, and ``cuda_graph=True`` replays a CUDA graph of the model
-    once a batch size has run directly (re-recorded when the size changes; a
-    failed capture is said at WARNING and the model runs directly).
+    once a batch size has run directly (one graph per size and slot, kept; a
+    failed capture is said at WARNING and the model runs directly). ``close()``
+    refuses new calls at once and frees the model when the last caller gives its
+    slot back, so a graph replaying in another thread never reads freed weights.
     """
 
     backend = "torch"
@@ -93,8 +98,8 @@ class TorchRunner(Runner):
     ) -> None:
         if max_batch is not None and max_batch < 1:
             raise ConfigError(f"max_batch must be at least 1, got {max_batch}")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+        if precision not in TORCH_DTYPES:
+            raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(TORCH_DTYPES)}")
         if slots < 1:
             raise ConfigError(f"slots must be at least 1, got {slots}")
         self._device = _torch_device(device)
@@ -104,7 +109,7 @@ class TorchRunner(Runner):
             if cuda_graph:
                 raise ConfigError("cuda_graph=True needs a CUDA device; load with device='cuda'")
         self.precision = precision
-        self._dtype = PRECISIONS[precision]
+        self._dtype = TORCH_DTYPES[precision]
         self._executor: CudaExecutor | None = None
         self.weights_path: Path | None = None
         self.weights_match: bool | None = None
@@ -137,14 +142,22 @@ class TorchRunner(Runner):
         if self._device.type == "cuda":
             self.gpu_name = torch.cuda.get_device_name(self._device)
             """The CUDA device's name: bench looks its published peak up by it."""
-            self._executor = CudaExecutor(
-                self._forward,
-                (limit or DEFAULT_MAX_BATCH, *self.metadata.input_size),
-                self.metadata.num_classes,
-                slots=slots,
-                cuda_graph=cuda_graph,
-                ops=TorchCudaOps(self._device),
-            )
+            self._attach_executor(TorchCudaOps(self._device), slots=slots, cuda_graph=cuda_graph)
+
+    def _attach_executor(self, ops: Any, *, slots: int, cuda_graph: bool) -> CudaExecutor:
+        """Run through a :class:`CudaExecutor` on ``ops`` (``torch.cuda``; a recording fake where no GPU exists)."""
+        metadata = self.metadata
+        assert metadata is not None  # set by __init__ before this is called
+        self._executor = CudaExecutor(
+            self._forward,
+            (self.max_batch, *metadata.input_size),
+            metadata.num_classes,
+            slots=slots,
+            cuda_graph=cuda_graph,
+            ops=ops,
+            on_free=self._drop_model,
+        )
+        return self._executor
 
     def _build(
         self,
@@ -254,8 +267,13 @@ class TorchRunner(Runner):
         return self._executor.time_compute(batch, iterations, warmup)
 
     def _release(self) -> None:
-        if self._executor is not None:
-            self._executor.close()
+        if self._executor is None:
+            self._drop_model()
+        else:
+            self._executor.close()  # the model goes at the executor's last give-back (_drop_model)
+
+    def _drop_model(self) -> None:
+        """Let the model's weights go: after every slot is back, so no graph replay can still read them."""
         self._model = None
 
 
@@ -371,14 +389,26 @@ class TorchCudaOps:
         """Wait for the whole device (the buffers' zero-fill ran on the default stream)."""
         torch.cuda.synchronize(self.device)
 
-    def capture(self, forward: Callable[[], torch.Tensor], stream: Any) -> _TorchGraph | None:
-        """A CUDA graph of ``forward()`` on ``stream`` in thread-local capture mode, or None (said at WARNING)."""
+    def graph_pool(self) -> Any:
+        """A memory pool the graphs of one slot share (one per slot: its replays never overlap in time)."""
+        return torch.cuda.graph_pool_handle()
+
+    def capture(
+        self, forward: Callable[[], torch.Tensor], stream: Any, pool: Any = None
+    ) -> _TorchGraph | None:
+        """A CUDA graph of ``forward()`` on ``stream`` in thread-local capture mode, or None (said at WARNING).
+
+        Graphs of one slot share ``pool``: each keeps its output tensor alive, and a
+        slot's replays run one after another on its compute stream, each output copied
+        out before the next replay, so one graph's scratch memory reused by another is
+        never read late.
+        """
         graph = torch.cuda.CUDAGraph()
         try:
-            with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            with torch.cuda.graph(graph, pool=pool, stream=stream, capture_error_mode="thread_local"):
                 output = forward()
         except RuntimeError as error:
-            cuda_memory._warn_once(
+            cuda_memory.warn_once(
                 f"cuda_graph=True, but the model cannot be captured ({error}); running it directly"
             )
             return None
@@ -412,7 +442,11 @@ class _TorchSlot:
     compute_stream: Any
     copied: Any
     done: Any
-    graph: cuda_memory.GraphSlot[_TorchGraph] = field(default_factory=cuda_memory.GraphSlot)
+    graph: cuda_memory.GraphSlot[_TorchGraph] = field(
+        default_factory=lambda: cuda_memory.GraphSlot(per_size=True)
+    )
+    pool: Any = None
+    """The memory pool this slot's graphs share (made at the first capture)."""
 
     def synchronize(self) -> None:
         self.copy_stream.synchronize()
@@ -425,7 +459,8 @@ class CudaExecutor:
     ``input_shape`` is the largest batch's shape; ``forward`` takes a float32 device
     tensor and returns float32 logits on the device. Slots come from a
     :class:`~sedeploy.backends.cuda_memory.SlotPool`; every slot's streams are
-    synchronised before it is reused by another caller or freed.
+    synchronised before it is reused by another caller or freed. ``on_free`` runs
+    once everything is freed, after the last slot is back (the runner drops its model there).
     """
 
     def __init__(
@@ -437,8 +472,10 @@ class CudaExecutor:
         slots: int,
         cuda_graph: bool,
         ops: Any,
+        on_free: Callable[[], None] | None = None,
     ) -> None:
         self._forward = forward
+        self._on_free = on_free
         self.max_batch = input_shape[0]
         self.cuda_graph = cuda_graph
         self._ops = ops
@@ -483,7 +520,7 @@ class CudaExecutor:
 
     def _launch(self, slot: _TorchSlot, rows: int) -> torch.Tensor:
         """The model on the slot's first ``rows`` device rows: its graph where recorded for ``rows``, else directly."""
-        graph = slot.graph.graph if self.cuda_graph and slot.graph.replayable(rows) else None
+        graph = slot.graph.launchable(rows) if self.cuda_graph else None
         if graph is not None:
             slot.graph.replays += 1
             return graph.replay()
@@ -496,12 +533,16 @@ class CudaExecutor:
         return output
 
     def _maybe_record(self, slot: _TorchSlot, rows: int) -> None:
-        """After ``rows`` ran directly once, record the slot's graph for it (freeing the one for another size)."""
-        if not self.cuda_graph or not slot.graph.needs_record(rows):
+        """After ``rows`` ran directly once, record the slot's graph for that size (graphs of other sizes stay)."""
+        if not self.cuda_graph or not slot.graph.after_run(rows):
             return
         slot.synchronize()
+        if slot.pool is None:
+            slot.pool = self._ops.graph_pool()
         view = slot.device_input[:rows]
-        slot.graph.record(rows, lambda: self._ops.capture(lambda: self._forward(view), slot.compute_stream))
+        slot.graph.record(
+            rows, lambda: self._ops.capture(lambda: self._forward(view), slot.compute_stream, slot.pool)
+        )
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """One batch of at most ``max_batch`` rows."""
@@ -599,3 +640,5 @@ class CudaExecutor:
         for slot in self._slots:
             slot.graph.free()
         self._slots.clear()
+        if self._on_free is not None:
+            self._on_free()

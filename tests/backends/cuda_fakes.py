@@ -1,9 +1,11 @@
-"""Stand-ins for what cannot exist on a CPU machine: the CUDA driver (as cuda-python shows it) and TensorRT.
+"""Stand-ins for what cannot exist on a CPU machine: the CUDA driver (as cuda-python shows it), ``torch.cuda``
+(as the PyTorch runner's executor uses it) and TensorRT.
 
 Only the GPU is fake. Host memory is real memory, device memory is a bytearray per
 allocation, and work "runs" when it is enqueued (in order, as one stream would), except
 while a stream captures: then it is recorded into a graph and runs on each launch.
 Every call is logged, so tests can check the order of synchronisations and frees.
+``benchmarks/gpu_check.py --dry-run`` runs its checks on these same fakes.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from __future__ import annotations
 import ctypes
 import sys
 import threading
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from types import ModuleType, SimpleNamespace
 from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 CU_ERROR = 999
 
@@ -59,6 +64,8 @@ class FakeDriver(ModuleType):
         self._stacks = threading.local()
         self.fail: set[str] = set()
         """Names of calls that fail with CU_ERROR."""
+        self.corrupt_uploads = False
+        """Flip the first byte of every host-to-device copy (a check that compares bytes must notice)."""
         self.CUstream_flags = SimpleNamespace(CU_STREAM_NON_BLOCKING=1)
         self.CUevent_flags = SimpleNamespace(CU_EVENT_DEFAULT=0)
         self.CUstreamCaptureMode = SimpleNamespace(CU_STREAM_CAPTURE_MODE_THREAD_LOCAL=1)
@@ -206,7 +213,10 @@ class FakeDriver(ModuleType):
         self._enter("cuMemcpyHtoDAsync", device, nbytes, stream)
 
         def work() -> None:
-            self.device[device][:nbytes] = ctypes.string_at(host, nbytes)
+            data = bytearray(ctypes.string_at(host, nbytes))
+            if self.corrupt_uploads and data:
+                data[0] ^= 0xFF
+            self.device[device][:nbytes] = data
 
         self.enqueue(stream, work)
         return (0,)
@@ -278,8 +288,11 @@ class FakeRuntime(ModuleType):
 
 
 def install_cuda_python(monkeypatch: pytest.MonkeyPatch, layout: str = "13") -> FakeDriver:
-    """Put a fake cuda-python in ``sys.modules`` in the 13.x (``cuda.bindings``) or 12.x (``cuda.cuda``) layout."""
-    from sedeploy.backends import cuda_memory
+    """Put a fake cuda-python in ``sys.modules`` in the 13.x (``cuda.bindings``) or 12.x (``cuda.cuda``) layout.
+
+    ``monkeypatch.undo()`` puts everything back (outside a test: ``pytest.MonkeyPatch()``).
+    """
+    from sedeploy.backends.cuda_memory import choice
 
     driver = FakeDriver("cuda.bindings.driver" if layout == "13" else "cuda.cuda")
     runtime = FakeRuntime(driver, "cuda.bindings.runtime" if layout == "13" else "cuda.cudart")
@@ -303,9 +316,122 @@ def install_cuda_python(monkeypatch: pytest.MonkeyPatch, layout: str = "13") -> 
     monkeypatch.setitem(sys.modules, "pycuda", None)
     monkeypatch.setitem(sys.modules, "pycuda.driver", None)
     monkeypatch.setenv("SEDEPLOY_CUDA", "cuda-python")
-    cuda_memory.reset_implementations()
-    monkeypatch.setattr(cuda_memory, "_apis", {})
+    monkeypatch.setattr(choice, "_apis", {})
+    monkeypatch.setattr(choice, "_default", None)
     return driver
+
+
+# torch.cuda, as the PyTorch runner's CudaExecutor uses it.
+
+
+class FakeTorchStream:
+    def __init__(self, log: list[tuple[Any, ...]], name: str) -> None:
+        self.log = log
+        self.name = name
+
+    def wait_event(self, event: FakeTorchEvent) -> None:
+        self.log.append(("wait", self.name, event.name))
+
+    def synchronize(self) -> None:
+        self.log.append(("sync", self.name))
+
+
+class FakeTorchEvent:
+    def __init__(self, log: list[tuple[Any, ...]], name: str) -> None:
+        self.log = log
+        self.name = name
+
+    def record(self, stream: FakeTorchStream) -> None:
+        self.log.append(("record", self.name, stream.name))
+
+    def synchronize(self) -> None:
+        self.log.append(("event-sync", self.name))
+
+    def elapsed_time(self, end: FakeTorchEvent) -> float:
+        return 2.0
+
+
+class FakeTorchGraph:
+    """A "captured" model call: each replay runs the forward again on the slot's input (as a real replay computes)."""
+
+    def __init__(self, forward: Callable[[], torch.Tensor], log: list[tuple[Any, ...]], stale: bool) -> None:
+        self.forward = forward
+        self.output = forward().clone()  # a normal tensor: the runner's forward makes inference tensors
+        self.log = log
+        self.stale = stale
+        self.freed = False
+
+    def replay(self) -> torch.Tensor:
+        self.log.append(("replay",))
+        if not self.stale:
+            self.output.copy_(self.forward())
+        return self.output
+
+    def free(self) -> None:
+        self.freed = True
+
+
+class FakeTorchOps:
+    """``torch.cuda`` for a machine without a GPU: CPU tensors, streams that run in order, graphs that re-run.
+
+    ``capture_works=False``: every capture fails (said at WARNING, as the real one
+    does). ``stale_graphs=True``: replays return the captured output without
+    recomputing it (a broken graph, for checks that must notice).
+    """
+
+    def __init__(self, capture_works: bool = True, stale_graphs: bool = False) -> None:
+        self.log: list[tuple[Any, ...]] = []
+        self.current = "default"
+        self.capture_works = capture_works
+        self.stale_graphs = stale_graphs
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def _name(self, kind: str) -> str:
+        with self._lock:
+            self._count += 1
+            return f"{kind}{self._count}"
+
+    def stream(self) -> FakeTorchStream:
+        return FakeTorchStream(self.log, self._name("stream"))
+
+    def event(self, timing: bool = False) -> FakeTorchEvent:
+        return FakeTorchEvent(self.log, self._name("event"))
+
+    def pinned(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.zeros(shape)
+
+    def empty(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return torch.zeros(shape)
+
+    def synchronize(self) -> None:
+        self.log.append(("device-sync",))
+
+    @contextmanager
+    def use(self, stream: FakeTorchStream) -> Iterator[None]:
+        previous, self.current = self.current, stream.name
+        try:
+            yield
+        finally:
+            self.current = previous
+
+    def graph_pool(self) -> object:
+        pool = object()
+        self.log.append(("pool", id(pool)))
+        return pool
+
+    def capture(
+        self, forward: Callable[[], torch.Tensor], stream: FakeTorchStream, pool: Any = None
+    ) -> FakeTorchGraph | None:
+        from sedeploy.backends import cuda_memory
+
+        self.log.append(("capture", stream.name, id(pool)))
+        if not self.capture_works:
+            cuda_memory.warn_once(
+                "cuda_graph=True, but the model cannot be captured (fake); running it directly"
+            )
+            return None
+        return FakeTorchGraph(forward, self.log, self.stale_graphs)
 
 
 # TensorRT.
@@ -373,6 +499,7 @@ class FakeContext:
 
     def __del__(self) -> None:
         self.engine.log.append(("destroy_context", id(self)))
+        self.engine.driver.log.append(("destroy_context", (id(self),)))
 
 
 class FakeEngine:
@@ -385,7 +512,8 @@ class FakeEngine:
         self.profile_shapes = [shape] * profiles
         self.refuse_address = False
         self.wrong_output = 0
-        self.contexts: list[FakeContext] = []
+        self.contexts: weakref.WeakSet[FakeContext] = weakref.WeakSet()
+        """The execution contexts still alive (TensorRT's engine does not keep them alive either)."""
 
     def get_tensor_name(self, index: int) -> str:
         return ("input", "logits")[index]
@@ -401,7 +529,7 @@ class FakeEngine:
 
     def create_execution_context(self) -> FakeContext:
         context = FakeContext(self)
-        self.contexts.append(context)
+        self.contexts.add(context)
         return context
 
 

@@ -18,14 +18,15 @@ import pytest
 from cuda_fakes import FakeDriver, install_cuda_python
 
 from sedeploy.backends import cuda_memory
-from sedeploy.backends.cuda_memory import cuda_python_impl
+from sedeploy.backends.cuda_memory import choice, cuda_python_impl, graphs
 from sedeploy.errors import ConfigError, MissingDependencyError
 
 
 @pytest.fixture(autouse=True)
 def _fresh_implementations(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cuda_memory, "_apis", {})
-    monkeypatch.setattr(cuda_memory, "_warned", set())
+    monkeypatch.setattr(choice, "_apis", {})
+    monkeypatch.setattr(choice, "_default", None)
+    monkeypatch.setattr(graphs, "_warned", set())
 
 
 # Selection.
@@ -87,6 +88,44 @@ def test_env_choice_of_a_missing_package_names_its_extra(monkeypatch: pytest.Mon
     monkeypatch.setenv("SEDEPLOY_CUDA", "cuda-python")
     with pytest.raises(MissingDependencyError, match=r"pip install 'sedeploy\[cuda\]'"):
         cuda_memory.api()
+
+
+def test_the_implementation_is_resolved_once_not_per_copy(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = install_cuda_python(monkeypatch)
+    monkeypatch.delenv("SEDEPLOY_CUDA")  # the default choice: tries pycuda (absent here) first
+    attempts: list[str] = []
+    real_import = choice.importlib.import_module
+
+    def counting_import(name: str, package: str | None = None) -> object:
+        attempts.append(name)
+        return real_import(name, package)
+
+    monkeypatch.setattr(choice.importlib, "import_module", counting_import)
+    layouts = [cuda_memory.TensorLayout("x", "float32", (4, 3), is_input=True)]
+    with cuda_memory.CudaContext(0), cuda_memory.BufferSet(layouts) as buffers:
+        for step in range(50):
+            buffers.host["x"].array[...] = step
+            buffers.upload("x", 4)
+            buffers.host["x"].array[...] = -1
+            buffers.download("x", 4)
+            buffers.stream.synchronize()
+            assert (buffers.host["x"].array == step).all()
+        assert buffers.implementation is cuda_memory.api()
+    assert attempts.count("pycuda.driver") == 1, (
+        f"pycuda was looked for {attempts.count('pycuda.driver')} times"
+    )
+    assert fake.names().count("cuMemcpyHtoDAsync") == 50
+    monkeypatch.setenv("SEDEPLOY_CUDA", "cuda-python")  # a new choice is made when the variable changes
+    assert cuda_memory.api() is buffers.implementation and attempts.count("pycuda.driver") == 1
+
+
+def test_copies_between_two_implementations_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    install_cuda_python(monkeypatch)
+    with cuda_memory.CudaContext(0), cuda_memory.DeviceBuffer(16) as device, cuda_memory.Stream() as stream:
+        other = cuda_python_impl.CudaPythonApi()
+        monkeypatch.setattr(stream, "_api", other)
+        with pytest.raises(cuda_memory.CudaError, match="one SEDEPLOY_CUDA"):
+            cuda_memory.copy_to_device_async(device, np.zeros(4, np.float32), stream)
 
 
 # The import shim.

@@ -1,5 +1,6 @@
 """The pycuda implementation's own logic on a fake ``pycuda.driver`` (no GPU, no pycuda here): one-line errors,
-non-blocking streams, no graphs (said at WARNING), and the primary-context release that pops what pycuda leaves."""
+non-blocking streams, no graphs (said at WARNING), and the primary-context release that pops what pycuda leaves
+(through ``cuCtxPopCurrent_v2``, its result checked)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import numpy as np
 import pytest
 
 from sedeploy.backends import cuda_memory
-from sedeploy.backends.cuda_memory import pycuda_impl
+from sedeploy.backends.cuda_memory import choice, graphs, pycuda_impl
 
 
 class FakeLibcuda:
@@ -21,12 +22,16 @@ class FakeLibcuda:
 
     def __init__(self) -> None:
         self.stack: list[int] = []
+        self.pop_result = 0
 
     def cuCtxGetCurrent(self, pointer: Any) -> int:
         pointer._obj.value = self.stack[-1] if self.stack else None
         return 0
 
-    def cuCtxPopCurrent(self, pointer: Any) -> int:
+    def cuCtxPopCurrent_v2(self, pointer: Any) -> int:
+        # Only the versioned symbol: calling the legacy cuCtxPopCurrent fails here with AttributeError.
+        if self.pop_result:
+            return self.pop_result
         pointer._obj.value = self.stack.pop()
         return 0
 
@@ -116,8 +121,9 @@ def pycuda(monkeypatch: pytest.MonkeyPatch) -> tuple[ModuleType, FakeLibcuda]:
     monkeypatch.setitem(sys.modules, "pycuda.driver", module)
     monkeypatch.setattr(pycuda_impl, "_libcuda", lambda: library)
     monkeypatch.delenv("SEDEPLOY_CUDA", raising=False)
-    monkeypatch.setattr(cuda_memory, "_apis", {})
-    monkeypatch.setattr(cuda_memory, "_warned", set())
+    monkeypatch.setattr(choice, "_apis", {})
+    monkeypatch.setattr(choice, "_default", None)
+    monkeypatch.setattr(graphs, "_warned", set())
     return module, library
 
 
@@ -137,6 +143,15 @@ def test_close_leaves_no_context_on_the_thread(pycuda: tuple[ModuleType, FakeLib
     context.free()
     assert module.context.released == 1  # type: ignore[attr-defined]
     assert library.stack == [0xAAAA], "pycuda's detach() left the released context current"
+
+
+def test_a_failed_pop_after_release_is_one_cuda_error(pycuda: tuple[ModuleType, FakeLibcuda]) -> None:
+    _, library = pycuda
+    context = cuda_memory.CudaContext(0)
+    library.pop_result = 201  # CUDA_ERROR_INVALID_CONTEXT
+    with pytest.raises(cuda_memory.CudaError, match="cuCtxPopCurrent_v2 failed with CUresult 201") as caught:
+        context.free()
+    assert "\n" not in str(caught.value)
 
 
 def test_close_from_another_thread_does_not_touch_pycuda(pycuda: tuple[ModuleType, FakeLibcuda]) -> None:

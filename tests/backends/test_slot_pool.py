@@ -1,4 +1,5 @@
-"""The execution-slot pool (no lost wake-ups, no silent hangs, close wakes waiters) and one-graph-per-slot bookkeeping."""
+"""The execution-slot pool (no lost wake-ups, no silent hangs, close wakes waiters, the right holder charged) and
+the graph bookkeeping of a slot (one graph per size for PyTorch; one graph, captured after a repeat, for TensorRT)."""
 
 from __future__ import annotations
 
@@ -116,6 +117,36 @@ def test_close_wakes_waiters_with_the_closed_error_and_reports_the_last_release(
         pool.acquire(wait=False)
 
 
+def test_release_from_another_thread_charges_the_thread_that_took_the_slot() -> None:
+    pool = _pool("a", "b")
+    took: dict[str, str] = {}
+    taken = threading.Barrier(3)
+    released = threading.Event()
+    counts: dict[str, int] = {}
+
+    def hold(name: str) -> None:
+        slot = pool.acquire()
+        assert slot is not None
+        took[name] = slot
+        taken.wait()
+        released.wait(5)
+        counts[name] = pool.held_by_current_thread()
+
+    threads = {name: threading.Thread(target=hold, args=(name,)) for name in ("first", "second")}
+    for name in ("first", "second"):
+        threads[name].start()
+        time.sleep(0.02)  # "first" takes its slot first, so it is the holder a wrong guess would charge
+    taken.wait(5)
+    assert pool.held_by_current_thread() == 0
+    pool.release(took["second"])  # a generator of "second"'s finished on this thread
+    released.set()
+    for thread in threads.values():
+        thread.join(5)
+    assert counts == {"first": 1, "second": 0}
+    with pytest.raises(ValueError, match="not out of this pool"):
+        pool.release(took["second"])
+
+
 def test_close_of_an_idle_pool_says_free_now() -> None:
     assert _pool("a").close() is True
 
@@ -129,28 +160,44 @@ class _Graph:
         self.freed = True
 
 
-def test_graph_slot_records_once_per_size_and_rerecords_on_change() -> None:
-    slot: GraphSlot[_Graph] = GraphSlot()
-    assert slot.needs_record(4) and not slot.replayable(4)
-    first = slot.record(4, lambda: _Graph(4))
-    assert slot.replayable(4) and not slot.needs_record(4)
-    assert not slot.replayable(8) and slot.needs_record(8)
-    second = slot.record(8, lambda: _Graph(8))
-    assert first is not None and first.freed, "the graph for the old size must be freed, not kept stale"
-    assert second is not None and slot.replayable(8) and not slot.replayable(4)
-    assert slot.captures == 2
+def _run(slot: GraphSlot[_Graph], sizes: list[int]) -> list[int]:
+    """Run ``sizes`` through ``slot`` as an executor does; the sizes captured, in order."""
+    captured = []
+    for rows in sizes:
+        if slot.replayable(rows):
+            slot.replays += 1
+        if slot.after_run(rows):
+            slot.record(rows, lambda rows=rows: _Graph(rows))
+            captured.append(rows)
+    return captured
+
+
+def test_per_size_slot_keeps_one_graph_per_size() -> None:
+    slot: GraphSlot[_Graph] = GraphSlot(per_size=True)
+    assert _run(slot, [32, 8, 32, 8, 32, 8, 5]) == [32, 8, 5]
+    assert slot.sizes == [5, 8, 32] and slot.replays == 4
+    kept = [slot.launchable(rows) for rows in slot.sizes]
     slot.free()
-    assert second.freed and slot.graph is None
+    assert all(graph is not None and graph.freed for graph in kept) and slot.sizes == []
+
+
+def test_single_graph_slot_captures_only_after_a_size_repeats() -> None:
+    slot: GraphSlot[_Graph] = GraphSlot()
+    assert _run(slot, [32, 8, 32, 8, 32, 8]) == [], "alternating sizes must never capture"
+    first = slot.launchable(4)
+    assert _run(slot, [4, 4, 4]) == [4] and slot.sizes == [4] and first is None
+    four = slot.launchable(4)
+    assert _run(slot, [6, 4, 6, 6]) == [6]
+    assert four is not None and four.freed, "the old graph is freed when another size is captured"
+    assert slot.sizes == [6] and slot.captures == 2 and slot.replays == 2
 
 
 def test_graph_slot_remembers_a_failed_capture_for_that_size() -> None:
-    slot: GraphSlot[_Graph] = GraphSlot()
-    attempts: list[int] = []
+    for per_size in (True, False):
+        slot: GraphSlot[_Graph] = GraphSlot(per_size=per_size)
+        attempts: list[int] = []
 
-    def capture() -> _Graph | None:
-        attempts.append(1)
-        return None
-
-    slot.record(4, capture)
-    assert not slot.replayable(4) and not slot.needs_record(4)
-    assert attempts == [1] and slot.captures == 0
+        for _ in range(4):
+            if slot.after_run(4):
+                slot.record(4, lambda attempts=attempts: attempts.append(1))
+        assert not slot.replayable(4) and attempts == [1] and slot.captures == 0

@@ -149,7 +149,7 @@ def test_dla_report_lists_layers_on_the_dla_and_the_gpu(fake_trt: ModuleType) ->
 
 def test_dla_without_gpu_fallback_refuses_layers_it_cannot_run(fake_trt: ModuleType) -> None:
     with pytest.raises(
-        BadInputError, match=r"2 layer\(s\) cannot run on DLA core 0.*se\.pool.*--gpu-fallback"
+        BadInputError, match=r"2 layer\(s\) cannot run on DLA core 0.*se\.pool.*gpu_fallback=True"
     ) as caught:
         builder._configure_dla(
             SimpleNamespace(num_DLA_cores=1),  # type: ignore[arg-type]
@@ -204,7 +204,7 @@ def test_new_options_are_recorded_and_passed_to_the_builder() -> None:
 @pytest.mark.parametrize(
     ("dla_core", "gpu_fallback", "hardware_compat", "message"),
     [
-        (None, True, False, "--gpu-fallback applies to a DLA build"),
+        (None, True, False, "gpu_fallback applies to a DLA build; give dla_core"),
         (0, False, True, "cannot be hardware-compatible"),
         (-1, False, False, "DLA core index"),
     ],
@@ -247,3 +247,21 @@ def test_calibrator_keeps_a_failing_batch_error(monkeypatch: pytest.MonkeyPatch)
         assert calibrator.get_batch(["input"]) is None  # what TensorRT sees: the end of the data
         assert isinstance(calibrator.error, OSError) and "image 17" in str(calibrator.error)
         calibrator.free()
+
+
+# The source's precision: its manifest through the hash check, else its graph.
+
+
+def test_source_precision_reads_the_manifest_only_when_it_describes_the_file(tmp_path: Path) -> None:
+    from manifests import make_manifest
+
+    from sedeploy.artifacts.manifest import ManifestError, write_manifest
+
+    source = tmp_path / "model.int8.onnx"
+    source.write_bytes(b"not parsed: the manifest answers")
+    write_manifest(make_manifest(source, precision="int8", recipe={"flavour": "tensorrt"}), source)
+    precision, recipe, _ = builder._source_precision(source)
+    assert precision == "int8" and recipe == {"flavour": "tensorrt"}
+    source.write_bytes(b"changed after the build")  # the manifest now describes another file
+    with pytest.raises(ManifestError, match="changed or truncated"):
+        builder._source_precision(source)

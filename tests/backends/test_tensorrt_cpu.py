@@ -72,7 +72,7 @@ def test_explicit_profile_within_model_limit_is_kept() -> None:
 
 
 def test_explicit_profile_beyond_model_limit_is_refused() -> None:
-    with pytest.raises(BatchProfileError, match=r"exceeds the model's max batch 16.*--max-batch"):
+    with pytest.raises(BatchProfileError, match=r"exceeds the model's max batch 16.*larger max_batch"):
         resolve_batch_profile("1:8:64", 16)
 
 
@@ -418,3 +418,29 @@ def test_availability_says_why_not(no_gpu_stack: None) -> None:
     available, reason = trt_backend.availability()
     assert not available
     assert "pip install 'sedeploy[tensorrt]'" in reason
+
+
+def test_library_messages_name_parameters_not_cli_flags() -> None:
+    """Messages raised in backends/tensorrt/ and cuda_memory/ speak the library's words; the CLI maps them to flags."""
+    import ast
+    import re
+    from pathlib import Path
+
+    import sedeploy.backends.cuda_memory as memory_package
+    import sedeploy.backends.tensorrt as tensorrt_package
+
+    flag = re.compile(r"(?<![\w`-])--[a-z][a-z0-9-]*")
+    found = []
+    for package in (tensorrt_package, memory_package):
+        for path in sorted(Path(package.__file__).parent.glob("*.py")):
+            tree = ast.parse(path.read_text())
+            for node in ast.walk(tree):
+                if isinstance(node, ast.Raise) and node.exc is not None:
+                    for part in ast.walk(node.exc):
+                        if (
+                            isinstance(part, ast.Constant)
+                            and isinstance(part.value, str)
+                            and flag.search(part.value)
+                        ):
+                            found.append(f"{path.name}:{part.lineno}: {flag.search(part.value).group()}")  # type: ignore[union-attr]
+    assert not found, found

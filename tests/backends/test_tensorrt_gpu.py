@@ -181,10 +181,11 @@ def _torch_runner(model: torch.nn.Module, **options: Any) -> Any:
     return TorchRunner(copy, device="cuda", max_batch=MAX_BATCH, **options)
 
 
-@pytest.mark.parametrize(("precision", "min_cosine"), [("fp32", 0.9995), ("fp16", 0.999), ("bf16", 0.99)])
-def test_torch_cuda_runner_matches_cpu(
-    small_model: torch.nn.Module, precision: str, min_cosine: float
-) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
+def test_torch_cuda_runner_matches_cpu(small_model: torch.nn.Module, precision: str) -> None:
+    from sedeploy.backends.torch import CUDA_MIN_COSINE
+
+    min_cosine = CUDA_MIN_COSINE[precision]
     batch = _images(2 * MAX_BATCH + 3)
     with _torch_runner(small_model, precision=precision) as runner:
         output = runner(batch)
@@ -209,8 +210,11 @@ def test_torch_cuda_graph_really_captures(small_model: torch.nn.Module) -> None:
         assert executor.slots[0].graph.captures == 1 and executor.slots[0].graph.replays == 2
 
 
-def test_torch_cuda_two_threads_with_different_batches(small_model: torch.nn.Module) -> None:
-    with _torch_runner(small_model) as runner:
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_torch_cuda_two_threads_with_different_batches(
+    small_model: torch.nn.Module, cuda_graph: bool
+) -> None:
+    with _torch_runner(small_model, cuda_graph=cuda_graph) as runner:
         sizes = {0: [1, 7, 3, 16], 1: [16, 2, 9, 5]}
         expected = {size: runner(_images(size, seed=size)) for size in {*sizes[0], *sizes[1]}}
         errors: list[BaseException] = []
@@ -229,7 +233,11 @@ def test_torch_cuda_two_threads_with_different_batches(small_model: torch.nn.Mod
             thread.start()
         for thread in threads:
             thread.join()
+        executor = runner._executor
+        assert executor is not None
+        replays = sum(slot.graph.replays for slot in executor.slots)
     assert not errors
+    assert (replays > 0) == cuda_graph
 
 
 # TensorRT.

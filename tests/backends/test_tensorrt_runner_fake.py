@@ -4,8 +4,9 @@ and a fake TensorRT engine (neither a GPU nor TensorRT can exist here).
 What these pin down: splitting and padding, double-buffered streaming, that nothing
 is freed or reused before the work queued on it is synchronised (break-then-close,
 close from another thread, a bad batch mid-stream), the hang guard, one CUDA graph
-per slot re-recorded on a batch change, checked tensor addresses and output shapes,
-per-context optimization profiles, and the DLA refusal.
+per slot captured only after a batch size repeats, checked tensor addresses and output
+shapes, per-context optimization profiles, the DLA refusal, and a failed load that
+releases every TensorRT object before the CUDA context.
 """
 
 from __future__ import annotations
@@ -29,12 +30,13 @@ from cuda_fakes import (
 
 from sedeploy.backends import cuda_memory
 from sedeploy.backends.base import RunnerClosedError
+from sedeploy.backends.cuda_memory import graphs
 from sedeploy.backends.tensorrt import EngineMismatchError, EngineRunError, TensorRTRunner
 
 
 @pytest.fixture
 def gpu(monkeypatch: pytest.MonkeyPatch) -> FakeDriver:
-    monkeypatch.setattr(cuda_memory, "_warned", set())
+    monkeypatch.setattr(graphs, "_warned", set())
     return install_cuda_python(monkeypatch)
 
 
@@ -149,21 +151,32 @@ def test_calling_the_runner_inside_its_own_stream_raises_instead_of_hanging(
             break
 
 
-def test_cuda_graph_captured_after_a_direct_run_and_rerecorded_on_batch_change(
+def test_cuda_graph_captured_once_a_size_repeats_and_kept_through_other_sizes(
     gpu: FakeDriver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     runner, engine = _runner(monkeypatch, gpu, tmp_path, contexts=1, cuda_graph=True)
     with runner:
         slot = runner._slots[0]
-        for rows in (4, 4, 4, 6, 6, 4):
+        for rows in (4, 4, 4, 6, 4, 6, 6, 4):
             batch = _batch(rows, rows)
             np.testing.assert_allclose(runner(batch), fake_logits(batch), rtol=1e-5)
-        assert slot.graph.captures == 3 and slot.graph.rows == 4  # 4, then 6, then 4 again
-        assert slot.graph.replays == 3  # the second and third 4, the second 6
-    executes = [entry for entry in engine.log if entry[0] == "execute"]
-    # Each size change runs directly first, then is captured; replays run no execute at all.
-    assert [mode for _, _, mode in executes] == ["run", "capturing", "run", "capturing", "run", "capturing"]
-    assert gpu.names().count("cuGraphExecDestroy") == 3
+        assert slot.graph.captures == 2 and slot.graph.sizes == [6]  # 4 after its repeat, then 6 after its
+        assert slot.graph.replays == 2  # the third 4 and the 4 between the 6s
+    executes = [mode for _, _, mode in (entry for entry in engine.log if entry[0] == "execute")]
+    assert executes == ["run", "run", "capturing", "run", "run", "run", "capturing", "run"]
+    assert gpu.names().count("cuGraphExecDestroy") == 2
+
+
+def test_a_split_call_never_recaptures(
+    gpu: FakeDriver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    runner, _ = _runner(monkeypatch, gpu, tmp_path, contexts=1, cuda_graph=True)
+    with runner:
+        batch = _batch(19, 3)  # pieces of 8, 8 and 3 at MAX 8
+        for _ in range(4):
+            np.testing.assert_allclose(runner(batch), fake_logits(batch), rtol=1e-5)
+        slot = runner._slots[0]
+        assert slot.graph.captures == 1 and slot.graph.sizes == [8] and slot.graph.replays == 6
 
 
 def test_cuda_graph_impossible_says_so_at_warning(
@@ -216,6 +229,18 @@ def test_contexts_teardown_order(gpu: FakeDriver, monkeypatch: pytest.MonkeyPatc
     names = gpu.names()
     assert names.index("cuStreamSynchronize") < names.index("cuMemFree")
     assert names[-1] == "cuDevicePrimaryCtxRelease"
+
+
+def test_a_failed_load_lets_tensorrt_objects_go_before_the_context(
+    gpu: FakeDriver, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    gpu.fail.add("cuMemAlloc")  # the buffers fail after the first execution context exists
+    with pytest.raises(cuda_memory.CudaError, match="cannot allocate") as caught:
+        _runner(monkeypatch, gpu, tmp_path)
+    names = gpu.names()
+    assert "destroy_context" in names, "an execution context outlived the failed load (held by its traceback)"
+    assert names.index("destroy_context") < names.index("cuDevicePrimaryCtxRelease")
+    assert gpu.retained == 0 and caught.value.__traceback__ is not None
 
 
 def test_dla_engine_refused_where_the_device_lacks_the_core(

@@ -1,19 +1,19 @@
 """The PyTorch runner's CUDA path on CPU: the real executor (slots, side-stream copies, double buffering, CUDA
-graphs per slot, time_compute) with only ``torch.cuda`` replaced by a recording fake; and the CPU-side options."""
+graphs per batch size and slot, time_compute, the model's lifetime) with only ``torch.cuda`` replaced by a
+recording fake; and the CPU-side options."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from cuda_fakes import FakeTorchOps
 
-from sedeploy.backends import cuda_memory
 from sedeploy.backends.base import RunnerClosedError
+from sedeploy.backends.cuda_memory import graphs
 from sedeploy.backends.torch import CudaExecutor, TorchRunner
 from sedeploy.errors import ConfigError
 
@@ -21,96 +21,7 @@ CLASSES = 4
 SHAPE = (8, 2, 3, 3)
 
 
-class _Stream:
-    def __init__(self, log: list[tuple[str, Any]], name: str) -> None:
-        self.log = log
-        self.name = name
-
-    def wait_event(self, event: _Event) -> None:
-        self.log.append(("wait", self.name, event.name))
-
-    def synchronize(self) -> None:
-        self.log.append(("sync", self.name))
-
-
-class _Event:
-    def __init__(self, log: list[tuple[str, Any]], name: str) -> None:
-        self.log = log
-        self.name = name
-
-    def record(self, stream: _Stream) -> None:
-        self.log.append(("record", self.name, stream.name))
-
-    def synchronize(self) -> None:
-        self.log.append(("event-sync", self.name))
-
-    def elapsed_time(self, end: _Event) -> float:
-        return 2.0
-
-
-class _Graph:
-    def __init__(self, forward: Callable[[], torch.Tensor], log: list[tuple[str, Any]]) -> None:
-        self.forward = forward
-        self.output = forward()
-        self.log = log
-        self.freed = False
-
-    def replay(self) -> torch.Tensor:
-        self.log.append(("replay",))
-        self.output.copy_(self.forward())
-        return self.output
-
-    def free(self) -> None:
-        self.freed = True
-
-
-class FakeOps:
-    """``torch.cuda`` for a machine without a GPU: CPU tensors, streams that run in order, graphs that re-run."""
-
-    def __init__(self, capture_works: bool = True) -> None:
-        self.log: list[tuple[str, Any]] = []
-        self.current = "default"
-        self.capture_works = capture_works
-        self._count = 0
-
-    def _name(self, kind: str) -> str:
-        self._count += 1
-        return f"{kind}{self._count}"
-
-    def stream(self) -> _Stream:
-        return _Stream(self.log, self._name("stream"))
-
-    def event(self, timing: bool = False) -> _Event:
-        return _Event(self.log, self._name("event"))
-
-    def pinned(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.zeros(shape)
-
-    def empty(self, shape: tuple[int, ...]) -> torch.Tensor:
-        return torch.zeros(shape)
-
-    def synchronize(self) -> None:
-        self.log.append(("device-sync",))
-
-    @contextmanager
-    def use(self, stream: _Stream) -> Iterator[None]:
-        previous, self.current = self.current, stream.name
-        try:
-            yield
-        finally:
-            self.current = previous
-
-    def capture(self, forward: Callable[[], torch.Tensor], stream: _Stream) -> _Graph | None:
-        self.log.append(("capture", stream.name))
-        if not self.capture_works:
-            cuda_memory._warn_once(
-                "cuda_graph=True, but the model cannot be captured (fake); running it directly"
-            )
-            return None
-        return _Graph(forward, self.log)
-
-
-def _executor(ops: FakeOps, **options: Any) -> tuple[CudaExecutor, list[tuple[str, int]]]:
+def _executor(ops: FakeTorchOps, **options: Any) -> tuple[CudaExecutor, list[tuple[str, int]]]:
     weights = torch.arange(CLASSES * 18, dtype=torch.float32).reshape(CLASSES, 18) / 100
     calls: list[tuple[str, int]] = []
 
@@ -134,11 +45,11 @@ def _batch(rows: int, seed: int = 0) -> np.ndarray:
 
 @pytest.fixture(autouse=True)
 def _fresh_warnings(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cuda_memory, "_warned", set())
+    monkeypatch.setattr(graphs, "_warned", set())
 
 
 def test_copy_on_the_side_stream_then_compute_waits_for_it() -> None:
-    ops = FakeOps()
+    ops = FakeTorchOps()
     executor, calls = _executor(ops)
     batch = _batch(5)
     np.testing.assert_allclose(executor.run(batch), _expected(batch), rtol=1e-5, atol=1e-5)
@@ -151,7 +62,7 @@ def test_copy_on_the_side_stream_then_compute_waits_for_it() -> None:
 
 
 def test_stream_alternates_two_slots_and_keeps_order() -> None:
-    ops = FakeOps()
+    ops = FakeTorchOps()
     executor, calls = _executor(ops)
     batches = [_batch(rows, rows) for rows in (3, 8, 20, 0, 1)]
     outputs = list(executor.stream(iter(batches)))
@@ -171,19 +82,33 @@ def test_stream_alternates_two_slots_and_keeps_order() -> None:
     assert second_copy < first_wait
 
 
-def test_graph_recorded_after_a_direct_run_replayed_and_rerecorded_on_a_new_size() -> None:
-    ops = FakeOps()
+def test_one_graph_per_batch_size_recorded_after_a_direct_run_and_kept() -> None:
+    ops = FakeTorchOps()
     executor, _ = _executor(ops, slots=1, cuda_graph=True)
     for rows in (4, 4, 4, 6, 6, 4):
         batch = _batch(rows, rows)
         np.testing.assert_allclose(executor.run(batch), _expected(batch), rtol=1e-5, atol=1e-5)
     graph = executor.slots[0].graph
-    assert graph.captures == 3 and graph.rows == 4 and graph.replays == 3
-    assert [entry[0] for entry in ops.log].count("replay") == 3
+    assert graph.captures == 2 and graph.sizes == [4, 6]  # the 4-row graph outlives the 6-row runs
+    assert graph.replays == 4 and [entry[0] for entry in ops.log].count("replay") == 4
+    pools = {entry[2] for entry in ops.log if entry[0] == "capture"}
+    assert len(pools) == 1, "the graphs of one slot share one memory pool"
+
+
+def test_a_split_batch_does_not_recapture_on_every_call() -> None:
+    ops = FakeTorchOps()
+    executor, _ = _executor(ops, slots=2, cuda_graph=True)
+    batch = _batch(20, 3)  # pieces of 8, 8 and 4 at max batch 8
+    for _ in range(4):
+        (output,) = list(executor.stream([batch]))
+        np.testing.assert_allclose(output, _expected(batch), rtol=1e-5, atol=1e-5)
+    captures = sum(slot.graph.captures for slot in executor.slots)
+    assert captures <= 4, f"{captures} captures for two sizes on two slots: graphs were re-recorded"
+    assert sum(slot.graph.replays for slot in executor.slots) >= 8
 
 
 def test_failed_capture_warns_once_and_runs_directly(caplog: pytest.LogCaptureFixture) -> None:
-    ops = FakeOps(capture_works=False)
+    ops = FakeTorchOps(capture_works=False)
     executor, calls = _executor(ops, slots=1, cuda_graph=True)
     with caplog.at_level(logging.WARNING):
         for _ in range(3):
@@ -194,7 +119,7 @@ def test_failed_capture_warns_once_and_runs_directly(caplog: pytest.LogCaptureFi
 
 
 def test_time_compute_times_the_model_alone_with_events() -> None:
-    ops = FakeOps()
+    ops = FakeTorchOps()
     executor, calls = _executor(ops)
     seconds = executor.time_compute(20, iterations=2, warmup=1)
     assert seconds == [0.006, 0.006]  # pieces of 8, 8, 4 at 2 ms each
@@ -202,7 +127,7 @@ def test_time_compute_times_the_model_alone_with_events() -> None:
 
 
 def test_close_while_streaming_defers_the_free_and_refuses_new_calls() -> None:
-    ops = FakeOps(capture_works=True)
+    ops = FakeTorchOps(capture_works=True)
     executor, _ = _executor(ops, cuda_graph=True)
     outputs = executor.stream(iter([_batch(2, seed) for seed in range(4)]))
     next(outputs)
@@ -214,6 +139,32 @@ def test_close_while_streaming_defers_the_free_and_refuses_new_calls() -> None:
     assert not executor.slots
     syncs = [entry for entry in ops.log if entry[0] == "sync"]
     assert len(syncs) >= 4  # both streams of both slots, before the free
+
+
+def test_close_mid_stream_keeps_the_model_until_the_last_slot_is_back() -> None:
+    options = {"num_classes": 5, "img_size": 32}
+    runner = TorchRunner("se_resnet18", model_options=options, random_weights=True, max_batch=4)
+    ops = FakeTorchOps()
+    runner._attach_executor(ops, slots=2, cuda_graph=True)
+    feeds = [
+        np.random.default_rng(seed).standard_normal((4, 3, 32, 32)).astype(np.float32) for seed in range(5)
+    ]
+    outputs = runner.stream(iter(feeds))
+    next(outputs)
+    runner.close()  # another caller's graph may still replay: the weights it reads must stay
+    assert runner.closed and runner._model is not None, "the model was freed while a slot was still out"
+    with pytest.raises(RunnerClosedError):
+        runner(feeds[0])
+    with pytest.raises(RunnerClosedError, match="closed while streaming"):
+        list(outputs)
+    assert runner._model is None, "the model outlived the last give-back"
+
+
+def test_close_of_an_idle_runner_frees_the_model_at_once() -> None:
+    runner = TorchRunner("se_resnet18", model_options={"num_classes": 3, "img_size": 32}, random_weights=True)
+    runner._attach_executor(FakeTorchOps(), slots=2, cuda_graph=False)
+    runner.close()
+    assert runner._model is None
 
 
 # The runner itself, on CPU.

@@ -2,9 +2,11 @@
 
 The driver API does the work (primary context retain/push/pop, non-blocking
 streams, events, ``cuMemHostAlloc`` pinned memory, async copies, stream capture in
-thread-local mode); the runtime API only clears its last error after a failed
-capture, since TensorRT enqueues through the runtime. Every call returns
-``(CUresult, *values)``; :func:`_check` turns a failure into one :class:`CudaError` line.
+thread-local mode). The runtime module serves only :meth:`CudaPythonApi.clear_error`, which
+reaches cuda-python's own statically linked runtime, not TensorRT's or PyTorch's. Every call
+returns ``(CUresult, *values)``; :func:`_check` turns a failure into one :class:`CudaError` line.
+Bindings before 12.9.1 hold the GIL through every call (``cuStreamSynchronize`` included), so
+threads sharing a pool of contexts serialise there: the ``cuda`` extra asks for 12.9.1 or later.
 
 Import shim: cuda-python 13 has only ``cuda.bindings.driver``/``runtime``; 12.x has those
 (12.6+) and the older ``cuda.cuda``/``cuda.cudart`` (removed in 13, TensorRT-LLM #6808).
@@ -20,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sedeploy.backends.cuda_memory import CUDA_EXTRA, CudaApi, CudaError, DeviceInfo
+from sedeploy.backends.cuda_memory.interface import CUDA_EXTRA, CudaApi, CudaError, DeviceInfo
 from sedeploy.errors import MissingDependencyError
 
 logger = logging.getLogger(__name__)

@@ -3,7 +3,8 @@
 Two pycuda habits are corrected here. ``Context.detach()`` of a primary context
 releases it without popping it from the driver's context stack, so the context
 stays current on the thread after every close; :meth:`PycudaApi.release_primary`
-pops it (checked through the driver's own ``cuCtxGetCurrent``). From a thread other
+pops it (checked through the driver's own ``cuCtxGetCurrent``, popped with ``cuCtxPopCurrent_v2``,
+its result checked). From a thread other
 than the one that retained it, pycuda never releases; the retention is then kept
 for the life of the process (as PyTorch keeps its own) and said so at DEBUG.
 No released pycuda (v2022.1 to v2026.1) can capture CUDA graphs (``Stream.begin_capture``
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from sedeploy.backends.cuda_memory import EXTRA, CudaApi, CudaError, DeviceInfo
+from sedeploy.backends.cuda_memory.interface import EXTRA, CudaApi, CudaError, DeviceInfo
 from sedeploy.optional import import_optional
 
 logger = logging.getLogger(__name__)
@@ -101,7 +102,13 @@ class PycudaApi(CudaApi):
         current = ctypes.c_void_p()
         if library.cuCtxGetCurrent(ctypes.byref(current)) == 0 and (current.value or 0) == handle:
             popped = ctypes.c_void_p()
-            library.cuCtxPopCurrent(ctypes.byref(popped))
+            # The versioned symbol: the bare cuCtxPopCurrent is the CUDA 3.x entry point the headers renamed.
+            result = library.cuCtxPopCurrent_v2(ctypes.byref(popped))
+            if result != 0:
+                raise CudaError(
+                    f"CUDA call cuCtxPopCurrent_v2 failed with CUresult {result} after releasing device {index}'s "
+                    "primary context; the context may stay current on this thread"
+                )
 
     def push(self, context: Any) -> None:
         self._guard("cuCtxPushCurrent", context.push)

@@ -22,8 +22,7 @@ import numpy as np
 
 from sedeploy.artifacts.manifest import (
     BuildManifest,
-    manifest_path,
-    read_manifest,
+    checked_manifest,
     write_with_manifest,
 )
 from sedeploy.artifacts.metadata import load_onnx, read_metadata
@@ -260,9 +259,13 @@ def describe_placement(placements: Sequence[LayerPlacement]) -> str:
 
 
 def _source_precision(onnx_path: Path) -> tuple[str, dict[str, Any], dict[str, Any] | None]:
-    """Precision, recipe and calibration of the ONNX file: from its manifest if it has one, else from the graph."""
-    if manifest_path(onnx_path).is_file():
-        source = read_manifest(onnx_path)
+    """Precision, recipe and calibration of the ONNX file: from its manifest if it has one, else from the graph.
+
+    The manifest is read through :func:`~sedeploy.artifacts.manifest.checked_manifest`: one that does not
+    describe this file (its sha256 differs) is refused, never trusted for the precision.
+    """
+    source = checked_manifest(onnx_path)
+    if source is not None:
         return source.precision, dict(source.recipe), source.calibration
     model = load_onnx(onnx_path)
     return graph_precision(model), {}, None
@@ -361,23 +364,23 @@ def build_engine(
         check_implicit_int8_supported(trt)
         if precision != "fp32":
             raise BadInputError(
-                f"--implicit-int8 calibrates an FP32 ONNX file, but {onnx_path} is {precision}; "
+                f"implicit_int8 calibrates an FP32 ONNX file, but {onnx_path} is {precision}; "
                 "give the FP32 export"
             )
     check_dla_options(dla_core, gpu_fallback, hardware_compat)
     if dla_core is not None and precision == "fp32" and not legacy_int8:
         raise BadInputError(
-            "a DLA runs FP16 and INT8 layers only; build the DLA engine with --fp16 or --int8"
+            "a DLA runs FP16 and INT8 layers only; build the DLA engine at precision fp16 or int8"
         )
     gpu = cuda_memory.device_info(device)
     if sparsity and compute_capability_tuple(gpu.compute_capability)[0] < AMPERE_MAJOR:
         raise BadInputError(
-            f"--sparsity needs 2:4 sparse tensor cores (Ampere or newer); {gpu.name} has compute "
+            f"sparsity=True needs 2:4 sparse tensor cores (Ampere or newer); {gpu.name} has compute "
             f"capability {gpu.compute_capability}"
         )
     if hardware_compat and compute_capability_tuple(gpu.compute_capability)[0] < AMPERE_MAJOR:
         raise BadInputError(
-            f"--hardware-compat needs an Ampere or newer GPU to build on; {gpu.name} has compute "
+            f"hardware_compat needs an Ampere or newer GPU to build on; {gpu.name} has compute "
             f"capability {gpu.compute_capability}"
         )
 
@@ -475,7 +478,9 @@ def build_engine(
                 if serialized is None:
                     raise EngineBuildError(
                         f"TensorRT {trt.__version__} could not build an engine from {onnx_path} "
-                        "(its errors are in the log above); fix them or try a smaller --batch or larger --workspace"
+                        "(its errors are in the log above); fix them, or try a smaller profile MAX or a larger "
+                        "workspace",
+                        params=("profile", "workspace"),
                     )
                 engine_bytes = bytes(memoryview(serialized))  # written with its manifest below, as one unit
                 if cache_path is not None:
@@ -592,11 +597,11 @@ def _configure_dla(
     available = int(builder.num_DLA_cores)
     if available == 0:
         raise BadInputError(
-            f"--dla-core {core}: {gpu_name} has no deep-learning accelerator (DLAs are on Jetson AGX/NX "
-            "Xavier and Orin); build without --dla-core"
+            f"dla_core {core}: {gpu_name} has no deep-learning accelerator (DLAs are on Jetson AGX/NX "
+            "Xavier and Orin); build without dla_core"
         )
     if core >= available:
-        raise BadInputError(f"--dla-core {core}: this device has DLA cores 0..{available - 1}")
+        raise BadInputError(f"dla_core {core}: this device has DLA cores 0..{available - 1}")
     config.default_device_type = trt.DeviceType.DLA
     config.DLA_core = core
     if gpu_fallback:
@@ -607,8 +612,8 @@ def _configure_dla(
     if fallback and not gpu_fallback:
         names = ", ".join(f"{placement.name} ({placement.kind})" for placement in fallback[:5])
         raise BadInputError(
-            f"{len(fallback)} layer(s) cannot run on DLA core {core} (e.g. {names}); add --gpu-fallback to run "
-            "them on the GPU"
+            f"{len(fallback)} layer(s) cannot run on DLA core {core} (e.g. {names}); pass gpu_fallback=True to "
+            "run them on the GPU"
         )
     return placements
 

@@ -99,7 +99,7 @@ class EngineBuildError(SedeployError):
 
 
 class BatchProfileError(BadInputError):
-    """A ``--batch MIN:OPT:MAX`` profile is malformed or outside what the model allows."""
+    """A batch profile (``profile``, ``MIN:OPT:MAX``) is malformed or outside what the model allows."""
 
     exit_code = 2
 
@@ -120,9 +120,9 @@ def check_dla_options(dla_core: int | None, gpu_fallback: bool, hardware_compat:
     if dla_core is not None and (isinstance(dla_core, bool) or not isinstance(dla_core, int) or dla_core < 0):
         raise ConfigError(f"dla_core must be a DLA core index 0, 1, ..., got {dla_core!r}")
     if gpu_fallback and dla_core is None:
-        raise ConfigError("--gpu-fallback applies to a DLA build; give --dla-core N as well")
+        raise ConfigError("gpu_fallback applies to a DLA build; give dla_core as well")
     if dla_core is not None and hardware_compat:
-        raise ConfigError("a DLA engine cannot be hardware-compatible; drop --hardware-compat or --dla-core")
+        raise ConfigError("a DLA engine cannot be hardware-compatible; drop hardware_compat or dla_core")
 
 
 def dla_problem(engine: Mapping[str, Any] | None, available_cores: int) -> str | None:
@@ -133,12 +133,12 @@ def dla_problem(engine: Mapping[str, Any] | None, available_cores: int) -> str |
     if available_cores <= 0:
         return (
             f"was built for DLA core {core}, and this device has no DLA; run it on the Jetson it was built "
-            "for, or rebuild it without --dla-core"
+            "for, or rebuild it without dla_core"
         )
     if int(core) >= available_cores:
         return (
             f"was built for DLA core {core}, and this device has only {available_cores} DLA core(s); "
-            f"rebuild it with --dla-core 0..{available_cores - 1}"
+            f"rebuild it with dla_core 0..{available_cores - 1}"
         )
     return None
 
@@ -195,7 +195,7 @@ def resolve_batch_profile(requested: BatchProfile | str | None, model_max_batch:
     if model_max_batch is not None and profile.max > model_max_batch:
         raise BatchProfileError(
             f"batch profile {profile} exceeds the model's max batch {model_max_batch}; "
-            f"lower MAX to {model_max_batch} or export again with a larger --max-batch"
+            f"lower MAX to {model_max_batch} or export again with a larger max_batch"
         )
     return profile
 
@@ -283,9 +283,9 @@ def check_implicit_int8_supported(tensorrt_module: Any) -> None:
     if not (has_calibrator and has_flag):
         version = getattr(tensorrt_module, "__version__", "this release")
         raise BadInputError(
-            f"--implicit-int8 needs TensorRT 10.x (calibrator and INT8 builder flag); TensorRT {version} "
-            "builds only strongly typed networks: build the Q/DQ INT8 ONNX from the precision stage "
-            "(sedeploy build-engine --int8) instead"
+            f"implicit_int8 needs TensorRT 10.x (calibrator and INT8 builder flag); TensorRT {version} "
+            "builds only strongly typed networks: build from the precision stage's Q/DQ INT8 ONNX "
+            "(precision int8) instead"
         )
 
 

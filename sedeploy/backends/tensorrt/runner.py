@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import traceback
 import typing
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -104,10 +105,11 @@ class TensorRTRunner(Runner):
 
     ``contexts`` execution contexts (each with its own stream and buffers, and its
     own optimization profile where the engine has that many) serve that many
-    concurrent callers; more callers wait. ``cuda_graph=True`` captures one CUDA
-    graph per context after the first direct run of a batch size and re-records it
-    when the batch size changes; where capture is impossible (pycuda, a failed
-    capture) it says so at WARNING and launches directly. ``device`` is the CUDA
+    concurrent callers; more callers wait. ``cuda_graph=True`` keeps one CUDA graph
+    per context, captured for a batch size once that size has run directly twice in a
+    row (a context holds one shape at a time; alternating sizes run directly and never
+    re-capture); where capture is impossible (pycuda, a failed capture) it says so at
+    WARNING and launches directly. ``device`` is the CUDA
     device index. The manifest is required; ``verify_hash=False`` skips hashing the
     engine against it (the version, GPU and DLA checks still run). Nothing is freed
     while GPU work that uses it may be in flight: every slot's stream is
@@ -130,7 +132,8 @@ class TensorRTRunner(Runner):
         self.engine_path = Path(engine_path)
         if not self.engine_path.is_file():
             raise BadInputError(
-                f"engine {self.engine_path} does not exist; build it with sedeploy build-engine"
+                f"engine {self.engine_path} does not exist; build it with sedeploy build-engine, backend tensorrt",
+                params=("backend",),
             )
         # The manifest is checked before TensorRT is needed: a wrong file is named as such on any machine.
         # verify_hash=False: hashing a large engine costs a read of the file; hot paths may skip it.
@@ -155,8 +158,9 @@ class TensorRTRunner(Runner):
         )
         if problem is not None:
             raise EngineMismatchError(
-                f"engine {self.engine_path} {problem}; rebuild it on this machine with "
-                f"sedeploy build-engine MODEL.onnx --backend tensorrt"
+                f"engine {self.engine_path} {problem}; rebuild it on this machine with sedeploy build-engine, "
+                "backend tensorrt",
+                params=("backend",),
             )
         self.provider = f"TensorRT {trt.__version__} on {gpu.name}"
         self.gpu_name = gpu.name
@@ -171,7 +175,10 @@ class TensorRTRunner(Runner):
         try:
             with self._cuda:
                 self._load(contexts)
-        except BaseException:
+        except BaseException as error:
+            # The traceback keeps _load's frame, whose locals (runtime, engine, execution contexts) would
+            # outlive the context's release below: clear those frames first.
+            traceback.clear_frames(error.__traceback__)
             self._free_all()
             raise
         self._pool = cuda_memory.SlotPool(self._slots, self._closed_error)
@@ -295,7 +302,8 @@ class TensorRTRunner(Runner):
         if actual != expected:
             raise EngineRunError(
                 f"the engine gives output {self._output_name!r} shape {actual} for a batch of {run_rows}, "
-                f"not {expected}; rebuild it with sedeploy build-engine"
+                f"not {expected}; rebuild it with sedeploy build-engine, backend tensorrt",
+                params=("backend",),
             )
         for name, address in slot.buffers.addresses().items():
             if not context.set_tensor_address(name, address):
@@ -304,7 +312,7 @@ class TensorRTRunner(Runner):
     def _launch(self, slot: _ExecutionSlot, run_rows: int) -> None:
         """Queue the engine alone on the slot's stream: its graph when recorded for this size, else a direct run."""
         stream = slot.buffers.stream
-        graph = slot.graph.graph if self.cuda_graph and slot.graph.replayable(run_rows) else None
+        graph = slot.graph.launchable(run_rows) if self.cuda_graph else None
         if graph is not None:
             graph.launch(stream)
             slot.graph.replays += 1
@@ -361,13 +369,14 @@ class TensorRTRunner(Runner):
         return slot.buffers.host[self._output_name].rows(rows).copy()
 
     def _maybe_capture(self, slot: _ExecutionSlot, run_rows: int) -> None:
-        """After a batch size's first direct run (TensorRT's required warm-up), record the slot's graph for it.
+        """Once a batch size has run directly twice in a row, record the slot's one graph for it.
 
-        A change of batch size frees the slot's graph and runs directly once before
-        the new size is captured, so TensorRT's shape-dependent state is always set up
-        by a real enqueue of that shape, and no graph outlives the shape it was made for.
+        The direct runs are TensorRT's required warm-up (its shape-dependent state is
+        set up by a real enqueue of that shape); waiting for a repeat keeps a call that
+        alternates sizes (40 rows at MAX 32: 32, then 8) from re-capturing every time.
+        A graph of another size stays until the new size is captured.
         """
-        if not self.cuda_graph or not slot.graph.needs_record(run_rows):
+        if not self.cuda_graph or not slot.graph.after_run(run_rows):
             return
         stream = slot.buffers.stream
         context = slot.context
@@ -511,7 +520,8 @@ def _deserialize(runtime: trt.Runtime, path: Path) -> trt.ICudaEngine:
     if engine is None:
         raise EngineMismatchError(
             f"TensorRT cannot load engine {path} (see the log above); rebuild it on this machine with "
-            "sedeploy build-engine MODEL.onnx --backend tensorrt"
+            "sedeploy build-engine, backend tensorrt",
+            params=("backend",),
         )
     return engine
 
