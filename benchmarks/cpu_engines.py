@@ -535,7 +535,7 @@ def main() -> None:
     built = {key: (read_manifest(path).engine or {}) for key, path in paths.items() if key.startswith("ov-")}
     lines += ["", "## What the builds chose (manifest `engine`)", ""]
     for key, engine in built.items():
-        from sedeploy.backends.openvino import describe_choice
+        from sedeploy.measure.runtime_choice import describe_choice
 
         lines.append(f"- {key}: {describe_choice(engine)}; {json.dumps(engine.get('runtime_choice'))}")
     RESULTS.mkdir(exist_ok=True)

@@ -34,6 +34,7 @@ from sedeploy.build import BuildOptions, build_engine, choose_backend
 from sedeploy.errors import BadInputError, MissingDependencyError
 from sedeploy.export import export_onnx
 from sedeploy.files import atomic_output, check_writable, write_json_atomic
+from sedeploy.host import describe_machine
 from sedeploy.optimize import OptimizeReport, optimize
 from sedeploy.progress import progress_bar
 from sedeploy.verify import VerifyReport, verify
@@ -448,9 +449,10 @@ def _notes(backends: dict[str, str], tensorrt_reason: str, settings: DemoSetting
             f"Quick run: {settings.calib_size} calibration images, {settings.bench_duration:g} s per benchmark, "
             "no SE-ResNet-50; run without --quick for steadier speeds."
         )
-    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    load, machine = os.getloadavg()[0], describe_machine()
     notes.append(
-        f"1-minute load average {load:.1f} on {cores} CPU cores when the demo started"
+        f"1-minute load average {load:.1f} on {machine['logical_cpus']} logical CPUs ({machine['cores']} usable here) "
+        "when the demo started"
         + (": other processes shared the CPU, so speeds read low and vary." if load >= 0.5 else ".")
     )
     return notes

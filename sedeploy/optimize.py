@@ -41,6 +41,7 @@ from sedeploy.artifacts.manifest import (
     manifest_path,
 )
 from sedeploy.artifacts.naming import ARTIFACT_BACKENDS, BACKEND_ARTIFACT_SUFFIXES, optimized_onnx_path
+from sedeploy.artifacts.precision import FLOAT_TYPES, float_type_precision, precision_float_type
 from sedeploy.building import (
     DEFAULT_CALIBRATION_DIR,
     DEFAULT_CALIBRATION_SIZE,
@@ -60,7 +61,7 @@ from sedeploy.files import (
     temp_path_beside,
     write_json_atomic,
 )
-from sedeploy.host import matrix_units, usable_cores
+from sedeploy.host import engine_units, matrix_units, usable_cores
 from sedeploy.measure.reuse import folder_fingerprint, machine_identity, reuse_problem, stale_reason
 from sedeploy.measure.search import (
     Budget,
@@ -175,19 +176,21 @@ def candidate_plans(
         except MissingDependencyError:
             missing = "OpenVINO is not installed (pip install 'sedeploy[openvino]')"
         hints = ("latency", "throughput") if batch > 1 else ("latency",)
-        floats = {"f32": True, "bf16": units.best("bf16") is not None, "f16": units.best("fp16") is not None}
+        openvino_units = engine_units("openvino", units)  # no BF16 on Arm; ONEDNN_MAX_CPU_ISA honoured
+        floats = {
+            kind: kind == "f32" or openvino_units.best(float_type_precision(kind)) is not None
+            for kind in FLOAT_TYPES
+        }
         for precision in PRECISIONS:
             if precision not in asked_precisions:
                 continue
             if missing:
                 pruned.append((Plan.of("openvino", precision), missing))
                 continue
-            kinds = {"fp32": ("f32",), "bf16": ("bf16",), "fp16": ("f16",), "int8": ("f32", "bf16", "f16")}[
-                precision
-            ]
+            kinds = FLOAT_TYPES if precision == "int8" else (precision_float_type(precision),)
             for kind in kinds:
                 if not floats[kind]:
-                    unit = {"bf16": "BF16", "f16": "FP16"}[kind]
+                    unit = float_type_precision(kind).upper()
                     pruned.append(
                         (
                             Plan.of("openvino", precision, runner={"float_type": kind}),
@@ -299,7 +302,7 @@ def _run_file(output: Path, plan: Plan) -> Path:
 
 def _options_for(plan: Plan, base: BuildOptions) -> BuildOptions:
     """The plan's build options; OpenVINO's runtime is pinned (its own float type, latency): the search measures the others."""
-    float_type = {"fp32": "f32", "int8": "f32", "bf16": "bf16", "fp16": "f16"}[plan.precision]
+    float_type = precision_float_type("fp32" if plan.precision == "int8" else plan.precision)
     pinned: dict[str, Any] = (
         {"float_type": float_type, "hint": "latency"} if plan.backend == "openvino" else {}
     )

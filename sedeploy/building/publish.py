@@ -153,6 +153,7 @@ def build_openvino(
     ``float_type`` / ``hint``), recorded in the manifest, and the fidelity check runs the IR that way.
     """
     from sedeploy.backends import openvino as ov_backend
+    from sedeploy.measure.runtime_choice import choose_runtime, describe_choice
 
     xml = Path(output) if output else naming.openvino_path(model_path, options.precision)
     split = gate_images(
@@ -204,7 +205,7 @@ def build_openvino(
             )
 
         write_manifest(manifest_with(None), staged_xml)  # the probe loads the staged IR as a runner would
-        runtime = ov_backend.choose_runtime(
+        runtime = choose_runtime(
             staged_xml,
             options.precision,
             options.probe_batches,
@@ -241,7 +242,7 @@ def build_openvino(
         )
     return BuildResult(
         backend="openvino",
-        backend_reason=f"{reason}; {options.precision} IR {ov_backend.describe_choice(manifest.engine or {})}",
+        backend_reason=f"{reason}; {options.precision} IR {describe_choice(manifest.engine or {})}",
         precision=options.precision,
         artifacts=(xml,),
         manifests=(manifest,),

@@ -90,7 +90,9 @@ class LayerError:
             return ""
         if self.activation_error <= self.weight_error and self.equalizable_with:
             return f"equalize with {', '.join(self.equalizable_with)}"
-        return "its input loses most" if self.activation_error <= self.weight_error else "its weights lose most"
+        return (
+            "its input loses most" if self.activation_error <= self.weight_error else "its weights lose most"
+        )
 
 
 def _rounded(value: float, digits: int = 2) -> float | None:

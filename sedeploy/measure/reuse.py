@@ -16,7 +16,7 @@ from typing import Any
 
 from sedeploy._version import __version__
 from sedeploy.errors import MissingDependencyError
-from sedeploy.host import cpu_model, matrix_units, usable_cores
+from sedeploy.host import describe_machine
 
 
 def reuse_problem(
@@ -119,10 +119,11 @@ def machine_identity() -> dict[str, Any]:
         versions["tensorrt"] = str(tensorrt.__version__)
     except ImportError:
         versions["tensorrt"] = None
+    machine = describe_machine()  # the one machine description
     return {
-        "cpu": cpu_model(),
-        "isa": matrix_units().describe(),
-        "cores": usable_cores(),
+        "cpu": machine["cpu"],
+        "isa": machine["isa"],
+        "cores": machine["cores"],
         "versions": versions,
     }
 

@@ -21,8 +21,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from sedeploy.artifacts.precision import FLOAT_TYPE_PRECISION, float_type_precision
 from sedeploy.errors import ConfigError, SedeployError
-from sedeploy.host import matrix_units, onednn_units, usable_cores
+from sedeploy.host import engine_units, matrix_units, usable_cores
 from sedeploy.optional import import_optional
 
 logger = logging.getLogger(__name__)
@@ -175,7 +176,8 @@ def cpu_roof_probes(kinds: Sequence[str], units: Any = None) -> dict[str, list[R
     ``ONEDNN_MAX_CPU_ISA``; BF16 and FP16 through oneDNN only where those units exist (else no such roof).
     """
     units = units if units is not None else matrix_units()
-    capped = onednn_units(units)
+    mlas = engine_units("onnxruntime", units)  # the units MLAS's kernels use (NEON for FP32 on Arm, not SVE)
+    capped = engine_units("torch", units)  # oneDNN, capped by ONEDNN_MAX_CPU_ISA
     probes: dict[str, list[RoofProbe]] = {}
     for kind in kinds:
         if kind == "fp32":
@@ -183,7 +185,7 @@ def cpu_roof_probes(kinds: Sequence[str], units: Any = None) -> dict[str, list[R
                 RoofProbe(
                     kind,
                     "ONNX Runtime MLAS fp32",
-                    units.best("fp32") or "scalar",
+                    mlas.best("fp32") or "scalar",
                     functools.partial(best_over_sizes, gemm_probe, "fp32"),
                 )
             ]
@@ -192,7 +194,7 @@ def cpu_roof_probes(kinds: Sequence[str], units: Any = None) -> dict[str, list[R
                 RoofProbe(
                     kind,
                     "ONNX Runtime MLAS u8s8",
-                    units.best("int8") or units.best("fp32") or "scalar",
+                    mlas.best("int8") or mlas.best("fp32") or "scalar",
                     functools.partial(best_over_sizes, gemm_probe, "int8"),
                 ),
                 RoofProbe(
@@ -253,8 +255,8 @@ def roof_kind(precision: str, float_type: str | None = None) -> str:
     """
     if precision == "int8":
         return "int8"
-    if float_type in ("bf16", "f16"):
-        return "bf16" if float_type == "bf16" else "fp16"
+    if float_type in FLOAT_TYPE_PRECISION and float_type != "f32":
+        return float_type_precision(float_type)
     if precision == "bf16":
         return "bf16"
     return "fp32"

@@ -15,8 +15,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from sedeploy.backends.openvino import (
     HINTS,
     OpenVinoRunner,
@@ -26,7 +24,7 @@ from sedeploy.backends.openvino import (
     openvino,
     require_runnable,
 )
-from sedeploy.measure.timing import time_interleaved
+from sedeploy.measure.timing import geometric_mean, time_interleaved
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +36,11 @@ PROBE_ROUNDS = 2
 """Interleaved rounds per probe: each candidate is timed twice, A B A B, so a burst on the machine lands on both."""
 PROBE_PAUSE_S = 0.02
 """Idle after each probe sample, so the previous runner's threads park before the next is timed."""
+
+
+def score_of(rates: dict[int, float]) -> float:
+    """The geometric mean of images/s over batch sizes (:func:`sedeploy.measure.timing.geometric_mean`)."""
+    return geometric_mean(rates) or 0.0
 
 
 def _time_configs(
@@ -70,11 +73,6 @@ def _time_configs(
         for runner in runners.values():
             runner.close()
     return {name: {batch: timings.median_rate(name, batch) for batch in batches} for name in configs}
-
-
-def _score(rates: dict[int, float]) -> float:
-    """The geometric mean of images/s over batch sizes."""
-    return float(np.exp(np.mean(np.log(list(rates.values())))))
 
 
 def choose_runtime(
@@ -115,7 +113,7 @@ def choose_runtime(
             )
             chosen_float = candidates[0]
             for kind in candidates[1:]:  # most accurate first: a later one must beat the current by MIN_GAIN
-                if _score(rates[kind]) >= MIN_GAIN * _score(rates[chosen_float]):
+                if score_of(rates[kind]) >= MIN_GAIN * score_of(rates[chosen_float]):
                     chosen_float = kind
             choice["float_type"] = {"decided": "measured", "images_per_s": _rounded(rates)}
     throughput_from: int | None = None
@@ -186,9 +184,9 @@ def _why(decision: dict[str, Any], chosen: str | None) -> str:
         ]
         return f" (measured img/s: {'; '.join(per_batch)})"
     if rates and chosen in rates:
-        score = _score({int(batch): rate for batch, rate in rates[chosen].items()})
+        score = score_of({int(batch): rate for batch, rate in rates[chosen].items()})
         others = [
-            f"{score / _score({int(batch): rate for batch, rate in by.items()}):.2f}x {name}"
+            f"{score / score_of({int(batch): rate for batch, rate in by.items()}):.2f}x {name}"
             for name, by in rates.items()
             if name != chosen
         ]

@@ -15,16 +15,17 @@ cannot import it. Building, checking and timing stop cleanly at ``deadline``.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from sedeploy.artifacts.precision import FLOAT_TYPE_PRECISION
 from sedeploy.errors import ConfigError, SedeployError
 from sedeploy.host import describe_machine
 from sedeploy.measure.bench import BenchReport, Candidate, bench
 from sedeploy.measure.plans import Budget, Built, Fidelity, Plan
+from sedeploy.measure.timing import geometric_mean
 from sedeploy.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -72,12 +73,12 @@ class SearchRow:
     @property
     def speed(self) -> float | None:
         """Geometric mean of images/s over the batches (what the search ranks by)."""
-        return _geometric_mean(self.images_per_s)
+        return geometric_mean(self.images_per_s)
 
     @property
     def runoff_speed(self) -> float | None:
         """The same over the run-off's figures (what decides among the near-fastest), or None."""
-        return _geometric_mean(self.runoff_images_per_s)
+        return geometric_mean(self.runoff_images_per_s)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -287,11 +288,6 @@ class SearchReport:
         return "\n".join(lines) + "\n"
 
 
-def _geometric_mean(rates: Mapping[int, float]) -> float | None:
-    positive = [rate for rate in rates.values() if rate > 0]
-    return math.exp(sum(math.log(rate) for rate in positive) / len(positive)) if positive else None
-
-
 def _shares(shares: Mapping[str, float] | None) -> str:
     """``int8 90%, bf16 10%``: the precisions that run a visible share of the MACs."""
     if not shares:
@@ -444,16 +440,13 @@ def _try(
     )
 
 
-_FLOAT_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16"}
-
-
 def runs_as(shares: Mapping[str, float] | None, float_type: str | None) -> Mapping[str, float] | None:
     """The build's MAC shares as a runner with ``float_type`` (OpenVINO's hint for every float layer) runs them."""
-    if not shares or float_type not in _FLOAT_NAMES:
+    if not shares or float_type not in FLOAT_TYPE_PRECISION:
         return shares
     merged: dict[str, float] = {}
     for name, share in shares.items():
-        name = _FLOAT_NAMES[str(float_type)] if name in _FLOAT_NAMES.values() else name
+        name = FLOAT_TYPE_PRECISION[str(float_type)] if name in FLOAT_TYPE_PRECISION.values() else name
         merged[name] = merged.get(name, 0.0) + share
     return dict(sorted(merged.items(), key=lambda item: -item[1]))
 

@@ -136,3 +136,9 @@ def time_interleaved(
         if after_round is not None:
             after_round()
     return Timings(calls, compute)
+
+
+def geometric_mean(rates: Mapping[int, float]) -> float | None:
+    """The geometric mean of images/s over batch sizes (how a speed over several batches is ranked); None if empty."""
+    values = [rate for rate in rates.values() if rate > 0]
+    return float(np.exp(np.mean(np.log(values)))) if values else None

@@ -23,9 +23,14 @@ logger = logging.getLogger("sedeploy.precision")
 class ModelSource(Protocol):
     """A model already read (the build's :class:`~sedeploy.building.SourceModel`): its path, graph and hash."""
 
-    path: Path
-    proto: onnx.ModelProto
-    sha256: str
+    @property
+    def path(self) -> Path: ...
+
+    @property
+    def proto(self) -> onnx.ModelProto: ...
+
+    @property
+    def sha256(self) -> str: ...
 
 
 ModelInput = Union[str, os.PathLike, ModelSource]  # noqa: UP007 (a runtime alias; X | Y needs 3.10 objects)

@@ -12,8 +12,6 @@ records its choice in the manifest's ``engine`` (through :func:`ir_manifest`) an
 it. Either can be pinned (``float_type``, ``hint``).
 """
 
-from typing import Any
-
 from sedeploy.backends.openvino.builder import FLOAT_MIN_TOP1, build_ir, ir_manifest
 from sedeploy.backends.openvino.compat import (
     ARTIFACT_FORMAT,
@@ -54,16 +52,3 @@ __all__ = [
     "require_runnable",
     "version",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    """TEMPORARY, until the build (``building/publish.py``) imports them from :mod:`sedeploy.measure.runtime_choice`: the old names.
-
-    An upward import (backends -> measure): the import-rule test flags it once ``measure`` has its layer, so
-    this shim cannot outlive the wiring. Remove it with that change.
-    """
-    if name in ("choose_runtime", "describe_choice"):
-        from sedeploy.measure import runtime_choice
-
-        return getattr(runtime_choice, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
