@@ -300,6 +300,13 @@ def reference_graph(qdq: onnx.ModelProto, reference: onnx.ModelProto) -> tuple[o
 # --- the probe graph ---------------------------------------------------------------------------------------
 
 
+def _qdq_node(op_type: str, inputs: list[str], output: str, axis: int | None) -> onnx.NodeProto:
+    node = helper.make_node(op_type, inputs, [output], name=output)
+    if axis is not None:
+        node.attribute.append(helper.make_attribute("axis", axis))
+    return node
+
+
 class _ProbeBuilder:
     """Adds Q/DQ copies and layer copies to a copy of the FP32 graph; names live under ``sedeploy_probe/``."""
 
@@ -324,10 +331,7 @@ class _ProbeBuilder:
         if quantized.zero_point is not None:
             inputs.append(self._initializer(quantized.zero_point, label, "zero_point"))
         output = self._name(label, "dequantized")
-        attributes = {"axis": quantized.dequantize_axis} if quantized.dequantize_axis is not None else {}
-        self.graph.node.append(
-            helper.make_node("DequantizeLinear", inputs, [output], name=output, **attributes)
-        )
+        self.graph.node.append(_qdq_node("DequantizeLinear", inputs, output, quantized.dequantize_axis))
         return output
 
     def quantize_activation(self, tensor: str, quantized: QuantizedInput, label: str) -> str:
@@ -337,10 +341,7 @@ class _ProbeBuilder:
         if quantized.zero_point is not None:
             inputs.append(self._initializer(quantized.zero_point, label, "input_zero_point"))
         stored = self._name(label, "quantized")
-        attributes = {"axis": quantized.quantize_axis} if quantized.quantize_axis is not None else {}
-        self.graph.node.append(
-            helper.make_node("QuantizeLinear", inputs, [stored], name=stored, **attributes)
-        )
+        self.graph.node.append(_qdq_node("QuantizeLinear", inputs, stored, quantized.quantize_axis))
         return self._dequantize(stored, quantized, label)
 
     def dequantize_constant(self, quantized: QuantizedInput, label: str) -> str:
@@ -616,9 +617,9 @@ def layer_errors(
                 activation_error=part(probe, probe.activations, constant=False),
                 accumulated_error=sqnr_db(signal, drift[probe.node]),
                 relative_l2=math.sqrt(totals[probe.full] / signal) if signal > 0 else math.inf,
-                input_spread=max(
-                    (_spread(channel_ranges[name]) for name in probe.channel_ranges), default=None
-                ),
+                input_spread=max(spreads, default=None)
+                if (spreads := _spreads(probe, channel_ranges))
+                else None,
                 equalizable_with=tuple(
                     module_name(names, producer) for producer in cures.get(probe.node, ())
                 ),
@@ -643,6 +644,10 @@ def layer_errors(
         int8_mac_share=share,
         notes=tuple(notes),
     )
+
+
+def _spreads(probe: _Probe, channel_ranges: Mapping[str, np.ndarray]) -> list[float]:
+    return [spread for name in probe.channel_ranges if (spread := _spread(channel_ranges[name])) is not None]
 
 
 def _spread(ranges: np.ndarray) -> float | None:

@@ -279,6 +279,7 @@ class Trials:
         self.labels = labels
         self._folder = tempfile.TemporaryDirectory(prefix="sedeploy-sensitivity-")
         self._count = 0
+        self._measured: dict[frozenset[str], tuple[Effect, Path]] = {}
         self.reference = self._run(self.source, "all")
         self.model = load_onnx(self.source)
         self.names = read_module_names(self.model)
@@ -310,10 +311,14 @@ class Trials:
         return path
 
     def measure(self, float_nodes: Sequence[str] = ()) -> tuple[Effect, Path]:
-        """Build with ``float_nodes`` left float and compare its logits with FP32's (verify's ORT settings)."""
-        path = self.build(float_nodes)
-        level = fidelity_optimization_level({"flavour": self.recipe.flavour})
-        return Effect.of(self.reference, self._run(path, level), self.labels), path
+        """Build with ``float_nodes`` left float and compare its logits with FP32's (verify's ORT settings);
+        a set measured before is answered from memory."""
+        key = frozenset(float_nodes)
+        if key not in self._measured:
+            path = self.build(float_nodes)
+            level = fidelity_optimization_level({"flavour": self.recipe.flavour})
+            self._measured[key] = (Effect.of(self.reference, self._run(path, level), self.labels), path)
+        return self._measured[key]
 
     def module(self, node: str) -> str:
         return module_name(self.names, node)

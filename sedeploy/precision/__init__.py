@@ -2,7 +2,8 @@
 
 Split as ONNX Runtime's quantization package is: :mod:`.recipe` (what is asked),
 :mod:`.calibration` (reader, calibrators by name, ranges and caches), :mod:`.fp16`,
-:mod:`.int8` (Q/DQ placement), :mod:`.lint` (TensorRT's Q/DQ rules). The public
+:mod:`.int8` (Q/DQ placement, the float layers a recipe keeps), :mod:`.lint` (TensorRT's Q/DQ rules),
+:mod:`.equalize` (cross-layer equalization of the FP32 graph, before calibration). The public
 names are re-exported here: ``from sedeploy.precision import Int8Recipe``.
 """
 
@@ -23,8 +24,17 @@ from sedeploy.precision.calibration import (
     tensorrt_calibration_cache,
     write_calibration_cache,
 )
+from sedeploy.precision.equalize import (
+    EQUALIZATION_KEY,
+    Equalization,
+    EqualizedGroup,
+    check_function_preserved,
+    equalizable_groups,
+    equalization_record,
+    equalize,
+)
 from sedeploy.precision.fp16 import DEFAULT_FP16_BLOCK_LIST, convert_fp16
-from sedeploy.precision.int8 import quantize_int8
+from sedeploy.precision.int8 import quantize_int8, resolve_nodes
 from sedeploy.precision.lint import lint_tensorrt_qdq
 from sedeploy.precision.recipe import (
     CALIBRATION_METHODS,
@@ -51,6 +61,7 @@ __all__ = [
     "DEFAULT_HISTOGRAM_BINS",
     "DEFAULT_PERCENTILE",
     "DEFAULT_QUANTIZED_BINS",
+    "EQUALIZATION_KEY",
     "FLAVOURS",
     "HIGH_PRECISIONS",
     "SE_QUANTIZED_OPS",
@@ -59,18 +70,25 @@ __all__ = [
     "CalibrationDataReader",
     "CalibrationRanges",
     "Calibrator",
+    "Equalization",
+    "EqualizedGroup",
     "Int8Recipe",
     "PrecisionError",
     "calibrate",
     "calibrate_cached",
     "calibration_cache_path",
+    "check_function_preserved",
     "convert_fp16",
     "create_calibrator",
     "entropy_threshold_bin",
+    "equalizable_groups",
+    "equalization_record",
+    "equalize",
     "fidelity_optimization_level",
     "images_sha256",
     "lint_tensorrt_qdq",
     "quantize_int8",
+    "resolve_nodes",
     "tensorrt_calibration_cache",
     "write_calibration_cache",
 ]

@@ -14,16 +14,19 @@ import inspect
 import logging
 import tempfile
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 
+from sedeploy.artifacts.module_names import module_name, read_module_names
+from sedeploy.errors import ConfigError
 from sedeploy.graphs.se_blocks import find_se_blocks, graph_with_node_names
 from sedeploy.optional import import_optional
 from sedeploy.precision._common import (
+    ModelInput,
     copy_metadata,
     load,
     ort_chatter_to_log,
@@ -188,8 +191,38 @@ def to_fp16_typed(model: onnx.ModelProto) -> onnx.ModelProto:
     return converted
 
 
+def resolve_nodes(model: onnx.ModelProto, names: Sequence[str], parameter: str) -> list[str]:
+    """The node names ``names`` stand for in ``model``: node names as they are, PyTorch module names as every
+    node recorded under that module or one inside it (``layer3.0.se`` covers its pooling, FCs and gate).
+
+    A name that is neither is a :class:`ConfigError` naming ``parameter``, so a recipe written for another
+    model is refused instead of silently quantizing what was meant to stay float.
+    """
+    nodes = [node.name for node in model.graph.node if node.name]
+    known = set(nodes)
+    modules = read_module_names(model)
+    resolved: dict[str, None] = {}
+    for name in names:
+        if name in known:
+            resolved[name] = None
+            continue
+        inside = [
+            node
+            for node in nodes
+            if modules.get(node, "") == name or modules.get(node, "").startswith(name + ".")
+        ]
+        if not inside:
+            examples = ", ".join(sorted(set(modules.values()))[:4]) or ", ".join(nodes[:4])
+            raise ConfigError(
+                f"{parameter} names {name!r}, which is neither a node nor a module of this model "
+                f"(modules look like {examples})"
+            )
+        resolved.update(dict.fromkeys(inside))
+    return list(resolved)
+
+
 def quantize_int8(
-    model_path: Path,
+    model_path: ModelInput,
     output_path: Path,
     ranges: CalibrationRanges,
     recipe: Int8Recipe,
@@ -206,6 +239,8 @@ def quantize_int8(
     excluded = [] if recipe.se_quantized else [name for block in se_blocks for name in block]
     head = matrix_vector_layers(model) if recipe.flavour == "tensorrt" else []
     excluded += head
+    float_nodes = resolve_nodes(model, recipe.float_nodes, "float_nodes")
+    excluded += [name for name in float_nodes if name not in excluded]
     extra_options: dict[str, Any] = {"WeightSymmetric": True, "ActivationSymmetric": recipe.symmetric}
     if recipe.flavour == "tensorrt":
         extra_options.update(
@@ -272,8 +307,14 @@ def quantize_int8(
         left_in_float.append(f"SE excitation path ({', '.join(float_ops)})")
     if head:
         left_in_float.append(f"classifier head ({', '.join(head)}: matrix-vector, as ModelOpt leaves it)")
+    names = read_module_names(model)
+    if float_nodes:
+        shown = ", ".join(module_name(names, node) for node in float_nodes)
+        left_in_float.append(f"kept out of INT8 on request ({shown}: {recipe.float_type})")
     return {
         **recipe.to_dict(),
+        "float_nodes": float_nodes,
+        "float_modules": [module_name(names, node) for node in float_nodes],
         "se_blocks": len(se_blocks),
         "left_in_float": "; ".join(left_in_float) if left_in_float else "nothing quantizable",
         "quantized_op_types": recipe.op_types or "every type ONNX Runtime quantizes",

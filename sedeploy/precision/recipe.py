@@ -60,6 +60,12 @@ class Int8Recipe:
     """Type of the layers left out of INT8: ``fp16`` (the ``tensorrt`` flavour's default, as ModelOpt's
     ``--high_precision_dtype``: TensorRT runs a strongly typed graph in the types it is given) or ``fp32``
     (the ``cpu`` flavour's only choice: ONNX Runtime's x86 kernels have no FP16 convolution)."""
+    float_nodes: tuple[str, ...] = ()
+    """Nodes kept out of INT8 (ONNX node names or PyTorch module names, as the per-layer report names them):
+    the fewest float layers repair. They take the flavour's float type (FP16 in the tensorrt flavour, so the
+    file stays strongly typed; FP32 in the cpu flavour)."""
+    equalize: bool = False
+    """Cross-layer equalization of the FP32 graph before calibration (:mod:`sedeploy.precision.equalize`)."""
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
@@ -81,6 +87,11 @@ class Int8Recipe:
                 "high_precision='fp16' goes with the tensorrt flavour; the cpu flavour keeps its float layers in "
                 "fp32 (ONNX Runtime's x86 kernels would cast FP16 back to FP32)"
             )
+        if isinstance(self.float_nodes, str) or not all(
+            isinstance(name, str) and name for name in self.float_nodes
+        ):
+            raise ConfigError(f"float_nodes must be a list of node or module names, got {self.float_nodes!r}")
+        object.__setattr__(self, "float_nodes", tuple(dict.fromkeys(self.float_nodes)))
         if self.quantized_bins < 2 or self.histogram_bins < self.quantized_bins:
             raise ConfigError(
                 f"histogram_bins ({self.histogram_bins}) must be at least quantized_bins "
@@ -146,6 +157,8 @@ class Int8Recipe:
             "activations": "int8 symmetric" if self.flavour == "tensorrt" else "uint8 asymmetric",
             "weights": "int8 symmetric per-channel (output-channel axis)",
             "bias": "float" if self.flavour == "tensorrt" else "int32 (ONNX Runtime default)",
+            "float_nodes": list(self.float_nodes),
+            "equalize": self.equalize,
         }
 
 
