@@ -582,6 +582,11 @@ def run_demo(
                 rounds=settings.optimize_rounds,
                 progress=progress,
             )
+        notes.append(
+            "optimize reuses this search (no work) when given the same inputs: sedeploy optimize "
+            f"{source} --data {example.heldout} --calib-dir {example.calibration} --calib-size {settings.calib_size} "
+            f"--seconds {settings.optimize_seconds:g} --rounds {settings.optimize_rounds}"
+        )
         fp16_note = _fp16_note(builds)
         if fp16_note:
             notes.insert(1, fp16_note)

@@ -26,7 +26,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -272,6 +272,18 @@ class OptimizeReport:
 
     def to_markdown(self) -> str:
         return f"# sedeploy optimize {self.model.name}\n\n" + self.search.to_markdown()
+
+
+def _changed_inputs(recorded: Mapping[str, Any], now: Mapping[str, Any]) -> str:
+    """Which of a search's inputs changed, in parameter words: ``seconds 0.3 -> 2.0; data changed``."""
+    changed = []
+    for name in sorted(set(recorded) | set(now)):
+        before, after = recorded.get(name), now.get(name)
+        if before == after:
+            continue
+        fingerprint = name in ("source_sha256", "calibration", "data")
+        changed.append(f"{name} changed" if fingerprint else f"{name} {before!r} -> {after!r}")
+    return "; ".join(changed) or "recorded without its inputs"
 
 
 def _slug(text: str) -> str:
@@ -605,7 +617,12 @@ def optimize(
         record = manifest.search or {}
         recorded = SearchReport.from_dict(record.get("report") or {})
         if record.get("key") != key:
-            logger.info("optimize: inputs differ from the search recorded in %s; searching again", path)
+            logger.warning(
+                "optimize: the search recorded in %s had other inputs (%s); searching again (the same inputs "
+                "reuse it)",
+                path.name,
+                _changed_inputs(record.get("inputs") or {}, key_inputs),
+            )
         elif recorded.stopped_early:
             logger.info("optimize: the search recorded in %s stopped early; searching again", path)
         else:

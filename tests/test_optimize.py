@@ -28,7 +28,15 @@ from sedeploy.artifacts.manifest import read_manifest, write_manifest
 from sedeploy.cli import cli
 from sedeploy.errors import ConfigError
 from sedeploy.optimize import candidate_plans, optimize
-from sedeploy.measure.search import RUNOFF_BAND, RUNOFF_SIZE, STATUSES, TIE_BAND, Budget, Fidelity, _first_clause
+from sedeploy.measure.search import (
+    RUNOFF_BAND,
+    RUNOFF_SIZE,
+    STATUSES,
+    TIE_BAND,
+    Budget,
+    Fidelity,
+    _first_clause,
+)
 from sedeploy.verify import verify
 
 pytestmark = pytest.mark.slow
@@ -146,7 +154,7 @@ def test_a_budget_no_candidate_meets_exits_1_and_names_the_closest(trained_digit
     assert result.exit_code == 1, result.output
     assert re.search(
         r"error: no candidate met the budget \(accuracy drop <= 0\.5 pt, min cosine >= 0\.999999\); "
-        r"closest: onnxruntime int8 \(.*\) \(min cosine 0\.\d+ < 0\.999999\); loosen the budget",
+        r"closest: onnxruntime int8 \(.*\) \(cosine min 0\.\d+ < 0\.999999\); loosen the budget",
         result.output,
     )
     report = json.loads((tmp_path / "report.json").read_text())
@@ -198,7 +206,7 @@ def test_an_interrupted_search_leaves_no_half_written_best(trained_digits, tmp_p
 def test_the_budget_judges_unlabelled_images_by_their_changed_top1_as_verify_does() -> None:
     assert Budget().describe() == "the build's own parity gate"  # build-engine --backend auto
     unlabelled = Fidelity(samples=200, top1_agreement=0.99, min_cosine=0.999, mean_cosine=0.9999)
-    assert Budget(max_drop=0.5).problem(unlabelled) == "top-1 changed on 1.00% > 0.5 pt"
+    assert Budget(max_drop=0.5).problem(unlabelled) == "top-1 changed on 1.00% of images > 0.5 pp"
     assert Budget(max_drop=2.0).problem(unlabelled) is None
     labelled = Fidelity(200, 0.99, 0.999, 0.9999, accuracy=0.98, reference_accuracy=0.982)
     assert Budget(max_drop=0.5).problem(labelled) is None  # with labels the drop itself counts

@@ -14,6 +14,7 @@ from sedeploy.building.options import DEFAULT_CALIBRATION_DIR, FP16_MIN_COSINE, 
 from sedeploy.building.source import SourceModel, random_images
 from sedeploy.compare import Comparison
 from sedeploy.data import ImageSet, load_image_set, preprocessing_for
+from sedeploy.errors import BadInputError
 from sedeploy.measure.sweep import sweep_calibration
 from sedeploy.precision import (
     DEFAULT_CALIBRATION_METHOD,
@@ -35,6 +36,12 @@ def calibration_set_for(source: SourceModel | Path, options: BuildOptions, progr
     described = source.metadata if isinstance(source, SourceModel) else model_path
     preprocessing, channels = preprocessing_for(described, **options.preprocessing_overrides)
     folder = options.calib_dir or DEFAULT_CALIBRATION_DIR
+    if options.calib_dir is None and not DEFAULT_CALIBRATION_DIR.is_dir():
+        raise BadInputError(
+            f"{options.precision} needs calibration images: give calib_dir (a folder of images like the model's "
+            f"inputs); the default folder {DEFAULT_CALIBRATION_DIR}/ is not here",
+            params=("calib_dir",),
+        )
     return load_image_set(
         folder,
         preprocessing,

@@ -100,6 +100,8 @@ class VerifyReport:
     seconds: float
     precision_audit: dict[str, Any] | None = None
     """The artifact's precision audit (``backends.audit``): what its layers run in here; None where it cannot run."""
+    notes: tuple[str, ...] = ()
+    """What the reader should know that is no failure (a weak model by its own record, a rule not applied)."""
 
     @property
     def passed(self) -> bool:
@@ -112,6 +114,7 @@ class VerifyReport:
         data["passed"] = self.passed
         data["failures"] = list(self.failures)
         data["skipped_images"] = list(self.skipped_images)
+        data["notes"] = list(self.notes)
         data["seconds"] = round(self.seconds, 3)
         return data
 
@@ -162,6 +165,7 @@ class VerifyReport:
         ]
         if self.nonfinite_inputs:
             lines.append(f"  {self.nonfinite_inputs} input(s) held NaN or infinity and were left out")
+        lines += [f"  note: {note}" for note in self.notes]
         if self.skipped_images:
             lines.append(f"  {len(self.skipped_images)} unreadable image(s) skipped")
         if self.precision_audit is not None:
@@ -334,9 +338,16 @@ RECORD_MARGIN = 0.1
 
 
 def _reference_problems(
-    record: TrainingRecord | None, metadata: ModelMetadata, reference_accuracy: float | None
+    record: TrainingRecord | None,
+    metadata: ModelMetadata,
+    reference_accuracy: float | None,
+    notes: list[str] | None = None,
 ) -> list[str]:
-    """Why the reference itself cannot be trusted: parity with a wrong reference is no pass."""
+    """Why the reference itself cannot be trusted: parity with a wrong reference is no pass.
+
+    A reference near chance whose training record says the same (a weak model, not a broken reference) is no
+    problem: ``notes`` gets a line saying so, and the artifact is judged against it as usual.
+    """
     problems = []
     if record is not None and tuple(record.input_size) != tuple(metadata.input_size):
         problems.append(
@@ -347,7 +358,21 @@ def _reference_problems(
     if reference_accuracy is None:
         return problems
     chance = 1 / max(metadata.num_classes, 1)
-    if reference_accuracy <= chance + CHANCE_MARGIN * (1 - chance):
+    weak_by_record = (
+        record is not None
+        and record.accuracy is not None
+        and record.accuracy <= chance + CHANCE_MARGIN * (1 - chance)
+        and abs(reference_accuracy - record.accuracy) <= RECORD_MARGIN
+    )
+    if weak_by_record and record is not None and record.accuracy is not None:
+        if notes is not None:
+            notes.append(
+                f"the reference scores {100 * reference_accuracy:.2f}% top-1, near chance "
+                f"({100 * chance:.2f}%), as its training record says ({100 * record.accuracy:.2f}%, "
+                f"{record.accuracy_source}): a weak model, not a broken reference; train it longer for a useful "
+                "model. The artifact is judged against it as usual"
+            )
+    elif reference_accuracy <= chance + CHANCE_MARGIN * (1 - chance):
         problems.append(
             f"the reference itself scores {100 * reference_accuracy:.2f}% top-1, chance level "
             f"({100 * chance:.2f}%): the reference, not the artifact, is wrong; check its input size and "
@@ -451,7 +476,8 @@ def verify(
         reference_accuracy, artifact_accuracy = top1_accuracy(expected, labels), top1_accuracy(got, labels)
         accuracy_drop = 100 * (reference_accuracy - artifact_accuracy)
 
-    failures = _reference_problems(record, metadata, reference_accuracy)
+    notes: list[str] = []
+    failures = _reference_problems(record, metadata, reference_accuracy, notes)
     verdict = judge(comparison, thresholds, accuracy_drop=accuracy_drop, top1_gated=not inputs.synthetic)
     failures += [
         "the artifact's logits hold NaN or infinity" if failure == "non-finite logits" else failure
@@ -488,6 +514,7 @@ def verify(
         skipped_images=inputs.skipped,
         seconds=time.perf_counter() - started,
         precision_audit=precision_audit,
+        notes=tuple(notes) + verdict.notes,
     )
     logger.info("verify %s: %s", artifact_path, "pass" if report.passed else "; ".join(failures))
     return report

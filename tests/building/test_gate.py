@@ -13,6 +13,7 @@ from sedeploy.artifacts.manifest import read_manifest
 from sedeploy.build import BuildOptions, build_engine
 from sedeploy.building import GATE_MAX_IMAGES, HOLD_OUT_FROM, gate_images
 from sedeploy.compare import DEFAULT_THRESHOLDS, compare_logits, judge, top1_rule_applies
+from sedeploy.errors import BadInputError
 from sedeploy.measure.plans import Budget, Fidelity
 
 
@@ -103,3 +104,16 @@ def test_the_manifest_records_what_the_gate_judged_on(tmp_path: Path) -> None:
         "text": "parity on 40 calibration images, in-sample",
     }
     assert "(parity on 40 calibration images, in-sample)" in result.to_text()
+
+
+def test_int8_without_a_calibration_folder_names_the_option(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = export_tiny(tmp_path / "tiny.onnx")
+    monkeypatch.chdir(tmp_path)  # no calibration/ here
+    before = sorted(path.name for path in tmp_path.iterdir())
+    with pytest.raises(BadInputError) as excinfo:
+        build_engine(model, BuildOptions(precision="int8", backend="onnxruntime"))
+    assert "give calib_dir" in str(excinfo.value) and "calibration/ is not here" in str(excinfo.value)
+    assert "calib_dir" in excinfo.value.params
+    assert sorted(path.name for path in tmp_path.iterdir()) == before
