@@ -446,6 +446,16 @@ def probe_graph(
     return builder.model, probes
 
 
+def _load(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """The ONNX file with its weights in memory (external data checked by the contract's reader first)."""
+    model = load_onnx(path)
+    try:
+        onnx.load_external_data_for_model(model, str(Path(path).parent))
+    except Exception as error:
+        raise BadInputError(f"{path}: cannot read its external data ({error}); export it again") from None
+    return model
+
+
 def _session(model: onnx.ModelProto) -> Any:
     ort = import_optional("onnxruntime", "cpu")
     options = ort.SessionOptions()
@@ -525,8 +535,8 @@ def layer_errors(
         raise BadInputError(
             "no images to measure the per-layer error on; give held-out or calibration images"
         )
-    qdq_model = load_onnx(artifact)
-    reference_model, equalized = reference_graph(qdq_model, load_onnx(reference))
+    qdq_model = _load(artifact)
+    reference_model, equalized = reference_graph(qdq_model, _load(reference))
     qdq = QdqGraph(qdq_model)
     reference_nodes = {node.name for node in reference_model.graph.node}
     nodes = {name: how for name, how in qdq.quantized_nodes().items() if name in reference_nodes}

@@ -32,6 +32,7 @@ from sedeploy.precision.equalize import (
     equalizable_groups,
     equalization_record,
     equalize,
+    equalize_file,
 )
 from sedeploy.precision.fp16 import DEFAULT_FP16_BLOCK_LIST, convert_fp16
 from sedeploy.precision.int8 import quantize_int8, resolve_nodes
@@ -84,6 +85,7 @@ __all__ = [
     "equalizable_groups",
     "equalization_record",
     "equalize",
+    "equalize_file",
     "fidelity_optimization_level",
     "images_sha256",
     "lint_tensorrt_qdq",

@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -33,7 +35,7 @@ from onnx import numpy_helper
 
 from sedeploy.artifacts.module_names import module_name, read_module_names
 from sedeploy.optional import import_optional
-from sedeploy.precision._common import input_name
+from sedeploy.precision._common import input_name, load, save
 from sedeploy.precision.recipe import PrecisionError
 
 logger = logging.getLogger(__name__)
@@ -434,6 +436,18 @@ def check_function_preserved(
             f"{tolerance:g}); build without equalize, and please report this"
         )
     return difference
+
+
+def equalize_file(
+    source: str | os.PathLike[str], output: str | os.PathLike[str], images: np.ndarray
+) -> Equalization:
+    """Equalize the FP32 ONNX ``source`` into ``output`` (atomically) after checking on ``images`` that the logits
+    did not change (:func:`check_function_preserved`); nothing is written when they did."""
+    model = load(Path(source))
+    equalized, record = equalize(model)
+    check_function_preserved(model, equalized, np.ascontiguousarray(images, dtype=np.float32))
+    save(equalized, Path(output))
+    return record
 
 
 def equalized_groups_text(record: Equalization, limit: int = 4) -> str:

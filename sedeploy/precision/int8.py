@@ -35,6 +35,7 @@ from sedeploy.precision._common import (
     save,
 )
 from sedeploy.precision.calibration import CalibrationRanges
+from sedeploy.precision.equalize import equalization_record
 from sedeploy.precision.lint import lint_tensorrt_qdq
 from sedeploy.precision.recipe import TENSORRT_QUANTIZED_OPS, Int8Recipe, PrecisionError
 
@@ -235,6 +236,12 @@ def quantize_int8(
     del images
     quantization = ort_quantization()
     model = graph_with_node_names(load(model_path))
+    equalized = equalization_record(model)
+    if recipe.equalize and equalized is None:
+        raise PrecisionError(
+            f"the recipe asks for equalize, but {model_path} is not equalized; equalize it first "
+            "(sedeploy.precision.equalize_file) and quantize the equalized file"
+        )
     se_blocks = find_se_blocks(model)
     excluded = [] if recipe.se_quantized else [name for block in se_blocks for name in block]
     head = matrix_vector_layers(model) if recipe.flavour == "tensorrt" else []
@@ -315,6 +322,8 @@ def quantize_int8(
         **recipe.to_dict(),
         "float_nodes": float_nodes,
         "float_modules": [module_name(names, node) for node in float_nodes],
+        "equalize": equalized is not None,
+        "equalized_groups": len(equalized or ()),
         "se_blocks": len(se_blocks),
         "left_in_float": "; ".join(left_in_float) if left_in_float else "nothing quantizable",
         "quantized_op_types": recipe.op_types or "every type ONNX Runtime quantizes",
