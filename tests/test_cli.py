@@ -108,3 +108,31 @@ def test_bf16_without_bf16_units_exits_1_with_one_line(trained_digits, tmp_path,
     lines = [line for line in result.stderr.strip().splitlines() if line.startswith("error: ")]
     assert result.exit_code == 1 and len(lines) == 1 and "no BF16 units" in lines[0], result.output
     assert sorted(path.name for path in tmp_path.iterdir()) == ["digits.onnx"]
+
+
+def test_every_command_help_reads_its_library_defaults() -> None:
+    """Each command's help renders, which reads every default, choice list and help text it takes from the
+    library (``cli.options.Later``): a name that moved or vanished fails here rather than at a user's prompt."""
+    from sedeploy.cli.options import Later, LaterChoice
+
+    assert sorted(cli.commands) == [
+        "bench", "build-engine", "demo", "export", "info", "inspect", "loadtest", "optimize", "predict", "serve",
+        "train", "triton", "verify",
+    ]  # fmt: skip
+    for name, command in cli.commands.items():
+        result = CliRunner().invoke(cli, [name, "--help"])
+        assert result.exit_code == 0, (name, result.output, result.exception)
+        assert f"Usage: cli {name}" in result.output
+        for param in command.params:
+            assert not isinstance(param.default, Later), (name, param.name)
+            assert not isinstance(getattr(param, "_later_help", None), Later), (name, param.name)
+            if isinstance(param.type, LaterChoice):
+                assert param.type.choices and all(isinstance(c, str) for c in param.type.choices), (
+                    name,
+                    param.name,
+                )
+    from sedeploy.precision import CALIBRATION_METHODS, DEFAULT_CALIBRATION_METHOD
+
+    text = " ".join(CliRunner().invoke(cli, ["build-engine", "--help"]).output.split())
+    assert f"--calib-method [{'|'.join((*CALIBRATION_METHODS, 'sweep'))}]" in text
+    assert f"[default: {DEFAULT_CALIBRATION_METHOD}]" in text
