@@ -86,7 +86,10 @@ def plot_throughput(report: BenchReport, path: Path) -> Path:
     batches = sorted({row.stats.batch for row in report.rows})
     axes.set_xticks(batches, [str(batch) for batch in batches])  # 1, 2, 4, 8: not 2^0 ... 2^3
     axes.minorticks_off()
-    return save_figure(figure, axes, f"sedeploy bench - {report.machine['cpu']}", path)
+    title = f"sedeploy bench - {report.machine['cpu']}" + (
+        f"\n{report.machine['isa']}" if report.machine.get("isa") else ""
+    )
+    return save_figure(figure, axes, title, path)
 
 
 @dataclass(frozen=True)

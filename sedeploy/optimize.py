@@ -52,11 +52,13 @@ from sedeploy.building import (
     build_artifact,
     read_source,
 )
+from sedeploy.data import listed_images_among
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import (
     atomic_output,
     check_writable,
     pause_for_tests,
+    refuse_output_over_input,
     sha256_of_file,
     temp_path_beside,
     write_json_atomic,
@@ -419,21 +421,28 @@ def _open_plan(plan: Plan, built: Built, threads: int | None) -> Any:
     return load(built.artifact, **options)
 
 
-def _best_stem(model: Path, output: str | os.PathLike[str] | None) -> Path:
-    """The name the winner is written under (``<model>.best``, or ``output`` less a backend suffix)."""
-    if output is None:
-        return model.with_name(f"{model.stem}.best")
-    path = Path(output)
-    for suffix in BEST_SUFFIXES.values():
-        if path.name.endswith(suffix):
-            path = path.with_name(path.name[: -len(suffix)])
-            break
-    ours = [path.with_name(path.name + suffix) for suffix in (*BEST_SUFFIXES.values(), ".onnx")]
-    if model.resolve() in {candidate.resolve() for candidate in ours} or path.resolve() == model.resolve():
-        raise ConfigError(
-            f"output {output} would overwrite the source model {model.name}; give another name",
-            params=("output",),
-        )
+def _best_stem(model: Path, output: str | os.PathLike[str] | None, data: Path | None = None) -> Path:
+    """The name the winner is written under (``<model>.best``, or ``output`` less a backend suffix).
+
+    Every file the winner may be written as is refused, before any work, when it is one of the search's inputs
+    (the source model and its manifest, a held-out image): compared as files, so links and hard links count.
+    """
+    path = model.with_name(f"{model.stem}.best")
+    if output is not None:
+        path = Path(output)
+        for suffix in BEST_SUFFIXES.values():
+            if path.name.endswith(suffix):
+                path = path.with_name(path.name[: -len(suffix)])
+                break
+    ours = [path, *(path.with_name(path.name + suffix) for suffix in (*BEST_SUFFIXES.values(), ".onnx"))]
+    refuse_output_over_input(
+        [("output", candidate) for candidate in ours],
+        [
+            ("the source model", model),
+            ("the source model's manifest", manifest_path(model)),
+            *(("a held-out image", image) for image in (listed_images_among(data, ours) if data else [])),
+        ],
+    )
     return path
 
 
@@ -595,7 +604,7 @@ def optimize(
     )
     calibration = Path(calib_dir) if calib_dir is not None else None
     calibration_folder = calibration or DEFAULT_CALIBRATION_DIR
-    stem = _best_stem(model, output)
+    stem = _best_stem(model, output, data_path if data_path.is_dir() else None)
     key_inputs = {
         "source_sha256": source.sha256,
         "calibration": folder_fingerprint(calibration_folder),
@@ -681,12 +690,57 @@ def _with_files(
             temp.write_text(report.to_markdown(), encoding="utf-8")
         files.append(Path(markdown))
     if plot is not None:
-        files.append(plot_search(report.search, Path(plot)))
+        files.append(plot_search(report.search, Path(plot), report.model.name))
     return replace(report, files=tuple(files))
 
 
-def plot_search(report: SearchReport, path: Path) -> Path:
-    """PNG of images/s against fidelity loss, every timed candidate, the Pareto front joined and the winner ringed."""
+LABEL_GAP = 0.034
+"""Smallest vertical distance between two point labels, in axes fractions (6-point text on a 4.8-inch figure)."""
+
+
+def _label_points(axes: Any, points: Sequence[tuple[str, float, float]]) -> None:
+    """Label each (text, x, y) point to its right without two labels overlapping.
+
+    Points within 45% of the axes' width of each other share a column of labels, right of its right-most point;
+    in each column the
+    labels keep their points' order from top to bottom and at least :data:`LABEL_GAP` apart, joined to a point
+    by a thin line where they had to move.
+    """
+    (x0, x1), (y0, y1) = axes.get_xlim(), axes.get_ylim()
+    placed = [
+        ((x - x0) / ((x1 - x0) or 1.0), (y - y0) / ((y1 - y0) or 1.0), text, x, y) for text, x, y in points
+    ]
+    columns: list[list[tuple[float, float, str, float, float]]] = []
+    for point in sorted(placed):  # left to right: a new column where the points are far apart
+        if not columns or point[0] - columns[-1][0][0] > 0.45:
+            columns.append([])
+        columns[-1].append(point)
+    for column in columns:
+        label_x = max(point[0] for point in column) + 0.02  # right of the column's right-most point
+        column.sort(key=lambda point: -point[1])
+        heights: list[float] = []
+        for _, fy, *_ in column:
+            heights.append(min(fy, heights[-1] - LABEL_GAP) if heights else min(fy, 0.97))
+        shift = max(0.0, 0.03 - heights[-1])
+        for (fx, fy, text, x, y), height in zip(column, heights, strict=True):
+            moved = abs(height + shift - fy) > 0.01 or label_x - fx > 0.03
+            axes.annotate(
+                text,
+                (x, y),
+                xytext=(label_x, height + shift),
+                textcoords="axes fraction",
+                fontsize=6,
+                va="center",
+                arrowprops={"arrowstyle": "-", "color": "0.6", "lw": 0.5} if moved else None,
+            )
+
+
+def plot_search(report: SearchReport, path: Path, model: str | None = None) -> Path:
+    """PNG of images/s against fidelity loss, every timed candidate, the Pareto front joined and the winner ringed.
+
+    Labels are placed so that no two overlap (candidates of one backend often sit at the same loss and near the
+    same speed); the title names the model, the machine and its ISA.
+    """
     figure, axes = new_figure((7.5, 4.8))
     batch = max(report.batches)
     points = [
@@ -705,7 +759,6 @@ def plot_search(report: SearchReport, path: Path) -> Path:
         axes.scatter(
             loss(row), rate, marker="o" if within else "x", color="tab:blue" if within else "tab:gray"
         )
-        axes.annotate(row.label, (loss(row), rate), fontsize=6, xytext=(3, 3), textcoords="offset points")
     front = sorted((loss(row), rate) for row, rate in points if row.pareto)
     if front:
         axes.plot([x for x, _ in front], [y for _, y in front], color="tab:orange", label="Pareto front")
@@ -721,11 +774,18 @@ def plot_search(report: SearchReport, path: Path) -> Path:
         )
     if labelled and report.budget.max_drop is not None:
         axes.axvline(report.budget.max_drop, color="tab:red", linestyle=":", label="budget")
-    axes.set_xlabel("top-1 accuracy drop (pt)" if labelled else "top-1 changes vs fp32 (%)")
-    axes.set_ylabel(f"images / s at batch {batch}")
-    return save_figure(
-        figure, axes, f"sedeploy optimize - {report.machine.get('cpu', '')}", path, legend_size=7
+    axes.set_xlabel(
+        "top-1 accuracy drop (percentage points)" if labelled else "top-1 changes vs fp32 (% of images)"
     )
+    axes.set_ylabel(f"images / s at batch {batch}")
+    axes.margins(x=0.3, y=0.08)  # room right of the points for their labels
+    axes.autoscale_view()
+    _label_points(axes, [(row.label, loss(row), rate) for row, rate in points])  # last: the limits are final
+    machine = report.machine
+    title = f"sedeploy optimize {model + ' ' if model else ''}- {machine.get('cpu', '')}"
+    if machine.get("isa"):
+        title += f"\n{machine['isa']}"
+    return save_figure(figure, axes, title, path, legend_size=7)
 
 
 __all__ = [

@@ -10,6 +10,7 @@ from typing import Any
 
 from sedeploy._version import __version__
 from sedeploy.artifacts import naming
+from sedeploy.artifacts.external_data import external_data_files
 from sedeploy.artifacts.manifest import (
     BuildManifest,
     manifest_path,
@@ -27,9 +28,9 @@ from sedeploy.building.options import BuildOptions, BuildResult, choose_backend
 from sedeploy.building.precision_file import calibration_set_for, make_precision_file
 from sedeploy.building.publish import audit_engine, build_openvino, check_output_suffix, publish_onnxruntime
 from sedeploy.building.source import SourceModel, refuse_what_cannot_apply
-from sedeploy.data import ImageSet
+from sedeploy.data import ImageSet, listed_images_among
 from sedeploy.errors import ConfigError
-from sedeploy.files import check_writable, folder_lock, temp_path_beside
+from sedeploy.files import check_writable, folder_lock, refuse_output_over_input, temp_path_beside
 from sedeploy.progress import stage
 
 logger = logging.getLogger(__name__)
@@ -40,11 +41,35 @@ def refuse_before_building(source: SourceModel, options: BuildOptions, output: s
     a bad TensorRT profile (a usage error even where TensorRT is missing)."""
     refuse_what_cannot_apply(source, options)
     if output is not None:
+        refuse_output_over_inputs(source, options, output)
         check_writable(output)
     if options.tensorrt.profile is not None:
         resolve_batch_profile(
             options.tensorrt.profile, source.metadata.max_batch if source.metadata else None
         )
+
+
+def refuse_output_over_inputs(source: SourceModel, options: BuildOptions, output: str | Path) -> None:
+    """An ``output`` that is one of the build's inputs (the source, its manifest or external data, a
+    calibration or held-out image) is refused before any work: a build never writes over what it reads."""
+    folder = source.path.parent
+    refuse_output_over_input(
+        [("output", output)],
+        [
+            ("the source model", source.path),
+            ("the source model's manifest", manifest_path(source.path)),
+            *(
+                ("the source model's external data", folder / name)
+                for name in external_data_files(source.proto, source.path)
+            ),
+            *(("a calibration image", path) for path in _images_among(options.calib_dir, output)),
+            *(("a held-out image", path) for path in _images_among(options.sweep_data, output)),
+        ],
+    )
+
+
+def _images_among(folder: Path | None, output: str | Path) -> list[Path]:
+    return list(listed_images_among(folder, [output])) if folder is not None else []
 
 
 def build_artifact(
