@@ -383,19 +383,24 @@ def onnxruntime_precisions(source: onnx.ModelProto, optimized: onnx.ModelProto) 
 
 def audit_onnxruntime(
     artifact: str | Path,
-    source: str | Path | None = None,
+    source: str | Path | onnx.ModelProto | None = None,
     providers: Sequence[str] | None = None,
     already_optimized: bool | None = None,
 ) -> PrecisionAudit:
     """Audit an ONNX Runtime artifact: its optimized graph as this ONNX Runtime writes it (or the ``.ort.onnx``).
 
     ``already_optimized``: the file is ONNX Runtime's optimized graph (default: judged by its ``.ort.onnx``
-    name; pass True for a staged optimized graph under a temporary name).
+    name; pass True for a staged optimized graph under a temporary name). ``source``: the FP32 source's path,
+    or its graph already read (a build hands the one it read).
     """
     from sedeploy.backends import onnxruntime as ort_backend
 
     path = Path(artifact)
-    source_path = Path(source) if source is not None else find_source(path)
+    source_graph = (
+        source
+        if isinstance(source, onnx.ModelProto)
+        else load_onnx(Path(source) if source else find_source(path))
+    )
     if already_optimized if already_optimized is not None else naming.is_optimized_onnx(path):
         optimized, method = load_onnx(path), "ONNX Runtime optimized graph (.ort.onnx as saved)"
     else:
@@ -404,7 +409,7 @@ def audit_onnxruntime(
             ort_backend.write_optimized_model(path, staged, list(providers or ["CPUExecutionProvider"]))
             optimized = onnx.load(str(staged))
         method = "ONNX Runtime optimized graph, level all"
-    layers = onnxruntime_precisions(load_onnx(source_path), optimized)
+    layers = onnxruntime_precisions(source_graph, optimized)
     return PrecisionAudit("onnxruntime", path.name, tuple(layers), method)
 
 

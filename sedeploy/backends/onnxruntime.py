@@ -27,7 +27,7 @@ import numpy as np
 from sedeploy.artifacts.external_data import inline_external_data
 from sedeploy.artifacts.manifest import BuildManifest, ManifestError, checked_manifest, manifest_path
 from sedeploy.artifacts.metadata import PREFIX, ModelMetadata, check_onnx_file
-from sedeploy.artifacts.naming import is_optimized_onnx
+from sedeploy.artifacts.naming import is_optimized_onnx, portable_onnx_path
 from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.files import atomic_output
@@ -475,9 +475,7 @@ def _check_optimized_for_this_cpu(path: Path, manifest: BuildManifest | None) ->
             )
             if part
         )
-        portable = (
-            path.with_name(path.name[: -len(".ort.onnx")] + ".onnx") if is_optimized_onnx(path) else None
-        )
+        portable = portable_onnx_path(path) if is_optimized_onnx(path) else None
         load_instead = (
             f"load the portable {portable.name} beside it" if portable else "load the portable ONNX"
         )

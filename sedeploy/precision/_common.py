@@ -61,9 +61,7 @@ def load(model: ModelInput) -> onnx.ModelProto:
         path = model.path
         proto = onnx.ModelProto()
         proto.CopyFrom(model.proto)
-        if not any(
-            tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in proto.graph.initializer
-        ):
+        if not any(tensor.data_location == onnx.TensorProto.EXTERNAL for tensor in proto.graph.initializer):
             return proto
     try:
         onnx.load_external_data_for_model(proto, str(path.parent))

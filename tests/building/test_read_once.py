@@ -78,7 +78,9 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
 def test_an_int8_build_parses_and_hashes_its_source_at_most_once(tiny: tuple[Path, Path]) -> None:
     model, calib = tiny
-    options = BuildOptions(precision="int8", backend="onnxruntime", calib_dir=calib, calib_size=24, gate=False)
+    options = BuildOptions(
+        precision="int8", backend="onnxruntime", calib_dir=calib, calib_size=24, gate=False
+    )
     with counting() as counts:
         build_engine(model, options)
     source = model.name
@@ -88,7 +90,9 @@ def test_an_int8_build_parses_and_hashes_its_source_at_most_once(tiny: tuple[Pat
 
 def test_verify_reads_the_artifact_and_its_source_once(tiny: tuple[Path, Path]) -> None:
     model, calib = tiny
-    options = BuildOptions(precision="int8", backend="onnxruntime", calib_dir=calib, calib_size=24, gate=False)
+    options = BuildOptions(
+        precision="int8", backend="onnxruntime", calib_dir=calib, calib_size=24, gate=False
+    )
     artifact = build_engine(model, options).artifact
     with counting() as counts:
         verify(artifact, num=8)
