@@ -307,6 +307,29 @@ class DemoReport:
         }
 
 
+def relative_to_folder(value: Any, folder: Path) -> Any:
+    """``value`` (text, or JSON-ready lists and dicts) with absolute paths inside ``folder`` and under the working
+    directory written relative to ``folder``: a report names no machine's absolute paths."""
+    if isinstance(value, str):
+        inside = str(folder.resolve()) + os.sep
+        here = str(Path.cwd().resolve()) + os.sep
+        up = (
+            os.path.relpath(Path.cwd().resolve(), folder.resolve()) + os.sep
+        )  # the working directory, from folder
+        for prefix, replacement in sorted(
+            {inside: "", str(folder) + os.sep: "", here: "" if up == "." + os.sep else up}.items(),
+            key=lambda item: -len(item[0]),
+        ):
+            if prefix != os.sep:
+                value = value.replace(prefix, replacement)
+        return value
+    if isinstance(value, dict):
+        return {key: relative_to_folder(item, folder) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [relative_to_folder(item, folder) for item in value]
+    return value
+
+
 _EXAMPLE_PLAN: dict[str, tuple[tuple[str, str | None], ...]] = {
     "onnxruntime": (("fp32", None), ("fp16", None), ("int8", "tensorrt"), ("int8", "cpu")),
     "tensorrt": (("fp32", None), ("fp16", None), ("int8", "tensorrt")),
@@ -610,8 +633,8 @@ def run_demo(
                 optimized=optimized,
             )
             with atomic_output(out / "report.md") as temp_path:
-                temp_path.write_text(report.to_markdown(), encoding="utf-8")
-            write_json_atomic(out / "report.json", report.to_dict())
+                temp_path.write_text(relative_to_folder(report.to_markdown(), out), encoding="utf-8")
+            write_json_atomic(out / "report.json", relative_to_folder(report.to_dict(), out))
     finally:
         stages.close()
     logger.info("demo done in %.0f s: %s", report.seconds, "passed" if report.passed else "FAILED")
