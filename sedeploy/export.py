@@ -41,15 +41,14 @@ from sedeploy.artifacts.metadata import (
     read_labels,
     write_metadata,
 )
-from sedeploy.artifacts.module_names import module_names_from_graph, write_module_names
 from sedeploy.compare import Comparison, compare_logits
 from sedeploy.errors import ConfigError, ExportError, ParityError
-from sedeploy.files import atomic_output
+from sedeploy.files import atomic_output, refuse_output_over_input
 from sedeploy.graphs.rewrite import se_squeeze_to_global_pool
 from sedeploy.models.checkpoint import Checkpoint, build_model, load_weights, read_checkpoint
 from sedeploy.models.complexity import estimate_complexity
 from sedeploy.models.factory import load_model_factory
-from sedeploy.models.record import RECORD_NAME, TrainingRecord, find_training_record
+from sedeploy.models.record import LABELS_NAME, RECORD_NAME, TrainingRecord, find_training_record
 from sedeploy.models.registry import ModelDefaults
 from sedeploy.optional import import_optional
 from sedeploy.progress import stage
@@ -345,6 +344,26 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+def _refuse_output_over_inputs(
+    output: str | os.PathLike[str] | None,
+    weights: str | os.PathLike[str] | None,
+    labels: Sequence[str] | str | os.PathLike[str] | None,
+) -> None:
+    """Refuse an output that is the weights, their training record or labels, or the labels file given."""
+    if output is None:
+        return
+    record = Path(weights).with_name(RECORD_NAME) if weights is not None else None
+    refuse_output_over_input(
+        [("output", output)],
+        [
+            ("the weights", weights),
+            ("the weights' training record", record),
+            ("the weights' labels", record.with_name(LABELS_NAME) if record is not None else None),
+            ("the labels file", labels if isinstance(labels, (str, os.PathLike)) else None),
+        ],
+    )
+
+
 def export_onnx(
     model: str | nn.Module | None = None,
     *,
@@ -386,6 +405,7 @@ def export_onnx(
         raise ConfigError(f"opset {opset} is below {DEFAULT_OPSET}, the lowest the exporter emits natively")
     if max_batch < 1:
         raise ConfigError(f"max batch must be at least 1, got {max_batch}")
+    _refuse_output_over_inputs(output, weights, labels)
     label_names: tuple[str, ...] | None = None
     if isinstance(labels, (str, os.PathLike)):
         label_names = read_labels(labels)
@@ -437,6 +457,8 @@ def export_onnx(
             label_names = defaults.labels  # the zoo entry's own class names (e.g. the chair classifier's)
 
         path = Path(output) if output is not None else _default_output(source.name)
+        if output is None:
+            _refuse_output_over_inputs(path, weights, labels)
         with atomic_output(path) as temp_path:
             complexity = estimate_complexity(module, input_size)
             export_started = time.perf_counter()
@@ -468,9 +490,6 @@ def export_onnx(
                 weights_layout=source.checkpoint.layout if source.checkpoint else None,
             )
             write_metadata(proto, metadata)
-            # After write_metadata (which replaces every sedeploy.* key): which module each node came from.
-            known_modules = [name for name, _ in module.named_modules() if name]
-            write_module_names(proto, module_names_from_graph(proto, known_modules))
             if proto.ByteSize() >= _PROTOBUF_LIMIT:
                 raise ExportError(
                     f"{source.arch} is 2 GB or more as ONNX; sedeploy writes single-file models only"

@@ -14,14 +14,15 @@ import json
 import os
 import secrets
 import signal
+import stat
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-from sedeploy.errors import BadInputError
+from sedeploy.errors import BadInputError, ConfigError
 
 _OUT_OF_ROOM = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EIO})
 """Write errors that say the place is full or read-only, not that sedeploy is wrong: one line, a fix."""
@@ -220,10 +221,187 @@ def write_json_atomic(path: str | os.PathLike[str], data: Any) -> Path:
     return Path(path)
 
 
-def sha256_of_file(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes, read in chunks."""
+def sha256_of_file(path: str | os.PathLike[str], what: str = "file", max_bytes: int | None = None) -> str:
+    """Hex SHA-256 of a regular file's bytes, read in chunks (:func:`open_regular`: a pipe or device is refused)."""
+    with open_regular(path, what, max_bytes) as handle:
+        return sha256_of_handle(handle)
+
+
+def sha256_of_handle(handle: BinaryIO) -> str:
+    """Hex SHA-256 of an open file's bytes from its start, read in chunks; the position is left at the end."""
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
+    handle.seek(0)
+    for chunk in iter(lambda: handle.read(1 << 20), b""):
+        digest.update(chunk)
     return digest.hexdigest()
+
+
+# Reading what the user names: regular files only, never a blocking open.
+
+MAX_JSON_BYTES: int = 64 << 20
+"""The most bytes a JSON or text file sedeploy reads whole may hold (manifests, training records, calibration
+caches, labels): their format bounds nothing, and a stray multi-gigabyte file must not be read into memory."""
+MAX_ONNX_BYTES: int = 2 << 30
+"""The most bytes an ONNX file can hold: protobuf's 2 GiB limit (larger weights live in external data)."""
+
+_KINDS = (
+    (stat.S_ISDIR, "a folder"),
+    (stat.S_ISFIFO, "a named pipe"),
+    (stat.S_ISSOCK, "a socket"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+)
+
+
+class NotRegularFileError(BadInputError):
+    """A path names something that is not a regular file (a pipe, a socket, a device, or a link to one).
+
+    ``reason`` says what it is, without the path (it goes into skip lists and image reports).
+    """
+
+    def __init__(self, what: str, path: str | os.PathLike[str], reason: str) -> None:
+        super().__init__(f"{what} {path} is {reason}, not a regular file; give a regular file")
+        self.path = str(path)
+        self.reason = f"{reason}, not a regular file"
+
+
+class FileTooLargeError(BadInputError):
+    """A file is larger than anything of its kind can be; refused before it is read."""
+
+    def __init__(self, what: str, path: str | os.PathLike[str], size: int, limit: int) -> None:
+        super().__init__(
+            f"{what} {path} is {size} bytes, more than the {limit} a {what} can hold; give the right file"
+        )
+        self.path = str(path)
+        self.reason = f"{size} bytes, more than the {limit} allowed"
+
+
+def _kind(mode: int) -> str:
+    return next((name for test, name in _KINDS if test(mode)), "not a regular file")
+
+
+def special_file_reason(path: str | os.PathLike[str]) -> str | None:
+    """What ``path`` is when it exists but is not a regular file (links followed), else None.
+
+    Reading a named pipe blocks until a writer comes, a device such as
+    ``/dev/zero`` never ends, and a socket cannot be opened at all: each is named
+    here (``"a named pipe"``, ``"a link to /dev/zero, a character device"``,
+    ``"a broken link to x.png"``) so folder walks can skip it and direct names can be
+    refused. A path that does not exist, or cannot be looked at, gives None: its
+    reader reports that in its own words. Nothing is opened.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        if os.path.islink(path):
+            return f"a broken link to {os.readlink(path)}"
+        return None
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISREG(mode):
+        return None
+    kind = _kind(mode)
+    if os.path.islink(path):
+        return f"a link to {os.path.realpath(path)}, {kind}"
+    return kind
+
+
+def open_regular(path: str | os.PathLike[str], what: str = "file", max_bytes: int | None = None) -> BinaryIO:
+    """Open ``path`` for reading in binary mode, if it is a regular file (links followed), without ever blocking.
+
+    The one gate for every file a user names (images, ONNX, weights, records,
+    manifests, caches). A pipe, socket or device, or a link to one, is refused
+    with :class:`NotRegularFileError` before it is opened; the file is then opened
+    non-blocking and checked again on the open descriptor, so a path swapped for a
+    pipe in between is refused too, not waited on. ``max_bytes`` refuses a larger
+    file (:class:`FileTooLargeError`). A path that does not exist or cannot be read
+    raises the usual :class:`OSError`, for the caller to word.
+    """
+    reason = special_file_reason(path)
+    if reason is not None:
+        raise NotRegularFileError(what, path, reason)
+    descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, "O_CLOEXEC", 0))
+    try:
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):  # swapped after the look above
+            raise NotRegularFileError(what, path, _kind(status.st_mode))
+        if max_bytes is not None and status.st_size > max_bytes:
+            raise FileTooLargeError(what, path, status.st_size, max_bytes)
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def read_regular_bytes(
+    path: str | os.PathLike[str], what: str = "file", max_bytes: int = MAX_JSON_BYTES
+) -> bytes:
+    """The bytes of a regular file of at most ``max_bytes`` (:func:`open_regular`; one that grows past it too)."""
+    with open_regular(path, what, max_bytes) as handle:
+        data = handle.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise FileTooLargeError(what, path, len(data), max_bytes)
+    return data
+
+
+def read_regular_text(
+    path: str | os.PathLike[str], what: str = "file", max_bytes: int = MAX_JSON_BYTES
+) -> str:
+    """:func:`read_regular_bytes` decoded as UTF-8 (a :class:`UnicodeDecodeError` is the caller's to word)."""
+    return read_regular_bytes(path, what, max_bytes).decode("utf-8")
+
+
+def proc_fd_path(handle: BinaryIO, path: str | os.PathLike[str]) -> str:
+    """A name that opens the very file ``handle`` has open (``/proc/self/fd/N``), for readers that take only a name.
+
+    Where there is no ``/proc`` (not Linux) it is ``path`` itself, checked but open to a swap in between.
+    """
+    candidate = f"/proc/self/fd/{handle.fileno()}"
+    return candidate if os.path.exists(candidate) else str(path)
+
+
+# Outputs never overwrite inputs.
+
+
+def _same_file(first: str | os.PathLike[str], second: str | os.PathLike[str]) -> bool:
+    """Whether two paths name one file: the same inode (hard links, links, ``./``), or the same resolved path."""
+    try:
+        one, other = os.stat(first), os.stat(second)
+        if (one.st_dev, one.st_ino) == (other.st_dev, other.st_ino):
+            return True
+    except (OSError, ValueError):
+        pass
+    return os.path.realpath(first) == os.path.realpath(second)
+
+
+def refuse_output_over_input(
+    outputs: Sequence[tuple[str, str | os.PathLike[str] | None]],
+    inputs: Sequence[tuple[str, str | os.PathLike[str] | None]] = (),
+) -> None:
+    """Refuse, before any work, an output that is one of the command's inputs, or two outputs that are one file.
+
+    ``outputs`` are (parameter name, path) pairs (``("output", "m.onnx")``), ``inputs``
+    (description, path) pairs (``("the source model", "m.onnx")``); None paths are
+    left out. Paths are compared as files, not strings: through links, ``./``, ``..``
+    and hard links. Raises :class:`~sedeploy.errors.ConfigError` (the request is wrong)
+    whose one line names both paths; the parameter names are in ``params`` so the
+    CLI shows its flags.
+    """
+    named_outputs = [(name, path) for name, path in outputs if path is not None]
+    named_inputs = [(name, path) for name, path in inputs if path is not None]
+    params = tuple(name for name, _ in named_outputs if name.isidentifier())
+    for index, (name, path) in enumerate(named_outputs):
+        for description, source in named_inputs:
+            if _same_file(path, source):
+                raise ConfigError(
+                    f"{name} {path} is {description} {source} (the same file), which the run would overwrite; "
+                    f"give {name} another path",
+                    params=params,
+                )
+        for other_name, other in named_outputs[index + 1 :]:
+            if _same_file(path, other):
+                raise ConfigError(
+                    f"{name} {path} and {other_name} {other} are the same file; give each its own path",
+                    params=params,
+                )

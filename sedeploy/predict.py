@@ -1,10 +1,13 @@
 """``sedeploy predict``: labels and probabilities for image files and folders, in batches.
 
-Folders are read recursively (:func:`sedeploy.data.list_images`: image
+Folders are read recursively (:func:`sedeploy.data.scan_images`: image
 extensions only, hidden entries skipped, sorted by path); files named directly
 are tried whatever their extension. A file that cannot be decoded, or a path
 that does not exist, is skipped with a warning and listed in the report; the
-run fails only when no image at all could be read.
+run fails only when no image at all could be read. Only regular files are read:
+a pipe, socket or device (or a link to one) in a folder is never opened, and all
+of them are named in one warning (``skipped N files that are not regular
+files ...``); named directly, one is refused (skipped, with what it is).
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from sedeploy.artifacts.manifest import manifest_path
 from sedeploy.backends.base import Classification, Runner, classify_logits
-from sedeploy.data import IMAGE_EXTENSIONS, SkippedFile, list_images
+from sedeploy.data import IMAGE_EXTENSIONS, SkippedFile, listed_images_among, scan_images
 from sedeploy.errors import BadInputError, ConfigError
+from sedeploy.files import special_file_reason
 from sedeploy.progress import progress_bar
 from sedeploy.runtime import load
 
@@ -74,20 +79,54 @@ class PredictReport:
 
 
 def collect_images(inputs: Sequence[str | os.PathLike[str]]) -> tuple[list[Path], list[SkippedFile], bool]:
-    """Files to predict on (folders expanded), paths that do not exist, and whether any input was a folder."""
+    """Files to predict on (folders expanded), paths skipped before reading, and whether any input was a folder.
+
+    Skipped: paths that do not exist, and pipes, sockets and devices (or links to
+    them) named directly or met in a folder; those in folders are named in one
+    warning per folder.
+    """
     files: list[Path] = []
-    missing: list[SkippedFile] = []
+    skipped: list[SkippedFile] = []
     any_folder = False
     for item in inputs:
         path = Path(item)
+        special = special_file_reason(path)
         if path.is_dir():
             any_folder = True
-            files.extend(entry for entry, _ in list_images(path)[0])
+            listing = scan_images(path)
+            files.extend(entry for entry, _ in listing.entries)
+            skipped.extend(SkippedFile(str(path / skip.path), skip.reason) for skip in listing.not_regular)
+            line = listing.not_regular_line()
+            if line is not None:
+                logger.warning(line)
+        elif special is not None:
+            skipped.append(SkippedFile(str(path), f"{special}, not a regular file"))
+            logger.warning("skipping %s: %s, not a regular file", path, special)
         elif path.is_file():
             files.append(path)
         else:
-            missing.append(SkippedFile(str(path), "does not exist"))
-    return files, missing, any_folder
+            skipped.append(SkippedFile(str(path), "does not exist"))
+            logger.warning("skipping %s: does not exist", path)
+    return files, skipped, any_folder
+
+
+def input_files(
+    artifact: str | os.PathLike[str], inputs: Sequence[str | os.PathLike[str]], outputs: Sequence[str | None]
+) -> list[tuple[str, Path]]:
+    """The files ``predict`` reads that any of ``outputs`` could land on, as (description, path) pairs.
+
+    For :func:`sedeploy.files.refuse_output_over_input` before a prediction whose
+    report goes to a file: the artifact and its manifest, images named directly,
+    and those of ``outputs`` that are images of a folder given (no folder walk).
+    """
+    pairs = [("the artifact", Path(artifact)), ("the artifact's manifest", manifest_path(artifact))]
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            pairs.extend(("an image", image) for image in listed_images_among(path, outputs))
+        else:
+            pairs.append(("an image", path))
+    return pairs
 
 
 def predict(
@@ -134,8 +173,6 @@ def _predict(
             f"{name} has no sedeploy metadata, so its preprocessing is unknown; export it again"
         )
     files, skipped, any_folder = collect_images(inputs)
-    for skip in skipped:
-        logger.warning("skipping %s: %s", skip.path, skip.reason)
     size = batch or min(DEFAULT_BATCH, runner.input_spec.max_batch or DEFAULT_BATCH)
     predictions: list[Prediction] = []
     with progress_bar(total=len(files), desc="predict", unit="img", enabled=progress and any_folder) as bar:

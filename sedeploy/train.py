@@ -53,7 +53,13 @@ from torch import nn
 from sedeploy.artifacts.metadata import Preprocessing
 from sedeploy.data import ImageSet, ImageSetError, list_images, load_image_set
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
-from sedeploy.files import atomic_output, write_json_atomic
+from sedeploy.files import (
+    atomic_output,
+    open_regular,
+    refuse_output_over_input,
+    special_file_reason,
+    write_json_atomic,
+)
 from sedeploy.models.checkpoint import (
     convert_layout,
     load_weights,
@@ -76,6 +82,8 @@ DEVICES = ("auto", "cpu", "cuda")
 CHECKPOINT_NAME = "model.safetensors"
 CURVES_NAME = "curves.png"
 RESUME_NAME = "last.pt"
+_WRITTEN_NAMES = (CHECKPOINT_NAME, RECORD_NAME, LABELS_NAME, CURVES_NAME, RESUME_NAME)
+"""Every file a run writes into its output folder."""
 PLAIN_DIR_NAME = "plain"
 WARMUP_SHARE = 0.05
 _SE_ONLY_OPTIONS = RESNET_SE_OPTION_NAMES
@@ -196,7 +204,7 @@ class TrainResult:
     def written_files(self) -> list[str]:
         """Every file the run left in its folder, with its size: what a user should know is there."""
         folder = self.checkpoint.parent
-        names = (self.checkpoint.name, self.record.name, LABELS_NAME, self.curves.name, RESUME_NAME)
+        names = _WRITTEN_NAMES
         return [
             f"{folder / name} ({_size_text((folder / name).stat().st_size)})"
             for name in names
@@ -507,12 +515,15 @@ def _train_epoch(
 
 
 def _read_resume(path: Path, arch: str, options: dict[str, Any], epochs: int) -> dict[str, Any]:
-    if not path.is_file():
+    if not path.is_file() and special_file_reason(path) is None:
         raise TrainingError(
             f"nothing to resume: {path} does not exist; train without resume first", params=("resume",)
         )
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with open_regular(path, "training state") as handle:  # a pipe or a device: refused, not waited on
+            state = torch.load(handle, map_location="cpu", weights_only=True)
+    except BadInputError:
+        raise
     except Exception as error:
         raise TrainingError(
             f"{path} is not a readable training state ({error}); train without resume"
@@ -552,6 +563,7 @@ def train(
     config.check()
     started = time.perf_counter()
     data_dir, output_dir = Path(data_dir), Path(output_dir)
+    _refuse_outputs_over_inputs(data_dir, config, output_dir)
     entry = get_entry(config.arch)
     labels = _class_names(data_dir)
     model = _create(config, config.arch, dict(config.options), len(labels))
@@ -612,6 +624,38 @@ def train(
         val_images=len(data.val_images),
         device=str(device),
         seconds=time.perf_counter() - started,
+    )
+
+
+def _refuse_outputs_over_inputs(data_dir: Path, config: TrainConfig, output_dir: Path) -> None:
+    """Before any work: the output folder is a folder outside the data, and no file written is an input.
+
+    The files written are the checkpoint, its record and labels, the curves and
+    the resume state (which ``resume`` reads back on purpose); the inputs are the
+    initial weights with the record and labels beside them. An output folder in a
+    data folder would add a class folder (or, at its top, a ``curves.png``) to
+    the data the next run reads.
+    """
+    if output_dir.exists() and not output_dir.is_dir():
+        what = special_file_reason(output_dir) or "a file"
+        raise ConfigError(f"output {output_dir} is {what}, not a folder; give a folder", params=("output",))
+    for what, folder in (("the training data folder", data_dir), ("the validation folder", config.val_dir)):
+        if folder is not None and folder.is_dir():
+            inside = Path(os.path.realpath(output_dir)).is_relative_to(os.path.realpath(folder))
+            if inside:
+                raise ConfigError(
+                    f"output {output_dir} is inside {what} {folder}, whose images the run reads; "
+                    "give output a folder outside it",
+                    params=("output",),
+                )
+    weights = config.weights
+    refuse_output_over_input(
+        [("output", output_dir / name) for name in _WRITTEN_NAMES],
+        [
+            ("the initial weights", weights),
+            ("the initial weights' record", weights.with_name(RECORD_NAME) if weights else None),
+            ("the initial weights' labels", weights.with_name(LABELS_NAME) if weights else None),
+        ],
     )
 
 

@@ -296,6 +296,37 @@ def test_checkpoint_of_another_architecture_fails_cleanly(tmp_path, previous_out
     _assert_untouched(previous_output)
 
 
+@pytest.mark.parametrize("target", ["weights", "record", "labels beside the record", "labels file"])
+def test_output_over_an_input_is_refused_before_reading_it(tmp_path, monkeypatch, target):
+    """The output path, spelt through a link and a ``..``, names one of export's inputs: refused, untouched."""
+    weights = tmp_path / "run" / "model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"weights")
+    (weights.parent / "model.json").write_text("{}", encoding="utf-8")
+    (weights.parent / "labels.txt").write_text("a\nb\n", encoding="utf-8")
+    (tmp_path / "names.txt").write_text("a\nb\n", encoding="utf-8")
+    inputs = {
+        "weights": weights,
+        "record": weights.parent / "model.json",
+        "labels beside the record": weights.parent / "labels.txt",
+        "labels file": tmp_path / "names.txt",
+    }
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "link.onnx").symlink_to(inputs[target])
+    before = {path: path.read_bytes() for path in inputs.values()}
+    monkeypatch.setattr("sedeploy.export.read_checkpoint", lambda path: pytest.fail("read before the check"))
+    for output in (
+        tmp_path / "out" / "link.onnx",
+        tmp_path / "out" / ".." / inputs[target].relative_to(tmp_path),
+    ):
+        with pytest.raises(ConfigError, match=rf"output {output} is the .* \(the same file\)") as error:
+            export_onnx(
+                "se_resnet18", weights=weights, labels=tmp_path / "names.txt", img_size=32, output=output
+            )
+        assert error.value.params == ("output",)
+    assert {path: path.read_bytes() for path in inputs.values()} == before
+
+
 def test_unwritable_output_folder_fails_before_exporting(tmp_path, previous_output):
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the folder should be", encoding="utf-8")

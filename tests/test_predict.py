@@ -8,12 +8,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from bad_inputs_cases import special_files
 from click.testing import CliRunner
 from digits import TrainedDigits
 
 from sedeploy.cli import cli
-from sedeploy.errors import BadInputError
-from sedeploy.predict import predict
+from sedeploy.errors import BadInputError, ConfigError
+from sedeploy.files import refuse_output_over_input
+from sedeploy.predict import collect_images, input_files, predict
 from sedeploy.runtime import load
 
 
@@ -83,3 +85,40 @@ def test_predict_fails_when_nothing_is_readable(trained_digits: TrainedDigits, m
     assert result.exit_code == 1 and "no readable image" in result.output
     usage = CliRunner().invoke(cli, ["predict", str(trained_digits.onnx_path)])
     assert usage.exit_code == 2
+
+
+def test_special_files_are_skipped_named_once_and_refused_when_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No model is needed to see what predict would read: a pipe, socket or device is never among the files."""
+    folder = tmp_path / "images"
+    special_files(folder)
+    (folder / "real.png").write_bytes(b"a png, as far as the walk can tell")
+    direct = special_files(tmp_path / "direct")
+    with caplog.at_level(logging.WARNING):
+        files, skipped, any_folder = collect_images([folder, direct["pipe.png"], direct["zero.png"]])
+    assert files == [folder / "real.png"] and any_folder
+    reasons = {Path(skip.path).relative_to(tmp_path).as_posix(): skip.reason for skip in skipped}
+    assert reasons["direct/pipe.png"] == "a named pipe, not a regular file"
+    assert reasons["direct/zero.png"] == "a link to /dev/zero, a character device, not a regular file"
+    assert reasons["images/random.jpg"] == "a link to /dev/urandom, a character device, not a regular file"
+    assert len(reasons) == 8
+    summary = [r.getMessage() for r in caplog.records if "not regular files" in r.getMessage()]
+    assert summary == [summary[0]] and summary[0].startswith(
+        f"skipped 6 files that are not regular files in {folder}"
+    )
+
+
+def test_input_files_name_what_a_report_file_could_overwrite(tmp_path: Path) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    (folder / "a.png").write_bytes(b"x")
+    pairs = input_files(tmp_path / "m.ort.onnx", [folder, tmp_path / "b.png"], [str(folder / "a.png"), None])
+    assert pairs == [
+        ("the artifact", tmp_path / "m.ort.onnx"),
+        ("the artifact's manifest", tmp_path / "m.ort.onnx.manifest.json"),
+        ("an image", folder / "a.png"),
+        ("an image", tmp_path / "b.png"),
+    ]
+    with pytest.raises(ConfigError, match=r"json_out .*a.png is an image .*a.png \(the same file\)"):
+        refuse_output_over_input([("json_out", str(folder / "a.png"))], pairs)

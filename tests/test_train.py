@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -123,6 +124,43 @@ def test_one_class_flat_or_empty_folders_fail_with_one_line(tmp_path: Path) -> N
     with pytest.raises(TrainingError, match="not an ImageFolder"):
         train(tmp_path / "empty" / "a", _config(), tmp_path / "out")
     assert not (tmp_path / "out" / "model.safetensors").exists()
+
+
+def test_outputs_that_are_inputs_are_refused_before_any_work(tmp_path: Path) -> None:
+    """Inside the data (a new class folder or a curves.png among the images next time), over the initial
+    weights or their record, or onto a pipe: each is one line, exit 2, and nothing is written or read."""
+    data = _write_shapes(tmp_path / "shapes", per_class=2)
+    _write_shapes(tmp_path / "shapes-val", per_class=1)
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    for output in (data, data / "bar", data / "runs"):
+        with pytest.raises(
+            ConfigError, match=r"output .* is inside the training data folder .*shapes"
+        ) as error:
+            train(data, _config(), output)
+        assert error.value.params == ("output",) and "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="is inside the validation folder"):
+        train(data, _config(val_dir=tmp_path / "shapes-val"), tmp_path / "shapes-val" / "run")
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "model.safetensors").write_bytes(b"earlier weights, fine-tuned from: must survive")
+    with pytest.raises(ConfigError, match=r"model.safetensors is the initial weights .*\(the same file\)"):
+        train(data, _config(weights=run / "model.safetensors"), run)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "w.safetensors").symlink_to(run / "model.safetensors")
+    with pytest.raises(ConfigError, match="is the initial weights"):
+        train(data, _config(weights=tmp_path / "elsewhere" / "w.safetensors"), run)
+    os.mkfifo(tmp_path / "pipe")
+    with pytest.raises(ConfigError, match="pipe is a named pipe, not a folder"):
+        train(data, _config(), tmp_path / "pipe")
+    assert (run / "model.safetensors").read_bytes() == b"earlier weights, fine-tuned from: must survive"
+    after = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*"))
+    assert [path for path in after if path not in before] == [
+        Path("elsewhere"),
+        Path("elsewhere/w.safetensors"),
+        Path("pipe"),
+        Path("run"),
+        Path("run/model.safetensors"),
+    ]
 
 
 def test_cli_train_and_export(tmp_path: Path) -> None:

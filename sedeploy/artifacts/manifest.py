@@ -16,11 +16,19 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 from sedeploy._version import __version__
 from sedeploy.errors import BadInputError
-from sedeploy.files import commit_files, folder_lock, sha256_of_file, temp_path_beside, write_json_atomic
+from sedeploy.files import (
+    commit_files,
+    folder_lock,
+    read_regular_text,
+    sha256_of_file,
+    special_file_reason,
+    temp_path_beside,
+    write_json_atomic,
+)
 
 MANIFEST_VERSION = 1
 MANIFEST_SUFFIX = ".manifest.json"
@@ -142,18 +150,37 @@ class BuildManifest:
             )
 
 
+@overload
+def checked_manifest(
+    artifact: str | os.PathLike[str], *, verify_hash: bool = ..., required: Literal[True]
+) -> BuildManifest: ...
+
+
+@overload
+def checked_manifest(
+    artifact: str | os.PathLike[str], *, verify_hash: bool = ..., required: Literal[False] = ...
+) -> BuildManifest | None: ...
+
+
+@overload
+def checked_manifest(
+    artifact: str | os.PathLike[str], *, verify_hash: bool = ..., required: bool
+) -> BuildManifest | None: ...
+
+
 def checked_manifest(
     artifact: str | os.PathLike[str], *, verify_hash: bool = True, required: bool = False
 ) -> BuildManifest | None:
     """The manifest beside ``artifact``, after checking that the file is the one it describes.
 
     No manifest: None (an artifact sedeploy did not build, e.g. an exported ONNX),
-    or a :class:`ManifestError` when ``required``. A manifest that cannot be read
-    or whose ``artifact_sha256`` differs from the file's is always refused;
-    ``verify_hash=False`` skips the hash (large engines in hot paths) but still
-    reads and checks the manifest itself.
+    or a :class:`ManifestError` when ``required`` (so ``required=True`` always returns
+    a manifest, and its type says so). A manifest that cannot be read (a pipe or
+    device at its path included) or whose ``artifact_sha256`` differs from the
+    file's is always refused; ``verify_hash=False`` skips the hash (large engines in
+    hot paths) but still reads and checks the manifest itself.
     """
-    if not required and not manifest_path(artifact).is_file():
+    if not required and not os.path.lexists(manifest_path(artifact)):
         return None
     try:
         return _read_and_check(artifact, verify_hash)
@@ -235,13 +262,18 @@ def write_manifest(manifest: BuildManifest, artifact: str | os.PathLike[str]) ->
 def read_manifest(artifact: str | os.PathLike[str]) -> BuildManifest:
     """Read the manifest beside ``artifact``; a missing or broken one is a :class:`ManifestError`."""
     path = manifest_path(artifact)
+    special = special_file_reason(path)
+    if special is not None:
+        raise ManifestError(
+            f"manifest {path} is {special}, not a regular file; remove it and rebuild {Path(artifact).name}"
+        )
     if not path.is_file():
         raise ManifestError(
             f"{artifact} has no manifest ({path.name} is missing); rebuild it with sedeploy build-engine"
         )
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
+        data = json.loads(read_regular_text(path, "manifest"))
+    except (BadInputError, OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise ManifestError(f"cannot read manifest {path} ({error}); rebuild the artifact") from None
     if not isinstance(data, dict):
         raise ManifestError(f"manifest {path} is not a JSON object; rebuild the artifact")

@@ -45,6 +45,7 @@ import onnx
 
 from sedeploy.artifacts.external_data import ExternalRecord, check_records, external_records
 from sedeploy.errors import BadInputError
+from sedeploy.files import MAX_ONNX_BYTES, read_regular_bytes, read_regular_text
 
 PREFIX = "sedeploy."
 METADATA_VERSION = 1
@@ -331,7 +332,13 @@ def _parse_onnx(path: Path) -> onnx.ModelProto:
     if path.is_dir():
         raise BadInputError(f"{path} is a folder; give the .onnx file inside it")
     try:
-        proto = onnx.load(str(path), load_external_data=False)
+        data = read_regular_bytes(path, "ONNX file", MAX_ONNX_BYTES)  # never a pipe or device, never > 2 GiB
+    except OSError as error:
+        raise BadInputError(
+            f"cannot read ONNX file {path} ({error.strerror or error}); check its permissions"
+        ) from None
+    try:
+        proto = onnx.load_model_from_string(data)  # external data stays where it is, checked by the caller
     except Exception as error:
         raise BadInputError(
             f"{path} is not a readable ONNX file ({type(error).__name__}); export one with `sedeploy export`"
@@ -418,7 +425,7 @@ def read_labels(path: str | os.PathLike[str]) -> tuple[str, ...]:
     """Class names from a file: a JSON list, or one name per line (blank lines ignored)."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_text(path, "labels file")
     except (OSError, UnicodeDecodeError) as error:
         raise BadInputError(f"cannot read labels file {path} ({error}); give a UTF-8 text file") from None
     if text.lstrip().startswith("["):

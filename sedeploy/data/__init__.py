@@ -13,9 +13,17 @@ Layout
     whose extension is not in :data:`IMAGE_EXTENSIONS` (a README or a labels file
     beside the images is normal); those are counted in the report as ``ignored``.
     Files with an image extension that cannot be decoded are *skipped*: logged as
-    a warning and listed in the report.
+    a warning and listed in the report. Only regular files are read (links
+    followed): an image-named pipe, socket or device, or a link to one or to
+    nothing, is never opened (reading one would block or never end); the walk
+    leaves it out and names all of them in one warning, ``skipped N files that are
+    not regular files in FOLDER: a.png (a named pipe), ...``
+    (``ImageSetReport.not_regular``). A file swapped for one after the walk is
+    refused when opened (:func:`sedeploy.files.open_regular`), never waited on.
 
 Decoding (:func:`load_image`)
+    A path is opened by :func:`open_image_file`: a regular file of at most
+    :func:`image_bytes_limit` bytes (8 per allowed pixel plus 16 MiB of metadata).
     The pixel count is read from the header and checked against ``max_pixels``
     before any pixel is decoded (default: the ``SEDEPLOY_MAX_IMAGE_PIXELS``
     environment variable, else :data:`DEFAULT_MAX_PIXELS`; Pillow itself refuses
@@ -61,14 +69,20 @@ from sedeploy.data.images import (
     MAX_PIXELS_ENV,
     SUPPORTED_CHANNELS,
     BadImageError,
+    ImageListing,
     ImageSetError,
     ImageTooLargeError,
     SkippedFile,
     UnreadableImageError,
+    image_bytes_limit,
     images_decoded,
     list_images,
+    listed_images_among,
     load_image,
     max_pixels_limit,
+    not_regular_line,
+    open_image_file,
+    scan_images,
     to_channels,
 )
 from sedeploy.data.sets import (
@@ -90,6 +104,7 @@ __all__ = [
     "SUPPORTED_CHANNELS",
     "BadImageError",
     "CalibrationSet",
+    "ImageListing",
     "ImageSet",
     "ImageSetError",
     "ImageSetReport",
@@ -98,12 +113,17 @@ __all__ = [
     "SkippedFile",
     "UnreadableImageError",
     "dataset_sha256",
+    "image_bytes_limit",
     "images_decoded",
     "list_images",
+    "listed_images_among",
     "load_image",
     "load_image_set",
     "max_pixels_limit",
+    "not_regular_line",
+    "open_image_file",
     "preprocess",
     "preprocessing_for",
+    "scan_images",
     "to_channels",
 ]

@@ -20,18 +20,19 @@ from sedeploy.artifacts.metadata import Preprocessing
 from sedeploy.data.images import (
     IMAGE_EXTENSIONS,
     BadImageError,
+    ImageListing,
     ImageSetError,
     SkippedFile,
     UnreadableImageError,
     _check_channels,
-    _Listing,
-    _scan,
     load_image,
     max_pixels_limit,
+    open_image_file,
+    scan_images,
 )
 from sedeploy.data.transforms import _check_preprocessing, preprocess
 from sedeploy.errors import BadInputError, ConfigError
-from sedeploy.files import atomic_output, sha256_of_file
+from sedeploy.files import atomic_output, open_regular, sha256_of_handle
 from sedeploy.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -50,6 +51,8 @@ class ImageSetReport:
     selected; ``used``: how many decoded (``used + len(skipped) == sampled``);
     ``ignored``: files that are not images by extension, and hidden files and folders
     (a hidden folder counts once). ``skipped`` paths are relative to ``folder``.
+    ``not_regular``: image-named pipes, sockets, devices and links to them (or to
+    nothing), never opened and not counted in ``found``.
     ``dataset_sha256``: SHA-256 over the sorted lines ``"<relative path>\\0<file sha256>\\n"``
     of the files used.
     """
@@ -62,11 +65,13 @@ class ImageSetReport:
     class_names: tuple[str, ...] | None
     sampled: int
     ignored: int
+    not_regular: tuple[SkippedFile, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: skipped files as ``{"path", "reason"}`` objects, tuples as lists."""
         data = dataclasses.asdict(self)
         data["skipped"] = [dataclasses.asdict(skipped) for skipped in self.skipped]
+        data["not_regular"] = [dataclasses.asdict(skipped) for skipped in self.not_regular]
         data["class_names"] = list(self.class_names) if self.class_names is not None else None
         return data
 
@@ -85,7 +90,7 @@ class ImageSet:
     files: tuple[str, ...]
 
 
-def _sample(listing: _Listing, limit: int | None, seed: int) -> list[tuple[Path, int | None]]:
+def _sample(listing: ImageListing, limit: int | None, seed: int) -> list[tuple[Path, int | None]]:
     """``limit`` entries ranked by ``sha256(f"{seed}:{relative path}")``, returned in path order."""
     if limit is None or limit >= len(listing.entries):
         return list(listing.entries)
@@ -106,9 +111,12 @@ def dataset_sha256(file_hashes: Sequence[tuple[str, str]]) -> str:
     return digest.hexdigest()
 
 
-def _hash_file(path: Path) -> str | BadImageError:
+def _hash_file(path: Path, max_pixels: int) -> str | BadImageError:
     try:
-        return sha256_of_file(path)
+        with open_image_file(path, max_pixels) as handle:
+            return sha256_of_handle(handle)
+    except BadImageError as error:
+        return error
     except OSError as error:
         return UnreadableImageError(
             path, f"cannot be read ({error.strerror or error})", "check the file's permissions"
@@ -153,10 +161,10 @@ def _cache_key(
 
 def _read_cache(path: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]] | None:
     """The cached images, labels and report fields, or ``None`` when absent or unreadable (then rebuilt)."""
-    if not path.is_file():
+    if not os.path.lexists(path):
         return None
     try:
-        with np.load(path, allow_pickle=False) as archive:
+        with open_regular(path, "image cache") as handle, np.load(handle, allow_pickle=False) as archive:
             images = archive["images"]
             fields = json.loads(str(archive["report"]))
             labels = archive["labels"] if fields["labeled"] else None
@@ -208,15 +216,19 @@ def load_image_set(
         raise ConfigError(f"workers must be at least 1, got {workers}")
     workers = workers or _default_workers()
 
-    listing = _scan(folder)
+    listing = scan_images(folder)
+    line = listing.not_regular_line()
+    if line is not None:
+        logger.warning(line)
     if not listing.entries:
+        special = f"; {len(listing.not_regular)} not regular files skipped" if listing.not_regular else ""
         raise ImageSetError(
-            f"image folder {listing.folder} holds no images ({listing.ignored} other files or hidden entries); "
-            f"add {', '.join(IMAGE_EXTENSIONS)} files"
+            f"image folder {listing.folder} holds no images ({listing.ignored} other files or hidden entries"
+            f"{special}); add {', '.join(IMAGE_EXTENSIONS)} files"
         )
     sampled = _sample(listing, limit, seed)
     names = [listing.relative(path) for path, _ in sampled]
-    hashes = _run_pool(_hash_file, [path for path, _ in sampled], workers)
+    hashes = _run_pool(lambda path: _hash_file(path, max_pixels), [path for path, _ in sampled], workers)
     skipped: dict[str, SkippedFile] = {}
     readable = []
     for name, entry, file_hash in zip(names, sampled, hashes, strict=True):
@@ -301,7 +313,7 @@ def load_image_set(
 
 
 def _report(
-    listing: _Listing, sampled: int, used: int, skipped: Sequence[SkippedFile], used_hash: str
+    listing: ImageListing, sampled: int, used: int, skipped: Sequence[SkippedFile], used_hash: str
 ) -> ImageSetReport:
     return ImageSetReport(
         folder=str(listing.folder),
@@ -312,6 +324,7 @@ def _report(
         class_names=listing.class_names,
         sampled=sampled,
         ignored=listing.ignored,
+        not_regular=listing.not_regular,
     )
 
 

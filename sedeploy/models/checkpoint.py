@@ -61,7 +61,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import torch
 from torch import nn
@@ -72,7 +72,7 @@ from sedeploy.errors import (
     UnsafeCheckpointError,
     WeightsMismatchError,
 )
-from sedeploy.files import atomic_output, sha256_of_file
+from sedeploy.files import atomic_output, open_regular, proc_fd_path, sha256_of_handle, special_file_reason
 
 logger = logging.getLogger(__name__)
 
@@ -124,20 +124,21 @@ class Checkpoint:
     implied_options: dict[str, Any] = field(default_factory=dict)
 
 
-def _is_safetensors(path: Path) -> bool:
+def _is_safetensors(handle: BinaryIO) -> bool:
     # A safetensors file starts with an 8-byte little-endian header length and a JSON header.
-    with open(path, "rb") as handle:
-        head = handle.read(9)
+    handle.seek(0)
+    head = handle.read(9)
     # The header length is not checked here: a file that claims more than it holds is still safetensors, and
     # its reader refuses it as truncated (one line) instead of torch's loader failing on it.
     return len(head) == 9 and head[8:9] == b"{"
 
 
-def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+def _read_safetensors(path: Path, source: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """The tensors and metadata of a safetensors file; ``source`` names the file already opened (and checked)."""
     from safetensors import SafetensorError, safe_open
 
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(source, framework="pt") as handle:
             metadata = dict(handle.metadata() or {})
             tensors = {key: handle.get_tensor(key) for key in handle.keys()}  # noqa: SIM118
     except (SafetensorError, OSError, ValueError) as error:
@@ -147,9 +148,10 @@ def _read_safetensors(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, st
     return tensors, metadata
 
 
-def _read_torch(path: Path) -> Any:
+def _read_torch(path: Path, handle: BinaryIO) -> Any:
+    handle.seek(0)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(handle, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "Unsupported operand" in str(error):  # not a pickle torch writes: random bytes or corruption
             raise BadInputError(
@@ -205,18 +207,24 @@ def _strip_prefixes(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     """Read a safetensors or PyTorch checkpoint into a raw :class:`Checkpoint` (no layout conversion)."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and special_file_reason(path) is None:
         raise BadInputError(f"weights file {path} does not exist; check the path")
+    try:  # never a pipe or a device: reading one would block or never end
+        handle = open_regular(path, "weights file")
+    except OSError as error:
+        raise BadInputError(f"cannot read weights file {path} ({error.strerror or error})") from None
     record: dict[str, Any] | None = None
-    if _is_safetensors(path):
-        state_dict, metadata = _read_safetensors(path)
-        if ARCH_METADATA_KEY in metadata:
-            record = {
-                "arch": metadata[ARCH_METADATA_KEY],
-                "options": metadata.get(OPTIONS_METADATA_KEY, "{}"),
-            }
-    else:
-        state_dict, record = _unwrap(_read_torch(path), path)
+    with handle:
+        if _is_safetensors(handle):
+            state_dict, metadata = _read_safetensors(path, proc_fd_path(handle, path))
+            if ARCH_METADATA_KEY in metadata:
+                record = {
+                    "arch": metadata[ARCH_METADATA_KEY],
+                    "options": metadata.get(OPTIONS_METADATA_KEY, "{}"),
+                }
+        else:
+            state_dict, record = _unwrap(_read_torch(path, handle), path)
+        sha256 = sha256_of_handle(handle)
     arch, options = None, None
     if record is not None:
         arch = str(record.get("arch"))
@@ -229,7 +237,7 @@ def read_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
             ) from None
     return Checkpoint(
         path=path,
-        sha256=sha256_of_file(path),
+        sha256=sha256,
         state_dict=_strip_prefixes(state_dict),
         arch=arch,
         recorded_options=options,

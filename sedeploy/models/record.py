@@ -17,6 +17,7 @@ from typing import Any
 
 from sedeploy.artifacts.metadata import Preprocessing
 from sedeploy.errors import BadInputError
+from sedeploy.files import read_regular_text, special_file_reason
 
 RECORD_NAME = "model.json"
 LABELS_NAME = "labels.txt"
@@ -63,11 +64,11 @@ def find_training_record(weights: str | os.PathLike[str]) -> TrainingRecord | No
     """
     weights = Path(weights)
     path = weights.with_name(RECORD_NAME)
-    if not path.is_file():
-        return None
+    if path.is_dir() or (not path.is_file() and special_file_reason(path) is None):
+        return None  # a pipe, a device or a broken link there is refused by the read below
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raw = json.loads(read_regular_text(path, "training record"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as error:
         raise BadInputError(
             f"{path} (the record of {weights.name}) cannot be read ({error}); fix or remove it"
         ) from None
@@ -131,7 +132,7 @@ def _labels(path: Path, raw: dict[str, Any]) -> tuple[str, ...] | None:
     if isinstance(raw.get("labels"), list):
         return tuple(str(label) for label in raw["labels"])
     labels_path = path.with_name(LABELS_NAME)
-    if labels_path.is_file():
-        names = [line.strip() for line in labels_path.read_text(encoding="utf-8").splitlines()]
+    if labels_path.is_file() or special_file_reason(labels_path) is not None:
+        names = [line.strip() for line in read_regular_text(labels_path, "labels file").splitlines()]
         return tuple(name for name in names if name)
     return None

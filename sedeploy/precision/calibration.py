@@ -36,7 +36,7 @@ import onnx
 
 from sedeploy.artifacts import naming
 from sedeploy.errors import BadInputError
-from sedeploy.files import commit_files, pause_for_tests, sha256_of_file, temp_path_beside
+from sedeploy.files import commit_files, pause_for_tests, read_regular_text, sha256_of_file, temp_path_beside
 from sedeploy.optional import import_optional
 from sedeploy.precision._common import load
 from sedeploy.precision.recipe import Int8Recipe
@@ -401,9 +401,14 @@ class CalibrationRanges:
 
     @classmethod
     def read(cls, path: Path) -> CalibrationRanges | None:
-        """The ranges cached at ``path``, or None when there is no usable cache there."""
+        """The ranges cached at ``path``, or None when there is no usable cache there.
+
+        A pipe, socket or device at ``path`` (or a link to one), or a file larger than
+        any cache, is refused (:class:`~sedeploy.errors.BadInputError`): it is neither
+        read (that could block) nor replaced by the new cache.
+        """
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = json.loads(read_regular_text(path, "calibration cache"))
             if (
                 data.get("format") != CALIBRATION_FORMAT
                 or data.get("format_version") != CALIBRATION_FORMAT_VERSION
@@ -422,6 +427,8 @@ class CalibrationRanges:
             )
         except FileNotFoundError:
             return None
+        except BadInputError:
+            raise
         except (OSError, ValueError, KeyError, TypeError) as error:
             logger.warning("ignoring unreadable calibration cache %s (%s)", path, error)
             return None

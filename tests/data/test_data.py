@@ -3,13 +3,18 @@ sampling is deterministic, class folders give labels, the cache hits and invalid
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
+import os
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnx
 import pytest
+from bad_inputs_cases import SPECIAL_NAMES, special_files
 from onnx import TensorProto, helper
 from PIL import Image
 
@@ -20,12 +25,15 @@ from sedeploy.data import (
     ImageTooLargeError,
     MissingPreprocessingError,
     UnreadableImageError,
+    image_bytes_limit,
     images_decoded,
     list_images,
+    listed_images_among,
     load_image,
     load_image_set,
     preprocess,
     preprocessing_for,
+    scan_images,
 )
 from sedeploy.errors import BadInputError, ConfigError
 
@@ -422,3 +430,86 @@ def test_extensions_are_case_insensitive(tmp_path: Path) -> None:
     assert len(entries) == len(IMAGE_EXTENSIONS)
     image_set = load_image_set(tmp_path, NUMBERED, 1)
     assert image_set.report.used == len(IMAGE_EXTENSIONS)
+
+
+# Special files (issue 35): a pipe, a socket and links to devices named like images are never opened by a walk.
+
+
+@pytest.fixture()
+def _no_hang() -> Iterator[None]:
+    """A walk that opened a pipe would block for good: end the run with every thread's stack instead."""
+    faulthandler.dump_traceback_later(120, exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
+
+
+@pytest.mark.usefixtures("_no_hang")
+@pytest.mark.parametrize("layout", ["flat", "classes"])
+def test_a_walk_skips_special_files_and_names_them_in_one_line(
+    tmp_path: Path, layout: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "images"
+    inner = [folder / "a", folder / "b"] if layout == "classes" else [folder]
+    for target in inner:
+        target.mkdir(parents=True)
+        _rgb().save(target / "real.png")
+        special_files(target)
+    if layout == "classes":
+        special_files(folder / "top")  # a folder of special files: a third class, with no image
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        image_set = load_image_set(folder, SMALL, 3)
+    assert time.monotonic() - started < 30
+    report = image_set.report
+    prefix = [f"{target.name}/" for target in inner] if layout == "classes" else [""]
+    names = sorted(f"{where}{name}" for where in prefix for name in SPECIAL_NAMES)
+    if layout == "classes":
+        names = sorted([*names, *(f"top/{name}" for name in SPECIAL_NAMES)])
+    assert [skip.path for skip in report.not_regular] == names
+    assert report.found == report.used == len(inner) and not report.skipped
+    lines = [record.getMessage() for record in caplog.records if "not regular files" in record.getMessage()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"skipped {len(names)} files that are not regular files in {folder}: ")
+    assert f"{prefix[0]}zero.png (a link to /dev/zero, a character device)" in lines[0]
+    assert (
+        f"{prefix[0]}pipe.png (a named pipe)" in lines[0] and f"{prefix[0]}socket.png (a socket)" in lines[0]
+    )
+    assert json.loads(json.dumps(report.to_dict()))["not_regular"][0]["reason"].endswith("not a regular file")
+    assert scan_images(folder).not_regular == report.not_regular  # the walk itself opens nothing
+
+
+@pytest.mark.usefixtures("_no_hang")
+def test_special_files_named_directly_and_a_folder_that_is_one_are_refused(tmp_path: Path) -> None:
+    made = special_files(tmp_path / "in")
+    for path in made.values():
+        with pytest.raises(UnreadableImageError, match=r"not a regular file; replace or remove the file"):
+            load_image(path, 3)
+    os.mkfifo(tmp_path / "calib")
+    with pytest.raises(ImageSetError, match="calib is a named pipe, not a folder"):
+        load_image_set(tmp_path / "calib", SMALL, 3)
+    with pytest.raises(ImageSetError, match=r"holds no images .*6 not regular files skipped"):
+        load_image_set(tmp_path / "in", SMALL, 3)
+
+
+def test_an_image_file_larger_than_any_allowed_picture_is_refused_unread(tmp_path: Path) -> None:
+    """8 bytes per allowed pixel plus 16 MiB of metadata: past that, a file is not a picture of allowed size."""
+    assert image_bytes_limit(100) == 800 + 16 * 2**20
+    path = tmp_path / "padded.png"
+    _rgb().save(path)
+    with open(path, "r+b") as handle:  # a real PNG followed by a sparse hole: trailing bytes Pillow ignores
+        handle.truncate(image_bytes_limit(100) + 1)
+    assert load_image(path, 3, max_pixels=200).size == (16, 12)
+    with pytest.raises(UnreadableImageError, match=r"padded.png: \d+ bytes, more than the \d+ allowed"):
+        load_image(path, 3, max_pixels=100)
+
+
+def test_listed_images_among_follows_the_walk_rules(tmp_path: Path) -> None:
+    folder = tmp_path / "calib"
+    (folder / ".hidden").mkdir(parents=True)
+    for name in ("a.png", "notes.txt", ".hidden/b.png"):
+        (folder / name).write_bytes(b"x")
+    (tmp_path / "outside.png").write_bytes(b"x")
+    (tmp_path / "link.png").symlink_to(folder / "a.png")
+    paths = [folder / "a.png", folder / "notes.txt", folder / ".hidden/b.png", tmp_path / "outside.png"]
+    found = listed_images_among(folder, [*paths, tmp_path / "link.png", folder / "new.png", None])
+    assert found == [folder / "a.png", tmp_path / "link.png"]  # a link into the folder is that image
