@@ -1624,9 +1624,6 @@ CASES += [
 # line, and refused when named directly, within seconds; an output that is an input is refused before any work.
 SKIPPED_SIX = "skipped 6 files that are not regular files in"
 """The one warning a folder holding :func:`special_files` gives (they are named after it)."""
-LEAD_WIRES_BUILD = (
-    "lead: refuse_output_over_input in building/engine.refuse_before_building (notes/h3-files.md)"
-)
 LEAD_WIRES_CLI = "lead: refuse_output_over_input for --json FILE in the CLI (notes/h3-files.md)"
 FAST = 60.0
 """Generous for a 2-core machine shared by eight; a pipe or /dev/zero read by mistake never ends at all."""
@@ -1987,7 +1984,6 @@ CASES += [
             2,
             "is the source model",
             "the ONNX file (byte for byte), any link to it",
-            pending=LEAD_WIRES_BUILD,
         )
         for how, spelt in (
             ("is-the-source", lambda d: str(d / "model.onnx")),
