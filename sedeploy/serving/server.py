@@ -5,50 +5,34 @@ Python backend; the model runs in this process through :func:`sedeploy.load`, so
 ONNX Runtime, TensorRT, OpenVINO and PyTorch runners are all servable, and
 Triton adds its dynamic batcher, HTTP/gRPC endpoints and Prometheus metrics.
 
-Each artifact becomes two Triton models:
-
-* ``<name>``: the artifact's own tensors. Names, data types, dims and the largest
-  batch come from :func:`sedeploy.serving.triton.model_config`, the function that writes
-  ``config.pbtxt`` for ``sedeploy triton``: one source of truth for both.
-* ``<name>_images``: encoded images (bytes) in, the top-k ``labels``, ``scores``
-  and class ``indices`` out, with the artifact's own preprocessing done on the
-  server. It is not dynamically batched, so an undecodable image fails only the
-  request that sent it.
-
-The server is ready only after every runner is loaded and has run a warm-up
-batch. :class:`Server` is a context manager; :func:`serve_forever` stops it on
-SIGINT/SIGTERM: the models are unloaded first (Triton refuses new requests and
-lets queued and running ones finish), then Triton stops, any of its processes
-still running is killed, and the runners close.
-
-Every process Triton starts is reaped before :meth:`Server.stop` returns: while
-Triton runs, this process is a child subreaper (Linux ``PR_SET_CHILD_SUBREAPER``),
-so a Python backend stub that outlives ``tritonserver`` (a Ctrl-C reaches the
-whole process group at once) becomes this process's child instead of a zombie
-left for its parent's parent, and ``stop`` waits for it.
+This module is the server's lifecycle: :func:`serve` loads and describes the
+artifacts (names, data types, dims and the largest batch come from
+:func:`sedeploy.serving.repository.model_config`, the function that writes
+``config.pbtxt`` for ``sedeploy triton``), warms each runner up, binds the two
+endpoints of :mod:`sedeploy.serving.endpoints` per artifact and starts Triton in a
+session of its own (:mod:`sedeploy.serving.processes`); it returns once every model
+is ready. :class:`Server` is a context manager; :func:`serve_forever` stops it on
+SIGINT/SIGTERM (a terminal's Ctrl-C reaches only sedeploy, since Triton is not in
+its process group). Stopping goes in this order: the models are unloaded (Triton
+refuses new requests and lets queued and running ones finish), then Triton stops,
+any of its processes still running is killed and every one reaped, and the runners
+close.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 import dataclasses
 import errno
-import io
 import logging
 import os
-import re
-import shutil
 import signal
 import socket
-import sys
 import sysconfig
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -57,19 +41,49 @@ import numpy as np
 
 from sedeploy.artifacts.manifest import checked_manifest
 from sedeploy.artifacts.precision import detect_precision
-from sedeploy.backends.base import Runner, classify_logits
+from sedeploy.backends.base import Runner
 from sedeploy.errors import BadInputError, ConfigError, SedeployError
 from sedeploy.optional import import_optional
-from sedeploy.serving.triton import (
+from sedeploy.serving.endpoints import (
+    IMAGE_MODEL_SUFFIX,
+    PYTRITON_INFERENCE_LOGGER,
+    QuietRefusals,
+    ServedModel,
+    ServeError,
+    bind,
+    numpy_dtype,
+)
+from sedeploy.serving.processes import (
+    TritonProcesses,
+    become_subreaper,
+    restore_subreaper,
+    running,
+    start_in_own_session,
+)
+from sedeploy.serving.repository import (
     DEFAULT_QUEUE_DELAY_US,
     ONNX_PLATFORM,
     PLAN_PLATFORM,
     ServingArtifact,
     ServingOptions,
     TensorConfig,
+    check_model_name,
     model_config,
     read_artifact,
 )
+
+__all__ = [
+    "DEFAULT_GRPC_PORT",
+    "DEFAULT_HOST",
+    "DEFAULT_HTTP_PORT",
+    "DEFAULT_METRICS_PORT",
+    "DEFAULT_TOP_K",
+    "ServeError",
+    "Server",
+    "free_port",
+    "serve",
+    "serve_forever",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -79,81 +93,24 @@ DEFAULT_HTTP_PORT = 8000
 DEFAULT_GRPC_PORT = 8001
 DEFAULT_METRICS_PORT = 8002
 DEFAULT_TOP_K = 5
-DEFAULT_MAX_IMAGES_PER_REQUEST = 64
-"""Image endpoint cap when the artifact names no max batch: one request cannot make the server decode without end."""
-IMAGE_MODEL_SUFFIX = "_images"
-"""The image endpoint of model ``NAME`` is ``NAME_images``."""
-IMAGE_INPUT = "image"
-TOP_K_INPUT = "top_k"
-IMAGE_OUTPUTS = ("labels", "scores", "indices")
-SHUTDOWN_TIMEOUT_S = 5
-"""How long stopping waits for the models to drain: queued and running requests finish, stubs finalize."""
+SHUTDOWN_TIMEOUT_S = 10
+"""How long stopping waits for the models to unload: queued and running requests finish, then each Python
+backend stub finalizes and exits (about 1 s each when idle, 5 s and more on a busy 2-core machine)."""
 EXIT_TIMEOUT_S = 2
 """Triton's own wait after SIGINT, once the models are drained (mostly for clients' open connections)."""
-ORPHAN_GRACE_S = 1.0
-"""After Triton has exited, how long its Python backend stubs get to exit on their own before they are killed."""
-REAP_TIMEOUT_S = 5.0
-"""How long stopping waits for Triton's processes, once signalled or killed, to be reaped."""
-_PR_SET_CHILD_SUBREAPER, _PR_GET_CHILD_SUBREAPER = 36, 37
 _ACCESS_HEADER = "triton-access-token"
+_ROUTINE_TRITON_ERRORS = (
+    "CudaDriverHelper has not been initialized",
+    "Failed to set config modification time",
+)
+"""Error lines Triton logs on every start without a GPU, or for every model PyTriton loads: never the cause."""
 UNRESTRICTED_ENDPOINTS = ("statistics",)
 """Endpoints PyTriton would put behind its access token that sedeploy leaves open: the statistics are
 read-only and are how ``sedeploy loadtest`` shows the batch sizes Triton formed."""
-_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]*")
-_TRITON_TO_NUMPY: dict[str, type[np.generic]] = {
-    "TYPE_FP16": np.float16,
-    "TYPE_FP32": np.float32,
-    "TYPE_FP64": np.float64,
-    "TYPE_INT8": np.int8,
-    "TYPE_UINT8": np.uint8,
-    "TYPE_INT32": np.int32,
-    "TYPE_INT64": np.int64,
-}
-
-
-class ServeError(SedeployError):
-    """The server cannot start or serve: a busy port, an artifact that does not load, Triton failing."""
-
-
-@dataclass(frozen=True)
-class ServedModel:
-    """One artifact as served: its Triton model names, tensors and batching, and the runner's description."""
-
-    name: str
-    image_name: str
-    artifact: Path
-    input: TensorConfig
-    output: TensorConfig
-    max_batch: int
-    max_queue_delay_us: int
-    instances: int
-    runner: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "image_name": self.image_name,
-            "artifact": str(self.artifact),
-            "input": self.input.to_dict(),
-            "output": self.output.to_dict(),
-            "max_batch": self.max_batch,
-            "max_queue_delay_us": self.max_queue_delay_us,
-            "instances": self.instances,
-            "runner": self.runner,
-        }
-
-
-def _numpy_dtype(tensor: TensorConfig) -> type[np.generic]:
-    try:
-        return _TRITON_TO_NUMPY[tensor.data_type]
-    except KeyError:
-        raise BadInputError(
-            f"tensor {tensor.name!r} has Triton type {tensor.data_type}, which sedeploy serve does not handle"
-        ) from None
 
 
 def _described(path: Path, runner: Runner) -> ServingArtifact:
-    """What ``path`` serves: read by :func:`sedeploy.serving.triton.read_artifact` for the formats Triton itself
+    """What ``path`` serves: read by :func:`sedeploy.serving.repository.read_artifact` for the formats Triton itself
     serves (ONNX, TensorRT plan); for the others (OpenVINO IR, PyTorch weights) from the runner's metadata,
     the same ``sedeploy.*`` keys the ONNX carries."""
     if path.is_file() and (path.suffix.lower() == ".onnx" or runner.backend == "tensorrt"):
@@ -179,8 +136,8 @@ def _described(path: Path, runner: Runner) -> ServingArtifact:
 
 def _model_names(described: Sequence[ServingArtifact], name: str | None) -> list[str]:
     """One name per artifact: ``name`` (or the artifact's default) alone, ``<base>_<precision>`` for several."""
-    if name is not None and not _MODEL_NAME.fullmatch(name):
-        raise ConfigError(f"model name {name!r} may hold only letters, digits, '_', '-' and '.'")
+    if name is not None:
+        check_model_name(name)
     if len(described) == 1:
         return [name or described[0].default_name()]
     names = [f"{name or artifact.default_name()}_{artifact.precision}" for artifact in described]
@@ -263,77 +220,6 @@ def _ports(host: str, http_port: int, grpc_port: int, metrics_port: int) -> tupl
     return chosen[0], chosen[1], chosen[2]
 
 
-def _tensor_infer(runner: Runner, model: ServedModel) -> Callable[..., dict[str, np.ndarray]]:
-    """The batched callable of the tensor endpoint: Triton's batch in, the runner's logits out."""
-    from pytriton.decorators import batch
-
-    input_name, output_name = model.input.name, model.output.name
-    output_dtype = _numpy_dtype(model.output)
-
-    @batch
-    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
-        return {output_name: np.asarray(runner(inputs[input_name]), dtype=output_dtype)}
-
-    return infer
-
-
-def _decode(data: bytes, index: int, channels: int) -> Any:
-    """One encoded image through the shared loader (pixel limit, EXIF rotation, odd modes), as a PIL image.
-
-    A :class:`BadInputError` naming the image if it is not one or is over the pixel limit.
-    """
-    from sedeploy.data import BadImageError, load_image
-
-    try:
-        return load_image(io.BytesIO(data), channels)
-    except BadImageError as error:
-        raise BadInputError(
-            f"image {index} ({len(data)} bytes): {error.reason}; send the file's bytes (PNG, JPEG, ...)"
-        ) from None
-
-
-def _image_infer(
-    runner: Runner, labels: Sequence[str] | None, top_k: int
-) -> Callable[[list[Any]], list[Any]]:
-    """The image endpoint's callable: per request, decode, preprocess with the artifact's own settings, classify.
-
-    A request may hold up to the model's max batch of images, so one request cannot make the server decode
-    an unbounded number of them.
-    """
-    channels = runner.metadata.in_chans if runner.metadata is not None else 3
-    max_images = runner.input_spec.max_batch or DEFAULT_MAX_IMAGES_PER_REQUEST
-
-    def infer(requests: list[Any]) -> list[dict[str, np.ndarray]]:
-        responses = []
-        for request in requests:
-            encoded = np.asarray(request[IMAGE_INPUT]).reshape(-1)
-            if encoded.size == 0:
-                raise BadInputError("the request holds no image; send at least one")
-            k = top_k
-            if TOP_K_INPUT in request.data:
-                k = int(np.asarray(request[TOP_K_INPUT]).reshape(-1)[0])
-                if k < 1:
-                    raise BadInputError(f"top_k must be at least 1, got {k}")
-            if encoded.size > max_images:
-                raise BadInputError(
-                    f"the request holds {encoded.size} images; send at most {max_images} per request"
-                )
-            images = [_decode(bytes(item), index, channels) for index, item in enumerate(encoded)]
-            classes = classify_logits(runner(runner.preprocess(images)), k, labels)
-            responses.append(
-                {
-                    "labels": np.array(
-                        [[label.encode() for label in c.labels] for c in classes], dtype=np.bytes_
-                    ),
-                    "scores": np.array([c.probabilities for c in classes], dtype=np.float32),
-                    "indices": np.array([c.indices for c in classes], dtype=np.int32),
-                }
-            )
-        return responses
-
-    return infer
-
-
 class Server:
     """A running Triton serving sedeploy artifacts; stop it with :meth:`stop` or by leaving ``with``."""
 
@@ -356,6 +242,8 @@ class Server:
         self._log_dir = log_dir
         self._stopped = threading.Event()
         self._stop_lock = threading.Lock()
+        self._quiet_refusals = QuietRefusals()
+        logging.getLogger(PYTRITON_INFERENCE_LOGGER).addFilter(self._quiet_refusals)
 
     @property
     def http_url(self) -> str:
@@ -389,34 +277,30 @@ class Server:
         return self._stopped.wait(timeout)
 
     def stop(self) -> None:
-        """Drain the models (in-flight requests finish, up to SHUTDOWN_TIMEOUT_S), stop Triton, make sure none of
-        its processes is left, then close the runners. Idempotent."""
+        """Stop in order: unload the models (in-flight requests finish, up to SHUTDOWN_TIMEOUT_S), stop Triton,
+        make sure none of its processes is left, then close the runners. Idempotent."""
         with self._stop_lock:
             if self._stopped.is_set():
                 return
-            server_pid = self._server_pid()
-            processes = _process_tree(server_pid) if server_pid is not None else {}
-            folders = _stub_folders(processes)
+            processes = TritonProcesses(self._triton)
             try:
-                self._drain({pid: started for pid, started in processes.items() if pid != server_pid})
+                self._drain(processes.stubs)
                 self._triton.stop()
             finally:
-                _reap(processes, ORPHAN_GRACE_S)
-                _wait_for(processes, server_pid, REAP_TIMEOUT_S)
-                if self._subreaper_before is not None:
-                    _set_subreaper(self._subreaper_before)
-                for folder in folders:
-                    shutil.rmtree(folder, ignore_errors=True)
+                processes.reap()
+                restore_subreaper(self._subreaper_before)
                 for runner in self._runners:
                     runner.close()
+                logging.getLogger(PYTRITON_INFERENCE_LOGGER).removeFilter(self._quiet_refusals)
                 self._log_dir.cleanup()
                 self._stopped.set()
 
     def _drain(self, stubs: dict[int, str]) -> None:
-        """Unload every model through Triton's repository API and wait (up to SHUTDOWN_TIMEOUT_S) until its
+        """Unload every model through Triton's repository API and wait (up to SHUTDOWN_TIMEOUT_S) until their
         Python backend stubs (``stubs``) have exited: Triton refuses new requests, lets the queued and running
         ones finish, and finalizes each stub while this process still answers it (stopping Triton first
-        leaves stubs hanging)."""
+        leaves stubs hanging). Triton's repository index says a model is unavailable as soon as its unload is
+        asked for, so the stubs' exit is what tells that its requests are done."""
         import tritonclient.http as httpclient
 
         token = self.access_token
@@ -433,12 +317,17 @@ class Server:
         except Exception as error:  # Triton's own shutdown still follows
             logger.warning("could not unload the models before stopping Triton: %s", error)
             return
+        logger.info("unloading the models: their queued and running requests finish first")
         deadline = time.monotonic() + SHUTDOWN_TIMEOUT_S
-        while _running(stubs) and time.monotonic() < deadline:
+        while running(stubs):
+            if time.monotonic() > deadline:
+                logger.warning(
+                    "the models were still unloading %d s after the stop was asked for; stopping Triton",
+                    SHUTDOWN_TIMEOUT_S,
+                )
+                return
             time.sleep(0.1)
-
-    def _server_pid(self) -> int | None:
-        return _tritonserver_pid(self._triton)
+        logger.info("unloaded the models")
 
     def log_tail(self, lines: int = 20) -> str:
         """The last lines of Triton's own log (empty after :meth:`stop`)."""
@@ -472,151 +361,6 @@ class Server:
         self.stop()
 
 
-def _stat(pid: int) -> tuple[int, str, str] | None:
-    """(parent pid, state, start time) of a process from ``/proc``; None when it is gone (or no /proc)."""
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[1]), fields[0], fields[19]
-
-
-def _process_tree(root: int) -> dict[int, str]:
-    """``root`` and every process below it, by pid, with its start time (to never signal a reused pid)."""
-    children: dict[int, list[int]] = {}
-    proc = Path("/proc")
-    for entry in proc.iterdir() if proc.is_dir() else ():
-        if entry.name.isdigit():
-            stat = _stat(int(entry.name))
-            if stat is not None:
-                children.setdefault(stat[0], []).append(int(entry.name))
-    tree: dict[int, str] = {}
-    pending = [root]
-    while pending:
-        pid = pending.pop()
-        stat = _stat(pid)
-        if stat is not None and pid not in tree:
-            tree[pid] = stat[2]
-            pending.extend(children.get(pid, []))
-    return tree
-
-
-def _stub_folders(processes: dict[int, str]) -> list[Path]:
-    """The temporary model folders (``<tmp>/folderXXXX/1/model.py``) Triton's Python backend made for its stubs.
-
-    Triton removes them when a stub exits cleanly; a stub killed at shutdown would leave them behind.
-    """
-    temp = Path(tempfile.gettempdir()).resolve()
-    folders = []
-    for pid in processes:
-        try:
-            arguments = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        for argument in arguments:
-            path = Path(os.fsdecode(argument))
-            if path.name == "model.py" and len(path.parts) > 3:
-                folder = path.parent.parent
-                if folder.parent.resolve() == temp and folder.name.startswith("folder"):
-                    folders.append(folder)
-    return folders
-
-
-def _running(processes: dict[int, str]) -> list[int]:
-    """The pids of ``processes`` still running (not exited, not a zombie, not a reused pid)."""
-    alive = []
-    for pid, started in processes.items():
-        stat = _stat(pid)
-        if stat is not None and stat[2] == started and stat[1] != "Z":
-            alive.append(pid)
-    return alive
-
-
-def _reap(processes: dict[int, str], timeout_s: float) -> None:
-    """Wait for Triton's processes to exit; kill those still running after ``timeout_s``.
-
-    The Python backend stubs are Triton's children; when Triton has to give up on
-    them at exit they would otherwise linger, orphaned, until they notice.
-    """
-
-    deadline = time.monotonic() + timeout_s
-    while _running(processes) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for pid in _running(processes):
-        logger.warning("Triton's process %d did not exit; killing it", pid)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-
-
-def _tritonserver_pid(triton: Any) -> int | None:
-    """The ``tritonserver`` process id (PyTriton keeps it on a private attribute; None if that changes)."""
-    command = getattr(getattr(triton, "_triton_server", None), "_tritonserver_running_cmd", None)
-    pid = getattr(command, "pid", None)
-    return pid if isinstance(pid, int) else None
-
-
-def _prctl() -> Any:
-    """libc's ``prctl``, or None where there is none (not Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-
-
-def _become_subreaper() -> int | None:
-    """Make this process a child subreaper (orphaned descendants become its children); returns the old setting.
-
-    None where it cannot be done (not Linux): stubs orphaned there go to init as before.
-    """
-    prctl = _prctl()
-    if prctl is None:
-        return None
-    before = ctypes.c_int(0)
-    if prctl(_PR_GET_CHILD_SUBREAPER, ctypes.byref(before), 0, 0, 0) != 0:
-        return None
-    if prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
-        return None
-    return before.value
-
-
-def _set_subreaper(value: int) -> None:
-    prctl = _prctl()
-    if prctl is not None:
-        prctl(_PR_SET_CHILD_SUBREAPER, value, 0, 0, 0)
-
-
-def _wait_for(processes: dict[int, str], server_pid: int | None, timeout_s: float) -> None:
-    """Reap Triton's processes that are this process's children now, so none is left a zombie.
-
-    Only the pids of Triton's tree are waited for (never another child of this
-    process, whose owner waits for it). ``tritonserver`` itself is PyTriton's
-    child process object's to reap (its watcher thread polls it); it is reaped
-    here only if that has not happened by the deadline.
-    """
-    deadline = time.monotonic() + timeout_s
-    pending = dict(processes)
-    while pending:
-        for pid, started in list(pending.items()):
-            stat = _stat(pid)
-            if stat is None or stat[2] != started:
-                del pending[pid]  # gone (reaped by whoever is its parent), or the pid was reused
-            elif stat[0] != os.getpid():
-                if stat[1] == "Z" or time.monotonic() > deadline:
-                    del pending[pid]  # another process's zombie (no subreaper here): not ours to reap
-            elif pid != server_pid or time.monotonic() > deadline:
-                with contextlib.suppress(ChildProcessError):
-                    if os.waitpid(pid, os.WNOHANG)[0] == pid:
-                        del pending[pid]
-        if not pending or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
-    for pid in pending:
-        logger.warning("Triton's process %d was not reaped within %.0f s", pid, timeout_s)
-
-
 def _log_tail(folder: Path, lines: int) -> str:
     path = folder / "tritonserver.log"
     if not path.is_file():
@@ -625,11 +369,13 @@ def _log_tail(folder: Path, lines: int) -> str:
 
 
 def _first_error(log: str) -> str:
-    """The first error line of Triton's log (``E...`` lines), else its last line."""
+    """The first error line of Triton's log (``E...`` lines) that is not one every start logs, else its last line."""
     lines = [line.strip() for line in log.splitlines() if line.strip()]
     for line in lines:
         if line.startswith("E") and "]" in line:
-            return line.split("]", 1)[1].strip()
+            message = line.split("]", 1)[1].strip()
+            if not any(benign in message for benign in _ROUTINE_TRITON_ERRORS):
+                return message
     return lines[-1] if lines else "no log"
 
 
@@ -656,7 +402,7 @@ def _load_runners(
 
 def _warm_up(runner: Runner, model: ServedModel) -> None:
     """Run the largest and the smallest batch once, so the first client does not pay for lazy initialisation."""
-    dtype = _numpy_dtype(model.input)
+    dtype = numpy_dtype(model.input)
     for size in sorted({model.max_batch, 1}, reverse=True):
         runner(np.zeros((size, *model.input.dims), dtype=dtype))
 
@@ -707,8 +453,8 @@ def serve(
                 name=config["name"],
                 image_name=config["name"] + IMAGE_MODEL_SUFFIX,
                 artifact=artifact.path,
-                input=_tensor(config["input"][0]),
-                output=_tensor(config["output"][0]),
+                input=TensorConfig.from_dict(config["input"][0]),
+                output=TensorConfig.from_dict(config["output"][0]),
                 max_batch=int(config["max_batch_size"]),
                 max_queue_delay_us=int(config["dynamic_batching"]["max_queue_delay_microseconds"]),
                 instances=int(config["instance_group"][0]["count"]),
@@ -721,43 +467,6 @@ def serve(
         for runner in runners:
             runner.close()
         raise
-
-
-def _tensor(entry: dict[str, Any]) -> TensorConfig:
-    """A tensor entry of a :func:`model_config` dict back as a :class:`TensorConfig`."""
-    return TensorConfig(str(entry["name"]), str(entry["data_type"]), tuple(int(d) for d in entry["dims"]))
-
-
-def _bind(triton: Any, runner: Runner, model: ServedModel, labels: Any, top_k: int) -> None:
-    """Bind the tensor endpoint (dynamically batched) and the image endpoint (one request per execution)."""
-    from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
-
-    triton.bind(
-        model_name=model.name,
-        infer_func=[_tensor_infer(runner, model) for _ in range(model.instances)],
-        inputs=[Tensor(name=model.input.name, dtype=_numpy_dtype(model.input), shape=model.input.dims)],
-        outputs=[Tensor(name=model.output.name, dtype=_numpy_dtype(model.output), shape=model.output.dims)],
-        config=ModelConfig(
-            max_batch_size=model.max_batch,
-            batcher=DynamicBatcher(max_queue_delay_microseconds=model.max_queue_delay_us),
-        ),
-        strict=True,
-    )
-    triton.bind(
-        model_name=model.image_name,
-        infer_func=[_image_infer(runner, labels, top_k) for _ in range(model.instances)],
-        inputs=[
-            Tensor(name=IMAGE_INPUT, dtype=np.bytes_, shape=(-1,)),
-            Tensor(name=TOP_K_INPUT, dtype=np.int32, shape=(1,), optional=True),
-        ],
-        outputs=[
-            Tensor(name="labels", dtype=np.bytes_, shape=(-1, -1)),
-            Tensor(name="scores", dtype=np.float32, shape=(-1, -1)),
-            Tensor(name="indices", dtype=np.int32, shape=(-1, -1)),
-        ],
-        config=ModelConfig(batching=False),
-        strict=True,
-    )
 
 
 def _start(
@@ -788,10 +497,11 @@ def _start(
     triton = pytriton.Triton(
         config=config, security_config=pytriton.TritonSecurityConfig(restricted_endpoints=restricted)
     )
-    subreaper_before = _become_subreaper()
+    subreaper_before = become_subreaper()
     try:
         for runner, model, artifact in zip(runners, models, described, strict=True):
-            _bind(triton, runner, model, artifact.labels, top_k)
+            bind(triton, runner, model, artifact.labels, top_k)
+        start_in_own_session(triton)
         with _interpreter_libdir_first():
             triton.run()
         if not triton.is_alive():
@@ -799,17 +509,14 @@ def _start(
     except BaseException as error:
         log = _log_tail(Path(log_dir.name), 200)
         logger.debug("Triton's log:\n%s", log)
-        server_pid = _tritonserver_pid(triton)
-        processes = _process_tree(server_pid) if server_pid is not None else {}
-        with contextlib.suppress(Exception):
-            triton.stop()
-        _reap(
-            processes, ORPHAN_GRACE_S
-        )  # a start that failed half-way leaves no process and no zombie either
-        _wait_for(processes, server_pid, REAP_TIMEOUT_S)
-        if subreaper_before is not None:
-            _set_subreaper(subreaper_before)
-        log_dir.cleanup()
+        processes = TritonProcesses(triton)
+        try:
+            with contextlib.suppress(Exception):
+                triton.stop()
+        finally:
+            processes.reap()  # a start that failed half-way leaves no process and no zombie either
+            restore_subreaper(subreaper_before)
+            log_dir.cleanup()
         if isinstance(error, SedeployError | KeyboardInterrupt):
             raise
         raise ServeError(

@@ -1,20 +1,19 @@
 """``sedeploy serve`` and ``sedeploy loadtest`` against a real Triton (PyTriton's tritonserver) on loopback.
 
-One module-scoped server serves the trained digits model as FP32 and CPU INT8;
-the SIGTERM test starts ``sedeploy serve`` as its own process.
+One module-scoped server serves the trained digits model as FP32 and CPU INT8 (its last test breaks the INT8
+runner on purpose); ``test_serve_signals.py`` starts ``sedeploy serve`` as its own process.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import re
-import signal
 import socket
-import subprocess
 import sys
-import threading
-import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,8 +30,8 @@ from sedeploy.build import BuildOptions, build_engine
 from sedeploy.cli import cli
 from sedeploy.errors import BadInputError, ConfigError, MissingDependencyError
 from sedeploy.serving.loadtest import _metrics_counts, loadtest, parse_url
-from sedeploy.serving.server import ServeError, Server, _described, free_port
-from sedeploy.serving.triton import ServingOptions, model_config, read_artifact
+from sedeploy.serving.repository import ServingOptions, model_config, read_artifact
+from sedeploy.serving.server import ServeError, Server, _described, _first_error, free_port
 
 pytest.importorskip("pytriton", reason="the serve extra (nvidia-pytriton) is not installed")
 httpclient = pytest.importorskip("tritonclient.http")
@@ -85,11 +84,12 @@ def _png(pixels: np.ndarray) -> bytes:
 
 
 def _classify_request(client: Any, model: str, images: list[bytes], top_k: int | None = None) -> Any:
-    tensor = httpclient.InferInput("image", [len(images)], "BYTES")
+    module = httpclient if isinstance(client, httpclient.InferenceServerClient) else grpcclient
+    tensor = module.InferInput("image", [len(images)], "BYTES")
     tensor.set_data_from_numpy(np.array(images, dtype=np.object_))
     inputs = [tensor]
     if top_k is not None:
-        k = httpclient.InferInput("top_k", [1], "INT32")
+        k = module.InferInput("top_k", [1], "INT32")
         k.set_data_from_numpy(np.array([top_k], dtype=np.int32))
         inputs.append(k)
     return client.infer(model, inputs)
@@ -228,10 +228,79 @@ def test_image_endpoint_preprocesses_on_the_server(
         lambda: _classify_request(client, "digits_fp32_images", [files[0].read_bytes()] * 33),
         "send at most 32 per request",
     )
-    # An empty request fails inside PyTriton's own serializer (its message is PyTriton's), but only that request.
-    _expect_error(lambda: _classify_request(client, "digits_fp32_images", []), "digits_fp32_images")
+    _expect_error(
+        lambda: _classify_request(client, "digits_fp32_images", []), "input 'image' holds no elements"
+    )
     again = _classify_request(client, "digits_fp32_images", [files[0].read_bytes()], top_k=3)
     assert [label.decode() for label in again.as_numpy("labels")[0]] == list(expected[0].labels)
+
+
+def _post(server: Server, model: str, inputs: list[dict[str, Any]]) -> tuple[int, str]:
+    """A raw KServe v2 JSON request, as any HTTP client sends it: the status and the body's text."""
+    request = urllib.request.Request(
+        f"{server.http_url}/v2/models/{model}/infer",
+        data=json.dumps({"inputs": inputs}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode()
+
+
+def _one_line_without_paths(message: str) -> str:
+    """An error text, checked to be one line with no traceback and no file path."""
+    assert "\n" not in message and "Traceback" not in message and ".py" not in message, message
+    assert not re.search(r"(^|[\s'\"(=])/[\w.-]+/", message), message  # no absolute path
+    return message
+
+
+def test_a_refused_request_is_400_with_sedeploys_one_line(
+    server: Server, trained_digits: TrainedDigits, caplog: pytest.LogCaptureFixture
+) -> None:
+    png = sorted(trained_digits.test_dir.rglob("*.png"))[0].read_bytes()
+    client = _client(server, "http")
+    caplog.set_level(logging.INFO)
+    refused = {
+        "image 1 (7 bytes): not a readable image; send the file's bytes": ([png, b"\x89PNG\r\n\x1a"], None),
+        "top_k must be at least 1, got 0": ([png], 0),
+        "the request holds 33 images; send at most 32 per request": ([png] * 33, None),
+        "input 'image' holds no elements; send at least one": ([], None),
+    }
+    for expected, (images, top_k) in refused.items():
+        with pytest.raises(InferenceServerException) as caught:
+            _classify_request(client, "digits_fp32_images", images, top_k)
+        assert caught.value.status() == "400", caught.value
+        assert _one_line_without_paths(caught.value.message()).startswith(expected)
+    # What curl shows: HTTP 400 and a JSON body holding only sedeploy's line.
+    text = [{"name": "image", "shape": [1], "datatype": "BYTES", "data": ["not a png"]}]
+    status, body = _post(server, "digits_fp32_images", text)
+    assert status == 400 and list(json.loads(body)) == ["error"], body
+    assert _one_line_without_paths(json.loads(body)["error"]).startswith(
+        "image 0 (9 bytes): not a readable image;"
+    )
+    # gRPC: the same line with INVALID_ARGUMENT; and the server answers the next request.
+    with pytest.raises(InferenceServerException) as caught:
+        _classify_request(_client(server, "grpc"), "digits_fp32_images", [b"not a png"])
+    assert caught.value.status() == "StatusCode.INVALID_ARGUMENT"
+    assert _one_line_without_paths(caught.value.message()).startswith(
+        "image 0 (9 bytes): not a readable image;"
+    )
+    assert _classify_request(client, "digits_fp32_images", [png]).as_numpy("labels").shape == (1, 5)
+    # The server's log holds one line per refusal, not PyTriton's traceback.
+    assert "digits_fp32_images refused a request: image 1 (7 bytes): not a readable image" in caplog.text
+    assert "Traceback" not in caplog.text
+
+
+def test_triton_picks_the_cause_of_a_failed_start_from_its_log() -> None:
+    log = (
+        'E1206 05:04:57.184128 16342 server.cc:241] "CudaDriverHelper has not been initialized."\n'
+        'E1206 05:04:58.201348 16342 model_repository_manager.cc:470] "Failed to set config modification time"\n'
+        "E1206 05:04:59.100000 16342 model_lifecycle.cc:654] \"failed to load 'digits' version 1: boom\"\n"
+    )
+    assert _first_error(log) == "\"failed to load 'digits' version 1: boom\""
+    assert _first_error("I1206 started\nI1206 stopping\n") == "I1206 stopping"
 
 
 def test_busy_port_missing_extra_and_broken_artifact_are_one_line(
@@ -299,98 +368,6 @@ def test_loadtest_stays_on_loopback_and_needs_a_server() -> None:
         loadtest(f"127.0.0.1:{free_port()}", "digits", concurrency=(1,), duration_s=0.1)
 
 
-def _descendants(root: int) -> dict[int, str]:
-    """Every process below ``root``, by pid, with its command name, from /proc."""
-    parents: dict[int, tuple[int, str]] = {}
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        name = stat[stat.index("(") + 1 : stat.rindex(")")]
-        parents[int(entry.name)] = (int(stat[stat.rindex(")") + 2 :].split()[1]), name)
-    found: dict[int, str] = {}
-    frontier = [root]
-    while frontier:
-        parent = frontier.pop()
-        for pid, (ppid, name) in parents.items():
-            if ppid == parent and pid not in found:
-                found[pid] = name
-                frontier.append(pid)
-    return found
-
-
-def _watch_for_ready(stream: Any, ready: threading.Event) -> None:
-    for line in stream:
-        if line.startswith("ready:"):
-            ready.set()
-
-
-def _running(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat[stat.rindex(")") + 2] != "Z"
-
-
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads child processes from /proc")
-def test_sigterm_under_load_stops_everything(artifacts: dict[str, Path]) -> None:
-    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
-    command = [sys.executable, "-m", "sedeploy", "serve", str(artifacts["int8"]), "--name", "digits"]
-    command += [
-        "--http-port",
-        str(http_port),
-        "--grpc-port",
-        str(grpc_port),
-        "--metrics-port",
-        str(metrics_port),
-    ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    stop = threading.Event()
-    answered = [0]
-    try:
-        assert process.stdout is not None
-        ready = threading.Event()
-        threading.Thread(target=_watch_for_ready, args=(process.stdout, ready), daemon=True).start()
-        assert ready.wait(120), "sedeploy serve did not print its ready line within 120 s"
-        children = _descendants(process.pid)
-        assert "tritonserver" in children.values(), children
-
-        def load() -> None:
-            client = httpclient.InferenceServerClient(f"127.0.0.1:{http_port}", network_timeout=10)
-            batch = np.zeros((4, 1, 32, 32), np.float32)
-            while not stop.is_set():
-                try:
-                    _infer(client, "digits", batch)
-                    answered[0] += 1
-                except Exception:
-                    time.sleep(0.05)
-
-        workers = [threading.Thread(target=load, daemon=True) for _ in range(4)]
-        for worker in workers:
-            worker.start()
-        deadline = time.monotonic() + 30
-        while answered[0] < 20 and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert answered[0] >= 20
-        start = time.monotonic()
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(timeout=30)
-        elapsed = time.monotonic() - start
-    finally:
-        stop.set()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert code == 0, process.stderr.read() if process.stderr else ""
-    assert elapsed < 15
-    assert "stopped (SIGTERM)" in (process.stderr.read() if process.stderr else "")
-    assert not [pid for pid in children if _running(pid)], children
-
-
 def test_loadtest_tolerance_and_a_statistics_source_that_changes_mid_level() -> None:
     from sedeploy.serving.loadtest import _BatchCounter, _Tally
 
@@ -404,3 +381,22 @@ def test_loadtest_tolerance_and_a_statistics_source_that_changes_mid_level() -> 
     assert counter.difference({1: 3}, {1: 5, 4: 2}) == ({1: 2, 4: 2}, 2.5)  # 2 runs of 1 and 2 of 4
     with pytest.raises(ConfigError, match="tolerance must be a number"):
         loadtest("http://127.0.0.1:9", "m", tolerance=-1.0)
+
+
+def test_an_unexpected_failure_is_a_generic_500_and_its_details_stay_in_the_log(
+    server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Runs last in this module: it closes the INT8 runner under the running server, as a failing device would."""
+    index = [model.name for model in server.models].index("digits_int8")
+    server._runners[index].close()
+    tensor = [{"name": "input", "shape": [1, 1, 32, 32], "datatype": "FP32", "data": [0.0] * 1024}]
+    with caplog.at_level(logging.WARNING, logger="pytriton"):
+        status, body = _post(server, "digits_int8", tensor)
+    assert status == 500, body
+    assert (
+        _one_line_without_paths(json.loads(body)["error"])
+        == "model digits_int8 failed on this request; the server's log has the details"
+    )
+    assert "RunnerClosedError" in caplog.text  # the details, in the server's own log
+    status, body = _post(server, "digits_fp32", tensor)
+    assert status == 200, body

@@ -21,15 +21,8 @@ from sedeploy.cli import cli
 from sedeploy.errors import ConfigError
 from sedeploy.export import export_onnx
 from sedeploy.files import sha256_of_file
-from sedeploy.serving.triton import (
-    ModelExistsError,
-    ServingOptions,
-    TritonConfigError,
-    check_repository,
-    parse_config,
-    read_artifact,
-    write_repository,
-)
+from sedeploy.serving.repository import ServingOptions, TritonConfigError, parse_config, read_artifact
+from sedeploy.serving.triton import ModelExistsError, check_repository, write_repository
 
 LABELS = ["cat", "dog", "bird", "fish"]
 MAX_BATCH = 16
