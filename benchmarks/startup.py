@@ -50,6 +50,11 @@ CASES: dict[str, str] = {
 """Case name -> the ``python -c`` program it runs."""
 TARGETS = {"import sedeploy": 0.3, "sedeploy --help": 0.5}
 """Issue 31's start-up targets, seconds (warm)."""
+COMMANDS = (
+    "bench", "build-engine", "demo", "export", "info", "inspect", "loadtest", "optimize", "predict", "serve",
+    "train", "triton", "verify",
+)  # fmt: skip
+"""Every command, whose ``--help`` is checked once (no timing) for what it imports."""
 
 
 def _environment(tree: Path) -> dict[str, str]:
@@ -152,6 +157,16 @@ def measure(trees: dict[str, Path], runs: int, warmup: int = 2) -> dict[str, Any
     }
 
 
+def command_help_modules(tree: Path) -> dict[str, list[str]]:
+    """Which of :data:`HEAVY` each ``sedeploy COMMAND --help`` imports (a command's help reads its library
+    defaults, so it imports what the modules holding them import)."""
+    with tempfile.TemporaryDirectory() as empty:
+        return {
+            command: loaded_modules(_HELP.format(args=f"{command!r}, '--help'"), tree, Path(empty))
+            for command in COMMANDS
+        }
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The Markdown table of :func:`measure`'s results with the machine they ran on."""
     trees = list(report["trees"])
@@ -164,6 +179,15 @@ def markdown(report: dict[str, Any]) -> str:
         f"interpreter, warm (page cache filled by {report['warmup']} uncounted rounds); median (fastest) of "
         f"{report['runs']} interleaved rounds.",
         "",
+        *(
+            [
+                f"The machine was shared (load average above its {report['cores']} cores): a median includes "
+                "waiting for a core, the fastest round is the nearer to an idle machine.",
+                "",
+            ]
+            if float(str(report["load_before"]).split()[0]) > report["cores"]
+            else []
+        ),
         "| case | " + " | ".join(trees) + " | target | heavy modules imported (" + " / ".join(trees) + ") |",
         "|---|" + "---|" * len(trees) + "---|---|",
     ]
@@ -175,6 +199,16 @@ def markdown(report: dict[str, Any]) -> str:
         modules = " / ".join(", ".join(report["trees"][tree][case]["modules"]) or "none" for tree in trees)
         target = f"< {TARGETS[case]} s" if case in TARGETS else ""
         lines.append(f"| `{case}` | " + " | ".join(cells) + f" | {target} | {modules} |")
+    lines += [
+        "",
+        "What each `sedeploy COMMAND --help` imports in the working tree (its help shows library defaults, read",
+        "from the modules that hold them):",
+        "",
+        "| command | heavy modules imported by its --help |",
+        "|---|---|",
+    ]
+    for command, modules in report["command_help"].items():
+        lines.append(f"| `{command}` | {', '.join(modules) or 'none'} |")
     return "\n".join(lines) + "\n"
 
 
@@ -206,6 +240,7 @@ def main() -> None:
         "warmup": 2,
         "runs": args.runs,
         "trees": results,
+        "command_help": command_help_modules(ROOT),
     }
     text = markdown(report)
     print(text)
