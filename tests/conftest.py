@@ -14,6 +14,14 @@ def _onnxruntime_has_cuda() -> bool:
     return "CUDAExecutionProvider" in onnxruntime.get_available_providers()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """The suite's decoded-image cache is its own (inherited by the CLI subprocesses), not the user's."""
+    import os
+    import tempfile
+
+    os.environ.setdefault("SEDEPLOY_CACHE_DIR", tempfile.mkdtemp(prefix="sedeploy-test-cache-"))
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     skip_gpu = pytest.mark.skip(reason="needs an NVIDIA GPU with CUDA; none is visible to torch here")
     skip_cuda_ort = pytest.mark.skip(

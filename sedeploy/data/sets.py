@@ -17,6 +17,7 @@ import numpy as np
 import PIL
 
 from sedeploy.artifacts.metadata import Preprocessing
+from sedeploy.data.cache import mark_used, trim_cache
 from sedeploy.data.images import (
     IMAGE_EXTENSIONS,
     BadImageError,
@@ -33,6 +34,7 @@ from sedeploy.data.images import (
 from sedeploy.data.transforms import _check_preprocessing, preprocess
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import atomic_output, open_regular, sha256_of_handle
+from sedeploy.host import usable_cores
 from sedeploy.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -186,7 +188,7 @@ def _write_cache(path: Path, images: np.ndarray, labels: np.ndarray | None, fiel
 
 
 def _default_workers() -> int:
-    return max(1, min(32, os.cpu_count() or 1))
+    return min(32, usable_cores())
 
 
 def load_image_set(
@@ -252,6 +254,7 @@ def load_image_set(
         cache_path = Path(cache_dir) / f"images-{key}.npz"
         cached = _read_cache(cache_path)
         if cached is not None:
+            mark_used(cache_path)
             images, labels, fields = cached
             logger.info("image set of %s read from cache %s", listing.folder, cache_path)
             report = _report(
@@ -309,6 +312,7 @@ def load_image_set(
             "files": list(files),
         }
         _write_cache(cache_path, images, labels, fields)
+        trim_cache(cache_path.parent, keep=cache_path)
     return ImageSet(images, labels, report, cache_hit=False, files=files)
 
 
