@@ -24,7 +24,7 @@ LAYERS: dict[str, int] = {
     "backends": 6,
     "runtime": 7,
     "measure": 8,
-    "building": 9, "training": 9,
+    "building": 9, "training": 9, "scoring": 9,
     "bench": 10, "verify": 10, "predict": 10, "export": 10, "train": 10, "info": 10, "inspect": 10,
     "serving": 10, "build": 10, "optimize": 10,
     "demo": 11,

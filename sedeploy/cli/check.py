@@ -230,6 +230,25 @@ def inspect_command(artifact: str, source: str | None, as_json: bool) -> None:
     show_default=True,
     help="Check the artifact against the sha256 its manifest records before loading it.",
 )
+@option(
+    "--output",
+    type=click.Path(dir_okay=False),
+    help="Write one JSON line per image to this file as each batch finishes (nothing held in memory).",
+)
+@option("--resume", is_flag=True, help="With --output: continue the file, skipping the images already in it.")
+@option(
+    "--workers",
+    type=click.IntRange(min=0),
+    help="Decode threads beside inference (default: the usable cores; 0: decode then infer, in turn).",
+)
+@option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value="local",
+    help="Score on a Ray Data actor pool: a local Ray, or the cluster at ADDRESS ('auto': the running one).",
+)
+@option("--concurrency", type=click.IntRange(min=1), help="With --ray: scoring actors (default: one per node).")
 @JSON_OUTPUT
 def predict_command(
     artifact: str,
@@ -238,10 +257,19 @@ def predict_command(
     batch: int | None,
     device: str | None,
     verify_hash: bool,
+    output: str | None,
+    resume: bool,
+    workers: int | None,
+    ray_address: str | None,
+    concurrency: int | None,
     json_out: str | None,
 ) -> None:
     """Labels and probabilities of each image in IMAGE_OR_DIR... (folders are read recursively)."""
     check_json_out(json_out)
+    if resume and not output:
+        raise click.UsageError("--resume goes with --output")
+    if concurrency is not None and ray_address is None:
+        raise click.UsageError("--concurrency goes with --ray")
     from sedeploy.predict import predict
 
     report = predict(
@@ -252,6 +280,11 @@ def predict_command(
         device=device,
         verify_hash=verify_hash,
         progress=progress_wanted(json_out),
+        output=output,
+        resume=resume,
+        workers=workers,
+        ray=ray_address,
+        concurrency=concurrency,
     )
     emit(report, json_out)
 
