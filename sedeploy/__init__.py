@@ -29,7 +29,8 @@ if TYPE_CHECKING:  # what type checkers and IDEs see; at run time each name is i
     from sedeploy.export import ExportResult, export_onnx
     from sedeploy.models.checkpoint import save_checkpoint
     from sedeploy.models.complexity import Complexity, estimate_complexity
-    from sedeploy.models.registry import ModelDefaults, create_model, list_models
+    from sedeploy.models.defaults import ModelDefaults
+    from sedeploy.models.registry import create_model, list_models
     from sedeploy.optimize import OptimizeReport, optimize
     from sedeploy.runtime import load
     from sedeploy.serving.server import serve
@@ -42,7 +43,7 @@ _LAZY: dict[str, str] = {
     "save_checkpoint": "sedeploy.models.checkpoint",
     "Complexity": "sedeploy.models.complexity",
     "estimate_complexity": "sedeploy.models.complexity",
-    "ModelDefaults": "sedeploy.models.registry",
+    "ModelDefaults": "sedeploy.models.defaults",
     "create_model": "sedeploy.models.registry",
     "list_models": "sedeploy.models.registry",
     "OptimizeReport": "sedeploy.optimize",

@@ -350,24 +350,87 @@ def test_a_second_definition_of_a_rule_is_reported(
 # --- The runtime path without PyTorch ---------------------------------------------------------------------------
 
 
+TORCH_PACKAGES = frozenset({"torch", "torchvision", "timm", "onnxscript"})
+
+
+def _runs_at_import(body: list[ast.stmt]) -> list[ast.stmt]:
+    """The statements of ``body`` that run when the module is imported: function bodies and ``if
+    TYPE_CHECKING:`` blocks left out, class bodies, ``if``/``try``/``with`` blocks included."""
+    found: list[ast.stmt] = []
+    for node in body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            continue
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            found.extend(_runs_at_import(node.orelse))
+            continue
+        found.append(node)
+        for field in ("body", "orelse", "finalbody"):
+            found.extend(_runs_at_import(getattr(node, field, [])))
+        for handler in getattr(node, "handlers", []):
+            found.extend(_runs_at_import(handler.body))
+    return found
+
+
+def _with_packages(module: str) -> list[str]:
+    """Importing ``a.b.c`` runs ``a``, ``a.b`` and ``a.b.c``."""
+    parts = module.split(".")
+    return [".".join(parts[: i + 1]) for i in range(len(parts))]
+
+
+def _import_time_edges(root: Path) -> dict[str, list[tuple[int, str]]]:
+    """Per sedeploy module: what importing it runs at once, as (line, target), ``target`` a sedeploy module or
+    a PyTorch package name (``torch``...)."""
+    modules = {module_name(path, root): path for path in sorted(root.rglob("*.py"))}
+    edges: dict[str, list[tuple[int, str]]] = {}
+    for module, path in modules.items():
+        found: list[tuple[int, str]] = []
+        for node in _runs_at_import(ast.parse(path.read_text(encoding="utf-8")).body):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            else:
+                continue
+            for name in names:
+                if name.split(".")[0] in TORCH_PACKAGES:
+                    found.append((node.lineno, name.split(".")[0]))
+                elif name.split(".")[0] == root.name:
+                    found.extend((node.lineno, part) for part in _with_packages(name) if part in modules)
+        edges[module] = found
+    return edges
+
+
 def module_level_torch(root: Path) -> list[str]:
-    """Modules on the runtime path that import torch at module level (outside any function)."""
+    """Modules on the runtime path whose import loads PyTorch: directly, or through the sedeploy modules they
+    import at module level (outside functions and ``TYPE_CHECKING`` blocks), each with the chain that does."""
+    edges = _import_time_edges(root)
     problems = []
-    for path in sorted(root.rglob("*.py")):
-        module = module_name(path, root)
+    for module in sorted(edges):
         if group(module) not in TORCH_FREE_GROUPS or module in TORCH_ALLOWED_MODULES:
             continue
-        tree = ast.parse(path.read_text(encoding="utf-8"))
-        for node in tree.body:
-            names = (
-                [alias.name for alias in node.names]
-                if isinstance(node, ast.Import)
-                else [node.module or ""]
-                if isinstance(node, ast.ImportFrom)
-                else []
+        # Breadth first: the shortest chain from this module to a PyTorch package.
+        seen = {module}
+        queue: list[tuple[str, list[str]]] = [(module, [])]
+        chain: list[str] | None = None
+        while queue and chain is None:
+            current, path = queue.pop(0)
+            for line, target in edges[current]:
+                step = [*path, f"{current}:{line}"]
+                if target in TORCH_PACKAGES:
+                    chain = [*step, target]
+                    break
+                if target not in seen:
+                    seen.add(target)
+                    queue.append((target, step))
+        if chain is None:
+            continue
+        if len(chain) == 2:
+            problems.append(f"{chain[0]} imports torch at module level (runtime path)")
+        else:
+            problems.append(
+                f"{chain[0]} imports torch at module level through {chain[-2].split(':')[0]} "
+                f"(runtime path): {' -> '.join(chain)}"
             )
-            if any(name.split(".")[0] in ("torch", "torchvision", "timm", "onnxscript") for name in names):
-                problems.append(f"{module}:{node.lineno} imports torch at module level (runtime path)")
     return problems
 
 
@@ -381,6 +444,35 @@ def test_a_module_level_torch_import_on_the_runtime_path_is_reported(tmp_path: P
     assert module_level_torch(root) == [
         "sedeploy.measure.roofs:1 imports torch at module level (runtime path)"
     ]
+
+
+def test_torch_reached_through_another_sedeploy_module_is_reported_with_its_chain(tmp_path: Path) -> None:
+    """The runtime path may not reach torch at import through a module that may import it (``models/``)."""
+    root = _tree(
+        tmp_path,
+        {
+            "models/__init__.py": "",
+            "models/registry.py": "from __future__ import annotations\n\nfrom torch import nn\n",
+            "models/defaults.py": "class ModelDefaults: ...\n",
+            "data/__init__.py": "from sedeploy.data.transforms import preprocess\n",
+            "data/transforms.py": "import numpy\nfrom sedeploy.models.registry import ModelDefaults\n",
+            # Not at import: inside a function, or only for type checkers.
+            "runtime.py": (
+                "from typing import TYPE_CHECKING\nfrom sedeploy.models.defaults import ModelDefaults\n"
+                "if TYPE_CHECKING:\n    from sedeploy.models.registry import ModelDefaults\n"
+                "def load():\n    from sedeploy.models import registry\n"
+            ),
+        },
+    )
+    assert module_level_torch(root) == [
+        "sedeploy.data:1 imports torch at module level through sedeploy.models.registry (runtime path): "
+        "sedeploy.data:1 -> sedeploy.data.transforms:2 -> sedeploy.models.registry:3 -> torch",
+        "sedeploy.data.transforms:2 imports torch at module level through sedeploy.models.registry (runtime path): "
+        "sedeploy.data.transforms:2 -> sedeploy.models.registry:3 -> torch",
+    ]
+    # The fix the real package made: the torch-free defaults in their own module.
+    (root / "data/transforms.py").write_text("from sedeploy.models.defaults import ModelDefaults\n")
+    assert module_level_torch(root) == []
 
 
 # --- Sizes and depths ---------------------------------------------------------------------------------------------

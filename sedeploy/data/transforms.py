@@ -14,7 +14,7 @@ from PIL import Image
 from sedeploy.artifacts.metadata import ModelMetadata, Preprocessing, load_onnx, metadata_or_none
 from sedeploy.data.images import _MODE_CHANNELS, _check_channels
 from sedeploy.errors import BadInputError, ConfigError
-from sedeploy.models.registry import ModelDefaults
+from sedeploy.models.defaults import ModelDefaults
 
 logger = logging.getLogger(__name__)
 
