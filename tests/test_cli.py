@@ -136,3 +136,23 @@ def test_every_command_help_reads_its_library_defaults() -> None:
     text = " ".join(CliRunner().invoke(cli, ["build-engine", "--help"]).output.split())
     assert f"--calib-method [{'|'.join((*CALIBRATION_METHODS, 'sweep'))}]" in text
     assert f"[default: {DEFAULT_CALIBRATION_METHOD}]" in text
+
+
+def test_a_parameter_name_inside_a_path_is_left_alone() -> None:
+    from sedeploy.cli import cli, in_cli_words
+    from sedeploy.errors import ConfigError
+
+    error = ConfigError(
+        "output runs/output/w.onnx is the source model; give output another path", params=("output",)
+    )
+    message = in_cli_words(error, cli.commands["build-engine"])
+    assert message == "--output runs/output/w.onnx is the source model; give --output another path"
+
+
+def test_optimize_takes_the_rounds_the_demo_searched_with() -> None:
+    from click.testing import CliRunner
+
+    from sedeploy.cli import cli
+
+    result = CliRunner().invoke(cli, ["optimize", "--help"])
+    assert result.exit_code == 0 and "--rounds" in result.output

@@ -15,7 +15,14 @@ import click
 
 from sedeploy._version import __version__
 from sedeploy.cli.build import build_engine_command, optimize_command
-from sedeploy.cli.check import bench_command, demo_command, inspect_command, predict_command, verify_command
+from sedeploy.cli.check import (
+    bench_command,
+    cache_command,
+    demo_command,
+    inspect_command,
+    predict_command,
+    verify_command,
+)
 from sedeploy.cli.interrupts import interruption
 from sedeploy.cli.model import export, info, train_command
 from sedeploy.cli.serving import loadtest_command, serve_command, triton_command
@@ -54,7 +61,7 @@ def in_cli_words(error: SedeployError, command: click.Command | None) -> str:
         message = re.sub(rf"(?<![\w-]){name}=True\b", flag, message)
         message = re.sub(rf"(?<![\w-]){name}=False\b", negative, message)
         if "_" in name or name in error.params:
-            message = re.sub(rf"(?<![\w.-]){name}\b(?!=)", flag, message)
+            message = re.sub(rf"(?<![\w./-]){name}\b(?![=/])", flag, message)  # not inside a path
     return message
 
 
@@ -122,6 +129,7 @@ for _command in (
     optimize_command,
     inspect_command,
     predict_command,
+    cache_command,
     demo_command,
     serve_command,
     loadtest_command,

@@ -157,6 +157,20 @@ _CALIBRATION_SIZE = Later("sedeploy.building", "DEFAULT_CALIBRATION_SIZE")
     "recorded in the manifest).",
 )
 @option(
+    "--repair/--no-repair",
+    default=True,
+    show_default=True,
+    help="INT8 that misses the gate is repaired (cross-layer equalization, then the fewest float layers) and "
+    "the first file that passes is published (--no-repair: refused, naming the worst layers).",
+)
+@option(
+    "--min-int8-mac-share",
+    type=click.FloatRange(0, 1),
+    default=Later("sedeploy.building.options", "DEFAULT_MIN_INT8_MAC_SHARE"),
+    show_default=True,
+    help="A repair keeps at least this share of the MACs in INT8.",
+)
+@option(
     "--probe-batch",
     "probe_batches",
     type=click.IntRange(min=1),
@@ -200,6 +214,8 @@ def build_engine_command(
     gpu_fallback: bool,
     sparsity: bool,
     gate: bool,
+    repair: bool,
+    min_int8_mac_share: float,
     probe_batches: tuple[int, ...],
     output: str | None,
     json_out: str | None,
@@ -250,6 +266,8 @@ def build_engine_command(
         implicit_int8=implicit_int8,
         probe_batches=tuple(probe_batches) or DEFAULT_PROBE_BATCHES,
         gate=gate,
+        repair=repair,
+        min_int8_mac_share=min_int8_mac_share,
         float_type=float_type,
         hint=hint,
     )
@@ -301,7 +319,14 @@ def build_engine_command(
     type=click.FloatRange(min=0, min_open=True),
     default=2.0,
     show_default=True,
-    help="Timed seconds per candidate (over 3 interleaved rounds).",
+    help="Timed seconds per candidate (over --rounds interleaved rounds).",
+)
+@option(
+    "--rounds",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Interleaved timing rounds (the demo's quick search uses 1).",
 )
 @option(
     "-o", "--output", type=click.Path(), help="Name of the kept artifact (default: MODEL.best + its suffix)."
@@ -325,6 +350,7 @@ def optimize_command(
     backends: str | None,
     precisions: str | None,
     seconds: float,
+    rounds: int,
     output: str | None,
     markdown: str | None,
     plot: str | None,
@@ -354,6 +380,7 @@ def optimize_command(
         calib_size=calib_size,
         output=output,
         seconds=seconds,
+        rounds=rounds,
         reuse=not no_reuse,
         markdown=markdown,
         plot=plot,

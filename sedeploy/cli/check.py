@@ -167,6 +167,18 @@ def _thresholds(field: str, unit: str, text: str) -> Later:
     show_default=True,
     help="Check the artifact against the sha256 its manifest records before loading it.",
 )
+@option(
+    "--layers",
+    is_flag=True,
+    help="INT8: add the error each quantized layer adds, worst first, named by its PyTorch module "
+    "(--json: a 'layers' list).",
+)
+@option(
+    "--plot",
+    "plot_path",
+    type=click.Path(dir_okay=False),
+    help="With --layers: write a PNG of each layer's error against depth.",
+)
 @JSON_OUTPUT
 @click.pass_context
 def verify_command(
@@ -180,10 +192,14 @@ def verify_command(
     max_top1_drop: float | None,
     device: str | None,
     verify_hash: bool,
+    layers: bool,
+    plot_path: str | None,
     json_out: str | None,
 ) -> None:
     """Compare ARTIFACT with its reference on the same inputs; exit 0 on pass, 1 on fail, 2 on usage errors."""
     check_json_out(json_out)
+    if plot_path and not layers:
+        raise click.UsageError("--plot goes with --layers")
     from sedeploy.verify import verify
 
     report = verify(
@@ -197,10 +213,35 @@ def verify_command(
         device=device,
         verify_hash=verify_hash,
         progress=progress_wanted(json_out),
+        layers=layers,
     )
+    if plot_path and report.layer_report is not None:
+        from sedeploy.measure.layers import plot_layer_errors
+
+        plot_layer_errors(report.layer_report, plot_path)
     emit(report, json_out)
     if not report.passed:
         ctx.exit(1)
+
+
+@click.command("cache")
+@option("--clear", is_flag=True, help="Remove every cached image set (nothing else in the folder).")
+@JSON_OUTPUT
+def cache_command(clear: bool, json_out: str | None) -> None:
+    """Where decoded calibration and held-out images are cached, how much they take, and clearing them.
+
+    The cache is SEDEPLOY_CACHE_DIR, else the platform's cache directory (~/.cache/sedeploy/images); it is
+    kept under SEDEPLOY_CACHE_MAX_MB (default 2048), the least recently used sets going first.
+    """
+    check_json_out(json_out)
+    from sedeploy.data.cache import cache_info, clear_cache
+
+    if clear:
+        before = clear_cache()
+        click.echo(
+            f"removed {before.files} cached image set(s), {before.bytes / 2**20:.1f} MB, from {before.folder}"
+        )
+    emit(cache_info(), json_out)
 
 
 @click.command("inspect")
@@ -248,7 +289,9 @@ def inspect_command(artifact: str, source: str | None, as_json: bool) -> None:
     flag_value="local",
     help="Score on a Ray Data actor pool: a local Ray, or the cluster at ADDRESS ('auto': the running one).",
 )
-@option("--concurrency", type=click.IntRange(min=1), help="With --ray: scoring actors (default: one per node).")
+@option(
+    "--concurrency", type=click.IntRange(min=1), help="With --ray: scoring actors (default: one per node)."
+)
 @JSON_OUTPUT
 def predict_command(
     artifact: str,

@@ -71,3 +71,20 @@ def test_a_write_keeps_the_cache_under_its_cap(tmp_path: Path, monkeypatch: pyte
     for name in ("a", "bb", "ccc"):
         load_image_set(_folder(tmp_path, name, 4), PREPROCESSING, 1, cache_dir=cache)
     assert cache_info(cache).files <= 1
+
+
+def test_sedeploy_cache_reports_and_clears(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from sedeploy.cli import cli
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SEDEPLOY_CACHE_DIR", str(cache))
+    load_image_set(_folder(tmp_path, "a", 4), PREPROCESSING, 1, cache_dir=cache)
+    shown = CliRunner().invoke(cli, ["cache", "--json", "-"])
+    assert shown.exit_code == 0 and json.loads(shown.output)["files"] == 1
+    cleared = CliRunner().invoke(cli, ["cache", "--clear"])
+    assert cleared.exit_code == 0 and "removed 1 cached image set(s)" in cleared.output
+    assert cache_info(cache).files == 0
