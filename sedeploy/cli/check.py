@@ -22,6 +22,7 @@ from sedeploy.cli.options import (
     option,
     parse_batch_sizes,
     progress_wanted,
+    refuse_outputs_over_inputs,
 )
 
 
@@ -91,6 +92,9 @@ def bench_command(
         profile=profile,
     )
     batch_sizes = parse_batch_sizes(batch, "--batch")
+    refuse_outputs_over_inputs(
+        [("json_out", json_out), ("markdown_path", markdown_path), ("plot_path", plot_path)], list(artifacts)
+    )
     from sedeploy.bench import bench, compare, write_reports
 
     if compare_all:
@@ -198,6 +202,7 @@ def verify_command(
 ) -> None:
     """Compare ARTIFACT with its reference on the same inputs; exit 0 on pass, 1 on fail, 2 on usage errors."""
     check_json_out(json_out)
+    _refuse_verify_outputs(artifact, reference, data, [("json_out", json_out), ("plot_path", plot_path)])
     if plot_path and not layers:
         raise click.UsageError("--plot goes with --layers")
     from sedeploy.verify import verify
@@ -222,6 +227,19 @@ def verify_command(
     emit(report, json_out)
     if not report.passed:
         ctx.exit(1)
+
+
+def _refuse_verify_outputs(
+    artifact: str, reference: str | None, data: str | None, outputs: list[tuple[str, str | None]]
+) -> None:
+    """verify's report files may not be its artifact, reference, data file or a held-out image."""
+    from sedeploy.data import listed_images_among
+
+    others: list[tuple[str, str | None]] = [("the reference", reference), ("the data", data)]
+    if data is not None and Path(data).is_dir():
+        named = [path for _, path in outputs if path and path != "-"]
+        others += [("a held-out image", str(image)) for image in listed_images_among(data, named)]
+    refuse_outputs_over_inputs(outputs, [artifact], others)
 
 
 @click.command("cache")
@@ -348,6 +366,9 @@ def predict_command(
 @click.pass_context
 def demo_command(ctx: click.Context, out_dir: str, quick: bool, json_out: str | None) -> None:
     """Export, quantize, build, verify and bench the shipped digits SE-ResNet, end to end."""
+    from sedeploy.optional import import_optional
+
+    import_optional("torch")  # the demo exports the shipped checkpoint: one line naming the extra without it
     from sedeploy.demo import run_demo
 
     report = run_demo(out_dir, quick=quick, progress=progress_wanted(json_out))

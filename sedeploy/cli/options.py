@@ -9,9 +9,9 @@ option goes through :func:`option`, which understands :class:`Later` values.
 from __future__ import annotations
 
 import ast
-import importlib
 import inspect
 import json
+import os
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,8 +31,11 @@ class Later:
     then: Callable[[Any], Any] | None = None
 
     def get(self) -> Any:
-        """Import the module and return the value (passed through ``then``)."""
-        value: Any = importlib.import_module(self.module)
+        """Import the module and return the value (passed through ``then``); a module that needs a missing
+        optional package (PyTorch) is one line naming its extra."""
+        from sedeploy.optional import import_optional
+
+        value: Any = import_optional(self.module)
         if self.name is not None:
             value = getattr(value, self.name)
         return self.then(value) if self.then is not None else value
@@ -112,6 +115,23 @@ def check_json_out(json_out: str | None) -> None:
         from sedeploy.files import check_writable
 
         check_writable(json_out)
+
+
+def refuse_outputs_over_inputs(
+    outputs: list[tuple[str, str | None]],
+    artifacts: list[str],
+    others: Sequence[tuple[str, str | None]] = (),
+) -> None:
+    """Fail before any work when a report file (``--json FILE``, ``--markdown``, ``--plot``) is one of the
+    command's inputs: an artifact, its manifest, or ``others`` (a reference, a data file, an image of a data
+    folder), compared as files (links and hard links count)."""
+    from sedeploy.artifacts.manifest import manifest_path
+    from sedeploy.files import refuse_output_over_input
+
+    inputs: list[tuple[str, str | os.PathLike[str] | None]] = list(others)
+    for artifact in artifacts:
+        inputs += [("the artifact", artifact), ("the artifact's manifest", manifest_path(artifact))]
+    refuse_output_over_input([(name, None if path == "-" else path) for name, path in outputs], inputs)
 
 
 def write_json_file(path: str, data: Any) -> None:
