@@ -1,5 +1,6 @@
 """Property-based fuzzing of every parser that reads outside input: random or damaged input raises one of
-sedeploy's own errors (a one-line :class:`~sedeploy.errors.SedeployError`), never another exception or a hang.
+sedeploy's own errors (a one-line :class:`~sedeploy.errors.SedeployError`), never another exception or a hang,
+and what a parser accepts holds what the next stage relies on (an oracle each property can fail on).
 
 Inputs are both random and mutations of valid ones (a real model's metadata, a real manifest, real PNG and
 JPEG bytes), so the fuzzer reaches past the first check. ``deadline`` bounds each example.
@@ -20,7 +21,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from manifests import make_manifest
 from PIL import Image
@@ -32,6 +33,7 @@ from sedeploy.backends.tensorrt import (
     engine_compatibility_problem,
     parse_batch_profile,
     resolve_batch_profile,
+    version_tuple,
 )
 from sedeploy.data import load_image
 from sedeploy.errors import SedeployError
@@ -121,29 +123,41 @@ def test_metadata_from_dict_with_damaged_values(valid_props: dict[str, str], dat
     usable_metadata(own_errors_only(lambda: ModelMetadata.from_dict(values, "fuzz")))
 
 
+def _accepted_onnx(path: Path) -> ModelMetadata | None:
+    """Read ``path`` as every stage does; what it accepts must be a graph, and its metadata usable."""
+    proto = own_errors_only(lambda: load_onnx(path))
+    if proto is None:
+        return None
+    # Most short byte strings (b"" among them) parse as an empty ModelProto: load_onnx must refuse those.
+    assert len(proto.graph.node) > 0, f"load_onnx accepted {path.name} without a graph"
+    metadata = own_errors_only(lambda: metadata_or_none(proto))
+    usable_metadata(metadata)
+    return metadata
+
+
 @FUZZ
 @given(blob=st.binary(max_size=2000))
+@example(blob=b"")  # valid protobuf: an empty model
+@example(blob=b"\x3a\x00")  # valid protobuf: a model with an empty graph
 def test_onnx_files_of_random_bytes(scratch: Path, blob: bytes) -> None:
     path = scratch / "random.onnx"
     path.write_bytes(blob)
-    proto = own_errors_only(lambda: load_onnx(path))
-    if proto is not None:  # some byte strings are valid protobuf
-        own_errors_only(lambda: metadata_or_none(proto))
+    _accepted_onnx(path)
 
 
 @FUZZ
 @given(data=st.data())
 def test_truncated_and_damaged_onnx(trained_digits, scratch: Path, data: st.DataObject) -> None:  # type: ignore[no-untyped-def]
     original = trained_digits.onnx_path.read_bytes()
-    blob = bytearray(original[: data.draw(st.integers(0, len(original)))])
+    blob = bytearray(original[: data.draw(st.just(len(original)) | st.integers(0, len(original)))])
     for _ in range(data.draw(st.integers(0, 4))):
         if blob:
             blob[data.draw(st.integers(0, len(blob) - 1))] = data.draw(st.integers(0, 255))
     path = scratch / "damaged.onnx"
     path.write_bytes(bytes(blob))
-    proto = own_errors_only(lambda: load_onnx(path))
-    if proto is not None:
-        own_errors_only(lambda: metadata_or_none(proto))
+    metadata = _accepted_onnx(path)
+    if blob == original:  # the fuzzed reader is the real one: an intact file reads back whole
+        assert metadata == read_metadata(trained_digits.onnx_path)
 
 
 # Manifest -------------------------------------------------------------------------------------------------
@@ -215,16 +229,33 @@ versions = (
     ),
     running=versions.filter(lambda value: isinstance(value, str)),
 )
+# Engines that do run here, so every run reaches the "compatible" answer and the checks below it.
+@example(engine={"tensorrt_version": "10.3.0"}, device={"compute_capability": "8.6"}, running="10.3.0.26")
+@example(
+    engine={"tensorrt_version": "10.3", "version_compat": True},
+    device={"compute_capability": [8, 6]},
+    running="10.4.1",
+)
+@example(engine={"tensorrt_version": "10.3.0", "hardware_compat": 1}, device={}, running="10.3.0")
 def test_engine_compatibility_check_on_damaged_manifest_sections(
     engine: dict[str, Any], device: dict[str, Any], running: str
 ) -> None:
-    """The TensorRT runner's version/GPU check reads these manifest sections before any GPU work."""
-    problem = own_errors_only(
-        lambda: engine_compatibility_problem(
-            engine, device, tensorrt_version=running, compute_capability="8.6"
+    """The TensorRT runner's version/GPU check reads these manifest sections before any GPU work.
+
+    Damaged sections give a one-line error or an answer; an engine called compatible must really be
+    bound to this TensorRT major and this GPU: the next major release, or a pre-Ampere GPU (7.5), refuses it.
+    """
+
+    def problem_on(tensorrt_version: str, compute_capability: str) -> str | None:
+        return engine_compatibility_problem(
+            engine, device, tensorrt_version=tensorrt_version, compute_capability=compute_capability
         )
-    )
-    assert problem is None or isinstance(problem, str)
+
+    problem = own_errors_only(lambda: problem_on(running, "8.6"))
+    if problem is None:
+        built = version_tuple(str(engine["tensorrt_version"]))
+        assert problem_on(f"{built[0] + 1}.0.0", "8.6") is not None, "a TensorRT plan ran on the next major"
+        assert problem_on(running, "7.5") is not None, "a plan ran on a GPU it was not built for"
 
 
 @pytest.fixture(scope="module")
@@ -237,14 +268,29 @@ def built_artifact(trained_digits, tmp_path_factory: pytest.TempPathFactory) -> 
     return build_engine(model, BuildOptions(precision="fp32", backend="onnxruntime")).artifact
 
 
+@pytest.fixture(scope="module")
+def clean_run(built_artifact: Path, trained_digits) -> tuple[ModelMetadata | None, np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """The built artifact's runner with its manifest intact: its metadata, some images and their logits."""
+    import sedeploy
+
+    images = trained_digits.test_images[:4]
+    with sedeploy.load(built_artifact, device="cpu") as runner:
+        return runner.metadata, images, runner(images)
+
+
 @settings(FUZZ, max_examples=min(FUZZ.max_examples, 25))  # each example opens an ONNX Runtime session
 @given(data=st.data())
 def test_runner_with_a_damaged_manifest_beside_a_real_artifact(
-    built_artifact: Path, data: st.DataObject
+    built_artifact: Path, clean_run: tuple[ModelMetadata | None, np.ndarray, np.ndarray], data: st.DataObject
 ) -> None:
-    """The manifest still hashes right (verify passes), but what the runner reads from it is garbage."""
+    """The manifest still hashes right (verify passes), but what the runner reads from it is garbage.
+
+    The garbage is refused in one line, or ignored: a runner that opens is the clean one (the ONNX file's own
+    metadata wins over the manifest's copy; the same logits).
+    """
     import sedeploy
 
+    metadata, images, logits = clean_run
     path = manifest_path(built_artifact)
     original = path.read_text()
     manifest = json.loads(original)
@@ -258,7 +304,9 @@ def test_runner_with_a_damaged_manifest_beside_a_real_artifact(
         path.write_text(json.dumps(manifest))
         runner = own_errors_only(lambda: sedeploy.load(built_artifact, device="cpu"))
         if runner is not None:
-            runner.close()
+            with runner:
+                assert runner.metadata == metadata
+                np.testing.assert_allclose(runner(images), logits, rtol=1e-5, atol=1e-5)
     finally:
         path.write_text(original)
 

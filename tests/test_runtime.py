@@ -12,6 +12,7 @@ from digits import TrainedDigits
 from PIL import Image
 
 import sedeploy
+from sedeploy.artifacts.manifest import ManifestError
 from sedeploy.artifacts.metadata import ModelMetadata, read_metadata
 from sedeploy.backends.base import RunnerClosedError
 from sedeploy.backends.onnxruntime import OnnxRuntimeRunner
@@ -59,9 +60,21 @@ def test_load_dispatches_on_the_artifact(small_model: dict[str, Path], tmp_path:
         load("se_preact_resnet", model_options=SMALL_OPTIONS)
     with load("se_preact_resnet", model_options=SMALL_OPTIONS, max_batch=4, random_weights=True) as runner:
         assert isinstance(runner, TorchRunner) and runner.input_spec.max_batch == 4
-    (tmp_path / "model.engine").write_bytes(b"not a plan")
-    with pytest.raises((MissingDependencyError, BadInputError)):  # reaches the TensorRT runner
+    # Every runner refuses a file of junk bytes, so an error alone shows nothing: the suffix names the
+    # backend, and only the TensorRT runner insists on a manifest (checked before it needs TensorRT).
+    for name, backend in (
+        ("model.engine", "tensorrt"),
+        ("model.plan", "tensorrt"),
+        ("model.xml", "openvino"),
+    ):
+        (tmp_path / name).write_bytes(b"not a plan")
+        with pytest.raises(ConfigError, match=f"is run by {backend}, not onnxruntime"):
+            load(tmp_path / name, backend="onnxruntime")
+    with pytest.raises(ManifestError, match=r"model\.engine has no manifest"):
         load(tmp_path / "model.engine")
+    no_bin_or_no_openvino = (BadInputError, MissingDependencyError)
+    with pytest.raises(no_bin_or_no_openvino, match=r"(?i)openvino"):
+        load(tmp_path / "model.xml")
     with pytest.raises(ConfigError, match="takes device, threads"):
         load(small_model["onnx"], contexts=2)
     with pytest.raises(ConfigError, match="not tensorrt"):
