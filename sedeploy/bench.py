@@ -243,8 +243,9 @@ def torch_candidate(
     source = str(weights) if weights is not None else metadata.arch
 
     def open_torch(threads: int | None) -> Runner:
-        import torch
+        from sedeploy.optional import import_optional
 
+        torch = import_optional("torch")  # one line naming the extra where PyTorch is not installed
         from sedeploy.backends.torch import TorchRunner
 
         if threads:

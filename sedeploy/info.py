@@ -1,11 +1,20 @@
-"""``sedeploy info``: a model's size and compute, per stage, and what its SE blocks cost over the plain twin."""
+"""``sedeploy info``: a model's size and compute, per stage, and what its SE blocks cost over the plain twin.
+
+On an exported ONNX it reads the ``sedeploy.*`` metadata export wrote (no PyTorch); on a zoo name it builds the
+model on PyTorch's meta device.
+"""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sedeploy.optional import import_optional
+
 if TYPE_CHECKING:
+    from sedeploy.artifacts.metadata import ModelMetadata
     from sedeploy.models.complexity import Complexity
 
 
@@ -87,9 +96,9 @@ def model_info(arch: str, img_size: tuple[int, int] | None = None, **options: An
     """Complexity report for a zoo model built with ``options``, at ``img_size`` (H, W) or its default size.
 
     Models are built on PyTorch's meta device: no weights are allocated. PyTorch is imported here, when a
-    zoo model is described, not when the module is.
+    zoo model is described, not when the module is (without it: one line naming the ``torch`` extra).
     """
-    import torch
+    torch = import_optional("torch")
 
     from sedeploy.models.complexity import estimate_complexity
     from sedeploy.models.registry import create_model, get_entry, model_defaults
@@ -123,3 +132,77 @@ def _options_text(options: dict[str, Any] | None) -> str:
     if not options:
         return ""
     return " (" + ", ".join(f"{key}={value!r}" for key, value in options.items()) + ")"
+
+
+def is_onnx_path(target: str | os.PathLike[str]) -> bool:
+    """Whether ``target`` names an ONNX file (``info`` then reads its metadata) rather than a zoo name."""
+    return str(target).lower().endswith(".onnx") or Path(target).is_file()
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """What ``sedeploy info`` reports on an exported ONNX: the metadata export wrote, read without PyTorch."""
+
+    path: str
+    metadata: ModelMetadata
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready report; MACs are multiply-accumulates, FLOPs = 2 x MACs."""
+        meta = self.metadata
+        return {
+            "path": self.path,
+            "arch": meta.arch,
+            "options": dict(meta.options),
+            "input_size": list(meta.input_size),
+            "num_classes": meta.num_classes,
+            "labels": list(meta.labels) if meta.labels is not None else None,
+            "params": meta.params,
+            "macs": meta.macs,
+            "gmacs": meta.macs / 1e9,
+            "gflops": 2 * meta.macs / 1e9,
+            "opset": meta.opset,
+            "max_batch": meta.max_batch,
+            "channel_order": meta.channel_order,
+            "input_name": meta.input_name,
+            "output_name": meta.output_name,
+            "preprocessing": {
+                "resize": list(meta.preprocessing.resize),
+                "crop": list(meta.preprocessing.crop),
+                "crop_pct": meta.preprocessing.crop_pct,
+                "mean": list(meta.preprocessing.mean),
+                "std": list(meta.preprocessing.std),
+                "interpolation": meta.preprocessing.interpolation,
+            },
+            "sedeploy_version": meta.sedeploy_version,
+            "units": "macs = multiply-accumulates per image; gflops = 2 x gmacs",
+        }
+
+    def to_text(self) -> str:
+        """Human-readable report."""
+        meta = self.metadata
+        c, h, w = meta.input_size
+        pre = meta.preprocessing
+        labels = (
+            f", labels {', '.join(meta.labels[:5])}{', ...' if len(meta.labels) > 5 else ''}"
+            if meta.labels
+            else ""
+        )
+        return "\n".join(
+            [
+                f"{self.path}: {meta.arch}{_options_text(dict(meta.options))}",
+                f"  input        {meta.input_name} {c}x{h}x{w} {meta.channel_order}, max batch {meta.max_batch}; "
+                f"output {meta.output_name}, {meta.num_classes} classes{labels}",
+                f"  parameters   {meta.params:,} ({meta.params / 1e6:.2f} M)",
+                f"  compute      {meta.macs / 1e9:.4f} GMACs = {2 * meta.macs / 1e9:.4f} GFLOPs per image",
+                f"  preprocess   resize {list(pre.resize)}, crop {list(pre.crop)} ({pre.interpolation}), "
+                f"mean {list(pre.mean)}, std {list(pre.std)}",
+                f"  exported     opset {meta.opset} by sedeploy {meta.sedeploy_version}",
+            ]
+        )
+
+
+def onnx_info(path: str | os.PathLike[str]) -> OnnxInfo:
+    """The report ``sedeploy info`` gives on an exported ONNX, from its ``sedeploy.*`` metadata (no PyTorch)."""
+    from sedeploy.artifacts.metadata import read_metadata
+
+    return OnnxInfo(path=str(path), metadata=read_metadata(path))

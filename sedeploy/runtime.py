@@ -87,6 +87,10 @@ def load(
         return _construct(
             OpenVinoRunner, path, device=_text_device(device), verify_hash=verify_hash, **options
         )
+    from sedeploy.optional import import_optional
+
+    # A weights file or zoo name runs on PyTorch: without it, one line naming the extra.
+    import_optional("torch")
     from sedeploy.backends.torch import TorchRunner
 
     return _construct(TorchRunner, path, device=_text_device(device), **options)

@@ -54,7 +54,8 @@ def info(
     host_only: bool,
     json_out: str | None,
 ) -> None:
-    """Parameters, GMACs/GFLOPs, per-stage breakdown and SE overhead of ARCH (or, with --host, this machine)."""
+    """Parameters, GMACs/GFLOPs, per-stage breakdown and SE overhead of ARCH; an exported MODEL.onnx's metadata
+    (no PyTorch needed); or, with --host, this machine."""
     if host_only:
         from sedeploy.host import host_report, host_report_text
 
@@ -67,14 +68,19 @@ def info(
         click.echo(host_report_text(machine))
         return
     if arch is None:
-        raise click.UsageError("give ARCH, or --host to describe this machine")
+        raise click.UsageError("give ARCH or MODEL.onnx, or --host to describe this machine")
+    from sedeploy.info import is_onnx_path, model_info, onnx_info
+
+    if is_onnx_path(arch):
+        if img_size or in_chans is not None or num_classes is not None or options:
+            raise click.UsageError("an exported ONNX has its own size and options; give MODEL.onnx alone")
+        emit(onnx_info(arch), json_out)
+        return
     model_options = parse_options(options)
     if in_chans is not None:
         model_options["in_chans"] = in_chans
     if num_classes is not None:
         model_options["num_classes"] = num_classes
-    from sedeploy.info import model_info
-
     report = model_info(arch, img_size=parse_img_size(img_size), **model_options)
     emit(report, json_out)
 
@@ -154,6 +160,9 @@ def export(
         )
     if model_target is not None and ":" not in model_target:
         raise click.BadParameter(f"{model_target!r} is not package.module:factory", param_hint="--model")
+    from sedeploy.optional import import_optional
+
+    import_optional("torch")  # export runs the PyTorch model: one line naming the extra without it
     from sedeploy.export import export_onnx
 
     result = export_onnx(
@@ -237,6 +246,9 @@ def train_command(
     """Train ARCH on DATA_DIR (one sub-folder per class); keep the best checkpoint, its record and curves."""
     if resume and compare_plain:
         raise click.UsageError("--resume continues one run; give it without --compare-plain")
+    from sedeploy.optional import import_optional
+
+    import_optional("torch")  # one line naming the extra where PyTorch is not installed
     from sedeploy.train import TrainConfig, plain_comparison_text, train, train_with_plain_twin
 
     config = TrainConfig(
