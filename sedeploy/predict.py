@@ -24,7 +24,7 @@ from sedeploy.artifacts.manifest import manifest_path
 from sedeploy.backends.base import Runner
 from sedeploy.data import IMAGE_EXTENSIONS, SkippedFile, listed_images_among, scan_images
 from sedeploy.errors import BadInputError, ConfigError
-from sedeploy.files import special_file_reason
+from sedeploy.files import refuse_output_over_input, special_file_reason
 from sedeploy.progress import progress_bar
 from sedeploy.runtime import load
 from sedeploy.scoring import DEFAULT_BATCH, JsonLinesOutput, Prediction, batch_size_for, score_batches
@@ -181,6 +181,10 @@ def predict(
         raise ConfigError("resume continues an output file; give output too", params=("resume",))
     if not inputs:
         raise ConfigError("give at least one image file or folder")
+    if output is not None:
+        source = getattr(artifact, "model_path", None) if isinstance(artifact, Runner) else artifact
+        pairs = input_files(source, inputs, [str(output)]) if source is not None else []
+        refuse_output_over_input([("output", str(output))], pairs)
     if ray is not None:
         if isinstance(artifact, Runner):
             raise ConfigError("ray opens the artifact in each actor; give its path, not an open runner")

@@ -67,6 +67,8 @@ def test_pipelined_predict_matches_the_sequential_loop_and_writes_one_entry_per_
     with pytest.raises(ConfigError, match="already holds results; pass resume=True"):
         predict(trained_digits.onnx_path, [folder], output=tmp_path / "out.jsonl")
     resumed = predict(trained_digits.onnx_path, [folder], output=tmp_path / "out.jsonl", resume=True)
+    with pytest.raises(ConfigError, match=r"output .*00003.png is an image"):
+        predict(trained_digits.onnx_path, [folder], output=folder / "00003.png", resume=True)
     assert (resumed.scored, resumed.resumed) == (0, 45) and len(_lines(tmp_path / "out.jsonl")) == 45
 
 
