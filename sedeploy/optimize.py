@@ -212,6 +212,8 @@ def candidate_plans(
                 "ONNX Runtime's"
             )
 
+    if "int8" in asked_precisions:
+        notes.append("INT8 candidates that miss their build's gate are repaired, not dropped")
     if "tensorrt" in asked_backends:
         available, reason = trt_backend.availability()
         for precision in PRECISIONS:

@@ -135,9 +135,7 @@ def build_for_backend(
     calibration: dict[str, Any] | None = None
     flavour = target if options.precision == "int8" else None
     if backend == "openvino":
-        return build_openvino(
-            model_path, proto, metadata, options, output, calibration_set, started, backend_reason
-        )
+        return build_openvino(source, options, output, calibration_set, started, backend_reason, progress)
     staged_path = None
     if options.precision != "fp32" and not options.implicit_int8:  # implicit INT8: TensorRT calibrates FP32
         precision_path = (
@@ -151,10 +149,11 @@ def build_for_backend(
     # Without fp16/int8 a precision file is built as it is: the artifact is what the source is.
     built_precision = options.precision if options.precision != "fp32" else source.precision
     try:
-        recipe, calibration, fidelity, gate_note = make_precision_file(
+        made = make_precision_file(
             source, staged_path, proto, metadata, options, target, input_name, calibration_set, progress
         )
-        notes += (gate_note,) if gate_note else ()
+        recipe, calibration, fidelity = made.recipe, made.calibration, made.fidelity
+        notes += (made.gate_note,) if made.gate_note else ()
         common = dict(
             source_onnx_sha256=source.sha256,
             source_metadata=metadata.to_dict() if metadata else {},
@@ -236,4 +235,5 @@ def build_for_backend(
         seconds=time.perf_counter() - started,
         notes=notes,
         precision_audit=precision_audit,
+        repaired=made.repaired,
     )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,19 +83,29 @@ def _in_chunks(run: Callable[[np.ndarray], np.ndarray], images: np.ndarray) -> n
     )
 
 
+def gate_failures(precision: str, fidelity: Comparison) -> tuple[str, ...]:
+    """Why ``fidelity`` misses verify's thresholds for ``precision`` (empty: the gate passes), by the one judge
+    (:func:`sedeploy.compare.judge`): a top-1 rule the gate's images cannot resolve is not applied (logged)."""
+    verdict = judge(fidelity, DEFAULT_THRESHOLDS[precision])
+    for note in verdict.notes:
+        logger.info("parity gate: %s", note)
+    return verdict.failures
+
+
 def parity_gate(
-    precision: str, fidelity: Comparison, options: BuildOptions, calibrated_on: int | None
+    precision: str,
+    fidelity: Comparison,
+    options: BuildOptions,
+    calibrated_on: int | None,
+    worst_layers: Sequence[str] = (),
+    repair_failed: str | None = None,
 ) -> str | None:
     """Fail (or, with ``gate=False``, note) an FP16/INT8 file whose parity misses verify's thresholds.
 
-    Judged by the one judge (:func:`sedeploy.compare.judge`): a top-1 rule the gate's images cannot resolve is
-    not applied, and the reason is logged.
+    ``worst_layers``: the INT8 file's worst layers by PyTorch module (the per-layer report), named in the
+    refusal; ``repair_failed``: why the INT8 repair could not mend it (None: no repair ran).
     """
-    thresholds = DEFAULT_THRESHOLDS[precision]
-    verdict = judge(fidelity, thresholds)
-    for note in verdict.notes:
-        logger.info("parity gate: %s", note)
-    failures = list(verdict.failures)
+    failures = gate_failures(precision, fidelity)
     if not failures:
         return None
     if precision == "int8":
@@ -106,9 +116,23 @@ def parity_gate(
     else:
         fix = "more ops in float with fp16_block_list"
     problem = f"{precision} parity below verify's thresholds ({'; '.join(failures)})"
-    if options.gate:
-        raise PrecisionError(f"{problem}: nothing was published; try {fix}, or gate=False to publish anyway")
-    return f"{problem}; published anyway (gate=False, recorded in the manifest)"
+    if not options.gate:
+        return f"{problem}; published anyway (gate=False, recorded in the manifest)"
+    worst = (
+        f"; its worst layers: {', '.join(worst_layers)} (verify's per-layer report lists them all)"
+        if worst_layers
+        else ""
+    )
+    if repair_failed is not None:
+        raise PrecisionError(
+            f"{problem}, and the repair could not mend it ({repair_failed}): nothing was published{worst}; try "
+            f"a lower min_int8_mac_share, {fix}, or gate=False to publish anyway"
+        )
+    if precision == "int8" and not options.repair:
+        fix = f"repair=True (cross-layer equalization, the fewest float layers), {fix}"
+    raise PrecisionError(
+        f"{problem}: nothing was published{worst}; try {fix}, or gate=False to publish anyway"
+    )
 
 
 def check_on_onnxruntime(

@@ -39,6 +39,8 @@ FP16_MIN_COSINE = 0.999
 """Below this, an FP16 graph is refused: FP16 rounding alone stays far above it on a sane model."""
 DEFAULT_PROBE_BATCHES = (1, 8)
 DEFAULT_PROBE_SECONDS = 2.0
+DEFAULT_MIN_INT8_MAC_SHARE = 0.5
+"""An INT8 repair never leaves so many layers float that less than this share of the MACs stays INT8."""
 
 
 ONNX_RECIPE_OPTIONS = ("target", "calib_method", "percentile", "quantize_se", "high_precision")
@@ -83,6 +85,11 @@ class BuildOptions:
     """The build fails when the asked precision covers less than this share of the MACs (precision audit)."""
     sweep_data: Path | None = None
     """``calib_method="sweep"``: the held-out image folder each candidate is measured on."""
+    repair: bool = True
+    """INT8 whose parity misses the gate is repaired (cross-layer equalization, then the fewest float layers)
+    and the first file that passes is published; False refuses it, naming the worst layers. Needs ``gate``."""
+    min_int8_mac_share: float = DEFAULT_MIN_INT8_MAC_SHARE
+    """A repair keeps at least this share of the MACs in INT8 (it fails rather than leave more float)."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -112,6 +119,8 @@ class BuildOptions:
             )
         if not 0.0 <= self.min_precision_share <= 1.0:
             raise ConfigError(f"min_precision_share must be in [0, 1], got {self.min_precision_share}")
+        if not 0.0 <= self.min_int8_mac_share <= 1.0:
+            raise ConfigError(f"min_int8_mac_share must be in [0, 1], got {self.min_int8_mac_share}")
         if not self.probe_batches or min(self.probe_batches) < 1 or self.probe_seconds <= 0:
             raise ConfigError(
                 f"the auto probe needs positive batch sizes and seconds, got batches {list(self.probe_batches)} "
@@ -161,6 +170,8 @@ class BuildOptions:
             "high_precision": self.high_precision,
             "min_precision_share": self.min_precision_share,
             "sweep_data": str(self.sweep_data) if self.sweep_data else None,
+            "repair": self.repair,
+            "min_int8_mac_share": self.min_int8_mac_share,
         }
 
 
@@ -182,6 +193,9 @@ class BuildResult:
     """Warnings the user should read (a small calibration set, a parity gate that was switched off)."""
     precision_audit: PrecisionAudit | None = None
     """What each layer of the built artifact runs in (``backends.audit``)."""
+    repaired: str | None = None
+    """What the INT8 repair did, in one line (``cross-layer equalization on 12 pairs; layer3.0.conv2 kept
+    fp16; 97% of MACs int8``); None when no repair ran."""
 
     @property
     def artifact(self) -> Path:
@@ -201,6 +215,7 @@ class BuildResult:
             "probe": self.probe,
             "notes": list(self.notes),
             "precision_audit": self.precision_audit.to_dict() if self.precision_audit else None,
+            "repaired": self.repaired,
         }
 
     def to_text(self) -> str:
@@ -223,6 +238,8 @@ class BuildResult:
             lines.append(
                 f"{self.precision} vs fp32 (ONNX Runtime) on {runtime}: {self.fidelity.to_text()}{where}"
             )
+        if self.repaired:
+            lines.append(f"repaired: {self.repaired}")
         if self.precision_audit:
             lines.append(f"runs as: {self.precision_audit.shares_text()}")
         lines += [f"note: {note}" for note in self.notes]

@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import logging
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import onnx
 
 from sedeploy.artifacts.metadata import ModelMetadata
-from sedeploy.building.gate import check_on_onnxruntime, gate_images, parity_gate
+from sedeploy.building.gate import check_on_onnxruntime, gate_failures, gate_images, parity_gate
 from sedeploy.building.options import DEFAULT_CALIBRATION_DIR, FP16_MIN_COSINE, BuildOptions
+from sedeploy.building.repair import NOT_NEEDED, RepairJob, repair_onnx, repaired_recipe, worst_modules
 from sedeploy.building.source import SourceModel, random_images
 from sedeploy.compare import Comparison
 from sedeploy.data import ImageSet, load_image_set, preprocessing_for
+from sedeploy.data.cache import cache_dir
 from sedeploy.errors import BadInputError
 from sedeploy.measure.sweep import sweep_calibration
 from sedeploy.precision import (
     DEFAULT_CALIBRATION_METHOD,
+    CalibrationRanges,
     Int8Recipe,
     PrecisionError,
     calibrate_cached,
@@ -48,9 +53,22 @@ def calibration_set_for(source: SourceModel | Path, options: BuildOptions, progr
         channels,
         limit=options.calib_size,
         seed=options.seed,
-        cache_dir=model_path.parent / ".sedeploy-cache",
+        cache_dir=cache_dir(),
         progress=progress,
     )
+
+
+@dataclass(frozen=True)
+class PrecisionFile:
+    """What :func:`make_precision_file` wrote and checked."""
+
+    recipe: dict[str, Any]
+    calibration: dict[str, Any] | None
+    fidelity: Comparison | None
+    gate_note: str | None
+    """The parity gate's note (None: passed)."""
+    repaired: str | None = None
+    """The INT8 repair in one line (None: no repair ran)."""
 
 
 def make_precision_file(
@@ -63,20 +81,22 @@ def make_precision_file(
     input_name: str,
     calibration_set: ImageSet | None,
     progress: bool,
-) -> tuple[dict[str, Any], dict[str, Any] | None, Comparison | None, str | None]:
+) -> PrecisionFile:
     """Write the FP16 or INT8 graph to ``staged_path`` and check it on ONNX Runtime against FP32.
 
-    Returns the recipe, the calibration record, the fidelity and the parity gate's note (None: passed).
-    Without a ``staged_path`` (FP32, or TensorRT's implicit INT8) nothing is written.
+    An INT8 file that misses the gate is repaired (:mod:`sedeploy.building.repair`) unless ``options.repair``
+    or ``options.gate`` is off. Without a ``staged_path`` (FP32, or TensorRT's implicit INT8) nothing is written.
     """
     if staged_path is None:
-        return {}, None, None, None
+        return PrecisionFile({}, None, None, None)
     model_path = source.path
     split = gate_images(
         calibration_set.images if calibration_set is not None else None,
         lambda: random_images(proto, metadata),
     )
     calibration: dict[str, Any] | None = None
+    int8: Int8Recipe | None = None
+    ranges: CalibrationRanges | None = None
     if options.precision == "fp16":
         with stage("build: FP16 conversion", progress):
             recipe = convert_fp16(source, staged_path, options.fp16_block_list)
@@ -134,19 +154,51 @@ def make_precision_file(
         fidelity = check_on_onnxruntime(
             model_path, staged_path, split.check, input_name, fidelity_optimization_level(recipe)
         )
-    if not fidelity.finite:
+    repairs = int8 is not None and options.gate and options.repair
+    if not fidelity.finite and not repairs:
         raise PrecisionError(f"the {options.precision} graph gives non-finite logits; nothing was written")
     if options.precision == "fp16" and fidelity.mean_cosine < FP16_MIN_COSINE:
         raise PrecisionError(
             f"FP16 logits drift from FP32 (mean cosine {fidelity.mean_cosine:.5f} < {FP16_MIN_COSINE}); "
             "keep more ops in FP32 with fp16_block_list"
         )
-    gate_note = parity_gate(
-        options.precision, fidelity, options, calibration_set.report.used if calibration_set else None
-    )
+    calibrated_on = calibration_set.report.used if calibration_set else None
+    repaired: str | None = None
+    failing = int8 is not None and bool(gate_failures("int8", fidelity))
+    if int8 is not None:
+        recipe = {**recipe, "repair": {"status": "not run", "why": "gate=False"} if failing else NOT_NEEDED}
+    if failing and options.gate:
+        assert int8 is not None
+        assert calibration_set is not None
+        job = RepairJob(
+            source,
+            int8,
+            ranges,
+            split,
+            calibration_set.report.dataset_sha256,
+            options,
+            fidelity,
+            staged_path,
+            progress,
+        )
+        if not options.repair:
+            parity_gate("int8", fidelity, options, calibrated_on, worst_modules(job))
+        with tempfile.TemporaryDirectory(prefix="sedeploy-repair-") as work:
+            built, repair = repair_onnx(job, staged_path, Path(work))
+        if built is None:
+            parity_gate("int8", fidelity, options, calibrated_on, repair.worst_modules, repair.reason)
+        else:
+            recipe = repaired_recipe(built, repair)
+            repaired = repair.summary()
+            logger.info("repaired: %s", repaired)
+            with stage(f"build: repaired int8 {split.describe()}", progress):
+                fidelity = check_on_onnxruntime(
+                    model_path, staged_path, split.check, input_name, fidelity_optimization_level(recipe)
+                )
+    gate_note = parity_gate(options.precision, fidelity, options, calibrated_on)
     recipe = {
         **recipe,
         "parity_gate": "passed" if gate_note is None else "failed, published with gate=False",
         "parity_check": split.to_dict(),
     }
-    return recipe, calibration, fidelity, gate_note
+    return PrecisionFile(recipe, calibration, fidelity, gate_note, repaired)

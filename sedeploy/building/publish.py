@@ -9,8 +9,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import onnx
-
 from sedeploy._version import __version__
 from sedeploy.artifacts import naming
 from sedeploy.artifacts.manifest import (
@@ -19,7 +17,7 @@ from sedeploy.artifacts.manifest import (
     manifest_path,
     write_manifest,
 )
-from sedeploy.artifacts.metadata import ModelMetadata
+from sedeploy.artifacts.module_names import module_name, read_module_names
 from sedeploy.backends import onnxruntime as ort_backend
 from sedeploy.backends.audit import (
     DEFAULT_MIN_PRECISION_SHARE,
@@ -28,14 +26,29 @@ from sedeploy.backends.audit import (
     audit_onnxruntime,
     gate_applies,
 )
-from sedeploy.building.gate import calibration_notes, check_on_openvino, gate_images, parity_gate
+from sedeploy.building.gate import (
+    calibration_notes,
+    check_on_openvino,
+    gate_failures,
+    gate_images,
+    parity_gate,
+)
 from sedeploy.building.options import BuildOptions, BuildResult
+from sedeploy.building.repair import (
+    NOT_NEEDED,
+    OpenVinoSetup,
+    Repair,
+    RepairJob,
+    repair_openvino,
+    worst_modules,
+)
 from sedeploy.building.source import SourceModel, graph_input_name, random_images
 from sedeploy.data import ImageSet
 from sedeploy.errors import ConfigError
 from sedeploy.files import pause_for_tests, sha256_of_file, temp_path_beside
 from sedeploy.host import cpu_features, describe_host
 from sedeploy.precision import (
+    Int8Recipe,
     PrecisionError,
 )
 
@@ -76,7 +89,12 @@ def publish_onnxruntime(
         ort_backend.write_optimized_model(staged_path or model_path, optimized_staged, providers)
         precision_audit = audit_onnxruntime(optimized_staged, source=source_graph, already_optimized=True)
         if gate_applies("onnxruntime", common["recipe"], common["precision"], ort_backend.has_cuda()):
-            audit_gate(common["precision"], precision_audit, min_precision_share)
+            audit_gate(
+                common["precision"],
+                precision_audit,
+                min_precision_share,
+                intended_float=(common["recipe"] or {}).get("float_nodes") or (),
+            )
         common = {**common, "precision_audit": precision_audit.to_dict()}
         if staged_path is not None:
             manifests.append(
@@ -129,7 +147,12 @@ def audit_engine(
     precision_audit = audit_tensorrt(engine_path, source=model_path)
     write_manifest(replace(manifest, precision_audit=precision_audit.to_dict()), engine_path)
     try:
-        audit_gate(manifest.precision, precision_audit, options.min_precision_share)
+        audit_gate(
+            manifest.precision,
+            precision_audit,
+            options.min_precision_share,
+            intended_float=(manifest.recipe or {}).get("float_nodes") or (),
+        )
     except PrecisionError:
         engine_path.unlink(missing_ok=True)
         manifest_path(engine_path).unlink(missing_ok=True)
@@ -138,23 +161,25 @@ def audit_engine(
 
 
 def build_openvino(
-    model_path: Path,
-    proto: onnx.ModelProto,
-    metadata: ModelMetadata | None,
+    source: SourceModel,
     options: BuildOptions,
     output: str | Path | None,
     calibration_set: ImageSet | None,
     started: float,
     reason: str,
+    progress: bool = False,
 ) -> BuildResult:
     """The OpenVINO IR of the FP32 ONNX: NNCF quantizes INT8 from the FP32 graph on the calibration set.
 
     The IR's float type and hint are measured here at ``options.probe_batches`` (or pinned by the options'
-    ``float_type`` / ``hint``), recorded in the manifest, and the fidelity check runs the IR that way.
+    ``float_type`` / ``hint``), recorded in the manifest, and the fidelity check runs the IR that way. An INT8
+    IR that misses the gate is repaired (:func:`sedeploy.building.repair.repair_openvino`: NNCF on the
+    equalized graph, then NNCF's ignored scope) unless ``options.repair`` or ``options.gate`` is off.
     """
     from sedeploy.backends import openvino as ov_backend
     from sedeploy.measure.runtime_choice import choose_runtime, describe_choice
 
+    model_path, proto, metadata = source.path, source.proto, source.metadata
     xml = Path(output) if output else naming.openvino_path(model_path, options.precision)
     split = gate_images(
         calibration_set.images if calibration_set is not None else None,
@@ -164,6 +189,8 @@ def build_openvino(
     input_name = metadata.input_name if metadata else graph_input_name(proto)
     stem = [node.name for node in proto.graph.node if node.op_type == "Conv" and node.input[0] == input_name]
     xml.parent.mkdir(parents=True, exist_ok=True)
+    repaired: str | None = None
+    repair: Repair | None = None
     # Built, hashed and checked in a staging folder, then published with its manifest as one unit.
     with tempfile.TemporaryDirectory(prefix=".sedeploy-stage-", dir=xml.parent) as stage:
         staged_xml = Path(stage) / xml.name
@@ -191,7 +218,7 @@ def build_openvino(
                 started,
                 {"description": describe_host()},
                 runtime,
-                source_onnx_sha256=sha256_of_file(model_path),
+                source_onnx_sha256=source.sha256,
                 source_metadata=metadata.to_dict() if metadata else {},
                 precision=options.precision,
                 recipe=recipe,
@@ -218,10 +245,59 @@ def build_openvino(
             manifest, staged_xml
         )  # the check below runs the IR as the runner will: recorded choice
         fidelity = check_on_openvino(model_path, staged_xml, split.check, input_name, options.precision)
+        calibrated_on = calibration_set.report.used if calibration_set else None
+        if options.precision == "int8":
+            failing = bool(gate_failures("int8", fidelity))
+            recipe = {
+                **recipe,
+                "repair": {"status": "not run", "why": "gate=False"} if failing else NOT_NEEDED,
+            }
+            if failing and options.gate:
+                assert calibration_set is not None
+                job = RepairJob(
+                    source,
+                    Int8Recipe(),
+                    None,
+                    split,
+                    calibration_set.report.dataset_sha256,
+                    options,
+                    fidelity,
+                    staged_xml,
+                    progress,
+                )
+                if not options.repair:
+                    parity_gate("int8", fidelity, options, calibrated_on, worst_modules(job))
+                setup = OpenVinoSetup(tuple(stem[:1]), runtime.get("inference_precision"))
+                found = repair_openvino(job, Path(stage) / "repair", setup)
+                if not found.repair.passed:
+                    parity_gate(
+                        "int8",
+                        fidelity,
+                        options,
+                        calibrated_on,
+                        found.repair.worst_modules,
+                        found.repair.reason,
+                    )
+                built = ov_backend.build_ir(
+                    found.source, staged_xml, "int8", images, [*stem[:1], *found.float_nodes]
+                )
+                repair = found.repair
+                names = read_module_names(proto)
+                recipe = {
+                    **built,
+                    "parity_check": split.to_dict(),
+                    "equalize": repair.equalization is not None,
+                    "equalization": repair.equalization.to_dict() if repair.equalization else None,
+                    "float_modules": [module_name(names, node) for node in built["float_nodes"]],
+                    "repair": repair.to_dict(),
+                }
+                manifest = manifest_with(runtime)
+                write_manifest(manifest, staged_xml)
+                fidelity = check_on_openvino(
+                    model_path, staged_xml, split.check, input_name, options.precision
+                )
         gate_note = (
-            parity_gate(
-                options.precision, fidelity, options, calibration_set.report.used if calibration_set else None
-            )
+            parity_gate(options.precision, fidelity, options, calibrated_on)
             if options.precision != "fp32"
             else None
         )
@@ -234,6 +310,16 @@ def build_openvino(
             options.min_precision_share,
             intended_float=manifest.recipe.get("float_nodes") or (),
         )
+        if repair is not None:  # the MAC share OpenVINO runs in INT8, by its precision audit
+            repair = replace(repair, int8_mac_share=precision_audit.shares().get("int8", 0.0))
+            repaired = repair.summary()
+            logger.info("repaired: %s", repaired)
+            recipe = {
+                **manifest.recipe,
+                "repair": repair.to_dict(),
+                "int8_mac_share": round(repair.int8_mac_share or 0.0, 4),
+            }
+            manifest = replace(manifest, recipe=recipe)
         manifest = replace(manifest, precision_audit=precision_audit.to_dict())
         write_manifest(manifest, staged_xml)
         pause_for_tests("publish")
@@ -252,6 +338,7 @@ def build_openvino(
         precision_audit=precision_audit,
         notes=(calibration_notes(calibration_set) if options.precision == "int8" else ())
         + ((gate_note,) if gate_note else ()),
+        repaired=repaired,
     )
 
 

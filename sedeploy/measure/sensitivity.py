@@ -21,16 +21,16 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import onnx
 
 from sedeploy.artifacts.metadata import load_onnx
 from sedeploy.artifacts.module_names import module_name, read_module_names
-from sedeploy.compare import Thresholds, compare_logits, top1_accuracy
+from sedeploy.compare import Comparison, Thresholds, compare_logits, top1_accuracy, top1_rule_applies
 from sedeploy.errors import BadInputError
-from sedeploy.measure.layers import int8_mac_share
+from sedeploy.measure.layers import int8_mac_share, layer_errors
 from sedeploy.precision import CalibrationRanges, Int8Recipe, fidelity_optimization_level, quantize_int8
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,9 @@ class Effect:
     """Share of images whose top-1 class differs from FP32's, in percentage points."""
     accuracy_drop: float | None = None
     """FP32 top-1 accuracy minus this variant's, in points (with labels)."""
+    samples: int = 0
+    """Images measured (0: not recorded): without labels, the top-1 rule needs enough of them to resolve its
+    threshold (:func:`sedeploy.compare.top1_rule_applies`, the gate's rule)."""
 
     @classmethod
     def of(cls, reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None) -> Effect:
@@ -61,20 +64,32 @@ class Effect:
         drop = None
         if labels is not None:
             drop = 100 * (top1_accuracy(reference, labels) - top1_accuracy(candidate, labels))
+        return cls.from_comparison(comparison, drop)
+
+    @classmethod
+    def from_comparison(cls, comparison: Comparison, accuracy_drop: float | None = None) -> Effect:
+        """The effect a :class:`~sedeploy.compare.Comparison` with FP32 measured (a gate's check, say)."""
         return cls(
             min_cosine=comparison.min_cosine if comparison.finite else -1.0,
             mean_cosine=comparison.mean_cosine if comparison.finite else -1.0,
             top1_changed=100 * (1 - comparison.top1_agreement),
-            accuracy_drop=drop,
+            accuracy_drop=accuracy_drop,
+            samples=comparison.samples,
         )
 
     def failures(self, thresholds: Thresholds) -> list[str]:
-        """Why this effect misses ``thresholds`` (the gate's words); the accuracy drop counts when known."""
+        """Why this effect misses ``thresholds`` (the gate's words); the accuracy drop counts when known, else
+        the share of changed top-1 where the images resolve the threshold (the one judge's rule)."""
         failures = []
         if self.min_cosine < thresholds.min_cosine:
             failures.append(f"cosine min {self.min_cosine:.4f} < {thresholds.min_cosine}")
         changed = self.top1_changed if self.accuracy_drop is None else max(self.accuracy_drop, 0.0)
-        if changed > thresholds.max_top1_drop:
+        resolved = (
+            self.accuracy_drop is not None
+            or not self.samples
+            or top1_rule_applies(self.samples, thresholds.max_top1_drop)
+        )
+        if resolved and changed > thresholds.max_top1_drop:
             what = "top-1 changed on" if self.accuracy_drop is None else "top-1 accuracy dropped"
             failures.append(f"{what} {changed:.2f} pp > {thresholds.max_top1_drop} pp")
         return failures
@@ -94,6 +109,7 @@ class Effect:
             float(data["mean_cosine"]),
             float(data["top1_changed"]),
             None if drop is None else float(drop),
+            int(data.get("samples") or 0),
         )
 
 
@@ -234,10 +250,15 @@ def suspects(model: onnx.ModelProto, nodes: Sequence[str]) -> list[str]:
 
 
 def sensitivity_key(
-    ranges: CalibrationRanges, recipe: Int8Recipe, images: np.ndarray, modes: Sequence[str]
+    ranges: CalibrationRanges,
+    recipe: Int8Recipe,
+    images: np.ndarray,
+    modes: Sequence[str],
+    candidates: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """What a sensitivity measurement depends on: the calibration's own key (model, data, method) plus the
-    placement (flavour, SE, float type, nodes already float), the measured images and the modes."""
+    placement (flavour, SE, float type, nodes already float), the measured images, the modes and the nodes
+    ranked (``candidates``; None: every quantizable node)."""
     array = np.ascontiguousarray(images)
     digest = hashlib.sha256(f"{array.dtype.str}{array.shape}".encode())
     digest.update(array.data)
@@ -251,7 +272,22 @@ def sensitivity_key(
         "float_nodes": sorted(recipe.float_nodes),
         "images_sha256": digest.hexdigest(),
         "modes": list(modes),
+        "candidates": None if candidates is None else list(candidates),
     }
+
+
+class Measures(Protocol):
+    """What :func:`fewest_float_layers` needs: a variant with some nodes left float, measured against FP32.
+
+    :class:`Trials` builds ONNX Runtime Q/DQ files; a backend with its own quantizer (OpenVINO's NNCF, whose
+    ignored scope takes the same node names) measures its own builds the same way.
+    """
+
+    def measure(self, float_nodes: Sequence[str] = ()) -> tuple[Effect, Path]: ...
+
+    def module(self, node: str) -> str: ...
+
+    def int8_share(self, path: Path, float_nodes: Sequence[str]) -> float: ...
 
 
 class Trials:
@@ -323,6 +359,11 @@ class Trials:
     def module(self, node: str) -> str:
         return module_name(self.names, node)
 
+    def int8_share(self, path: Path, float_nodes: Sequence[str]) -> float:
+        """The INT8 share of the MACs of a file this object built (Q/DQ in its graph)."""
+        del float_nodes
+        return int8_mac_share(path)
+
 
 def sensitivity_ranking(
     trials: Trials, modes: Sequence[str] = ("quantized_alone",), candidates: Sequence[str] | None = None
@@ -357,7 +398,7 @@ def sensitivity_ranking(
         nodes=tuple(rows),
         images=len(trials.images),
         modes=tuple(modes),
-        key=sensitivity_key(trials.ranges, trials.recipe, trials.images, modes),
+        key=sensitivity_key(trials.ranges, trials.recipe, trials.images, modes, candidates),
     )
 
 
@@ -373,6 +414,8 @@ class FloatLayers:
     builds: int
     reason: str = ""
     """Why no set passed (the MAC-share floor, the ranking exhausted); empty when it passed."""
+    at_floor: bool = False
+    """The search stopped at the MAC-share floor (a longer ranking cannot help)."""
 
     def summary(self, float_type: str) -> str:
         """``layer3.0.conv2 kept fp16; 97% of MACs int8``: the words the build's one line uses."""
@@ -388,35 +431,47 @@ class FloatLayers:
             "passed": self.passed,
             "builds": self.builds,
             "reason": self.reason,
+            "at_floor": self.at_floor,
         }
 
 
 def fewest_float_layers(
-    trials: Trials,
+    trials: Measures,
     ranking: Sequence[str],
     thresholds: Thresholds = REPAIR_THRESHOLDS,
     min_int8_mac_share: float = 0.0,
     max_nodes: int | None = None,
+    start: Sequence[str] = (),
 ) -> FloatLayers:
     """Leave the nodes of ``ranking`` float one at a time, in its order, until ``thresholds`` hold; then put back
     into INT8, last added first, every node the thresholds do not need. Stops (``passed`` False) when the INT8
-    share of the MACs would fall below ``min_int8_mac_share`` or the ranking (or ``max_nodes``) runs out."""
-    chosen: list[str] = []
+    share of the MACs would fall below ``min_int8_mac_share`` or the ranking (or ``max_nodes``) runs out.
+
+    ``start``: nodes float from the outset (another backend's answer, checked here first); only the nodes added
+    after them are put back when not needed.
+    """
+    chosen: list[str] = list(dict.fromkeys(start))
     builds = 0
-    effect, path = trials.measure()
+    effect, path = trials.measure(chosen)
     builds += 1
     reason = ""
+    at_floor = False
+    if chosen and trials.int8_share(path, chosen) < min_int8_mac_share:
+        chosen = []
+        effect, path = trials.measure(chosen)
     if effect.failures(thresholds):
-        for node in ranking[: max_nodes if max_nodes is not None else len(ranking)]:
+        rest = [node for node in ranking if node not in chosen]
+        for node in rest[: max_nodes if max_nodes is not None else len(rest)]:
             candidate = [*chosen, node]
             effect_next, path_next = trials.measure(candidate)
             builds += 1
-            share = int8_mac_share(path_next)
+            share = trials.int8_share(path_next, candidate)
             if share < min_int8_mac_share:
                 reason = (
                     f"leaving {trials.module(node)} float too would put {100 * share:.0f}% of the MACs in INT8, "
                     f"below min_int8_mac_share ({min_int8_mac_share})"
                 )
+                at_floor = True
                 break
             chosen, effect, path = candidate, effect_next, path_next
             if not effect.failures(thresholds):
@@ -425,7 +480,7 @@ def fewest_float_layers(
             reason = "every ranked node is float and the thresholds still fail"
     passed = not effect.failures(thresholds)
     if passed and len(chosen) > 1:
-        for node in reversed(list(chosen)):
+        for node in reversed([node for node in chosen if node not in start]):
             fewer = [other for other in chosen if other != node]
             effect_fewer, path_fewer = trials.measure(fewer)
             builds += 1
@@ -437,11 +492,86 @@ def fewest_float_layers(
         float_nodes=tuple(chosen),
         float_modules=tuple(trials.module(node) for node in chosen),
         effect=effect,
-        int8_mac_share=int8_mac_share(path),
+        int8_mac_share=trials.int8_share(path, chosen),
         passed=passed,
         builds=builds,
         reason="" if passed else reason,
+        at_floor=at_floor and not passed,
     )
+
+
+REPORT_IMAGES = 64
+"""Images the per-layer report behind the suspects runs on (a few seconds on the digits model)."""
+SUSPECT_ROWS = 8
+"""The per-layer report's worst rows whose nodes (and the nodes writing what they read) are ranked first."""
+
+
+@dataclass(frozen=True)
+class FloatLayerSearch:
+    """What :func:`search_float_layers` found, and the measurements behind it."""
+
+    result: FloatLayers
+    ranking: SensitivityReport
+    report: Any
+    """The plain file's per-layer report (:class:`sedeploy.measure.layers.LayerReport`)."""
+    widened: bool = False
+    """The suspects did not suffice and every quantizable node was ranked."""
+
+
+def search_float_layers(
+    trials: Trials,
+    min_int8_mac_share: float,
+    thresholds: Thresholds = REPAIR_THRESHOLDS,
+    cache: Path | None = None,
+    search: Measures | None = None,
+) -> FloatLayerSearch:
+    """The fewest float layers for ``trials``' recipe, found the cheap way first.
+
+    The plain file's per-layer report names its worst rows; those and the nodes that write what they read
+    (:func:`suspects`) are ranked (:func:`sensitivity_ranking`, cached at ``cache`` under
+    :func:`sensitivity_key`), and :func:`fewest_float_layers` leaves them float in that order. When that fails
+    short of the MAC-share floor, every quantizable node is ranked once and the search runs again. ``search``:
+    another backend's builds (OpenVINO's NNCF, whose builds cost more): they start from ONNX Runtime's answer and
+    go on in its order.
+    """
+    _, plain_path = trials.measure()
+    report = layer_errors(plain_path, trials.source, trials.images[:REPORT_IMAGES])
+    candidates = suspects(onnx.load(str(plain_path)), [row.onnx_node for row in report.layers[:SUSPECT_ROWS]])
+    ranking = _cached_ranking(trials, candidates, cache)
+    result = _fewest(trials, search, ranking.order(), thresholds, min_int8_mac_share)
+    if result.passed or result.at_floor:
+        return FloatLayerSearch(result, ranking, report)
+    wider = _cached_ranking(trials, None, cache.with_suffix(".all.json") if cache is not None else None)
+    logger.info("the report's suspects did not suffice; every quantizable node ranked (%d)", len(wider.nodes))
+    result = _fewest(trials, search, wider.order(), thresholds, min_int8_mac_share)
+    return FloatLayerSearch(result, wider, report, widened=True)
+
+
+def _fewest(
+    trials: Trials, search: Measures | None, order: Sequence[str], thresholds: Thresholds, floor: float
+) -> FloatLayers:
+    found = fewest_float_layers(trials, order, thresholds, floor)
+    if search is None:
+        return found
+    return fewest_float_layers(search, order, thresholds, floor, start=found.float_nodes)
+
+
+def _cached_ranking(
+    trials: Trials, candidates: Sequence[str] | None, cache: Path | None
+) -> SensitivityReport:
+    modes = ("quantized_alone",)
+    key = sensitivity_key(trials.ranges, trials.recipe, trials.images, modes, candidates)
+    cached = read_sensitivity(cache, key) if cache is not None else None
+    if cached is not None:
+        logger.info("reusing the sensitivity ranking in %s", cache)
+        return cached
+    ranking = sensitivity_ranking(trials, modes, candidates)
+    if cache is not None:
+        try:
+            write_sensitivity(ranking, cache)
+        except OSError as error:  # a cache, not a result: an unwritable folder costs a re-measure next time
+            logger.warning("sensitivity ranking not cached at %s (%s)", cache, error)
+    return ranking
 
 
 def write_sensitivity(report: SensitivityReport, path: str | os.PathLike[str]) -> Path:

@@ -14,13 +14,44 @@ activation channels a range ``k`` times wider than the rest, as trained networks
 
 from __future__ import annotations
 
+import atexit
+import functools
+import shutil
+import tempfile
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx
 from onnx import numpy_helper
 
 from sedeploy.artifacts.module_names import read_module_names
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+SHIPPED = REPOSITORY / "models" / "digits_se_resnet"
+PAIR_BLOCKS = ("layer1.1", "layer2.0", "layer3.1")
+"""Blocks whose conv1 -> conv2 path gets outlier channels in the tests (three of the six)."""
+PAIR_CHANNELS = (3, 7, 11)
+RESIDUAL_BLOCKS = ("layer3.0", "layer3.1")
+RESIDUAL_CHANNELS = (3, 50, 77)
+
+
+@functools.lru_cache(maxsize=1)
+def shipped_digits_onnx() -> Path:
+    """The shipped checkpoint exported once per test process (test modules outside ``tests/precision`` copy it:
+    builds write beside their source)."""
+    from sedeploy.export import export_onnx
+
+    folder = Path(tempfile.mkdtemp(prefix="sedeploy-shipped-"))
+    atexit.register(shutil.rmtree, folder, True)
+    path = folder / "digits.onnx"
+    export_onnx(weights=SHIPPED / "model.safetensors", output=path, check=False)
+    return path
+
+
+def write_variant(model: onnx.ModelProto, path: Path) -> Path:
+    onnx.save(model, str(path))
+    return path
 
 
 def module_node(model: onnx.ModelProto, module: str) -> onnx.NodeProto:

@@ -10,8 +10,10 @@ build. The manifest lies beside the ``.xml``, with the ``.bin``'s hash in ``engi
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
+import re
 import sys
 import tempfile
 import time
@@ -32,25 +34,53 @@ FLOAT_MIN_TOP1 = 0.98
 
 
 @contextlib.contextmanager
-def _nncf_output_to_stderr() -> Iterator[None]:
+def _nncf_output_to_stderr(quiet: bool = False) -> Iterator[None]:
     """Send NNCF's log lines and progress bar to stderr while it runs, so stdout stays the caller's (``--json``).
 
     NNCF logs through its own stdout handler and draws its progress bar on
     ``sys.stdout``; both are pointed at stderr for the call and restored after.
+    ``quiet`` (an INT8 repair's trial builds): its info lines and bar are dropped.
     """
+    nncf_logger = logging.getLogger("nncf")
     handlers = [
         handler
-        for handler in logging.getLogger("nncf").handlers
+        for handler in nncf_logger.handlers
         if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout
     ]
+    level = nncf_logger.level
     for handler in handlers:
         handler.setStream(sys.stderr)
+    if quiet:
+        nncf_logger.setLevel(logging.WARNING)
     try:
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(io.StringIO() if quiet else sys.stderr):
             yield
     finally:
+        nncf_logger.setLevel(level)
         for handler in handlers:
             handler.setStream(sys.stdout)
+
+
+def ignored_scope(model: Any, float_nodes: Sequence[str]) -> Any:
+    """NNCF's ignored scope for the ONNX nodes ``float_nodes`` of the graph ``model`` was read from.
+
+    OpenVINO keeps an ONNX node's name on the operation it becomes; a node it splits (a Gemm becomes
+    ``<name>/WithoutBiases`` and an Add) is named through a pattern on that prefix. A name matching nothing is
+    refused (:class:`ConfigError` naming ``float_nodes``) rather than quantized silently.
+    """
+    names = {op.get_friendly_name() for op in model.get_ops()}
+    exact, patterns = [], []
+    for node in dict.fromkeys(float_nodes):
+        if node in names:
+            exact.append(node)
+        elif any(name.startswith(f"{node}/") for name in names):
+            patterns.append(f"{re.escape(node)}/.*")
+        else:
+            raise ConfigError(
+                f"float_nodes names {node!r}, which is no operation of the OpenVINO model; give ONNX node names "
+                "of the source graph"
+            )
+    return nncf().IgnoredScope(names=exact, patterns=patterns)
 
 
 def build_ir(
@@ -59,12 +89,14 @@ def build_ir(
     precision: str,
     images: np.ndarray | None = None,
     float_nodes: Sequence[str] = (),
+    quiet: bool = False,
 ) -> dict[str, Any]:
     """Write the IR of ``source`` (an FP32 ONNX) at ``output`` (``.xml``, ``.bin`` beside it); return the recipe.
 
     INT8: NNCF post-training quantization on ``images`` (calibration set,
     NCHW float32), symmetric activations (NNCF's ``PERFORMANCE`` preset), with
-    ``float_nodes`` (the stem convolution on the raw pixels) left in float. On the
+    ``float_nodes`` (ONNX node names: the stem convolution on the raw pixels, and
+    the layers an INT8 repair keeps float) in NNCF's ignored scope. On the
     trained fixture model, worst-case cosine to FP32: 0.958 with the ``MIXED``
     preset, 0.980 with ``PERFORMANCE``, 0.995 with its stem in float as well. SE
     blocks stay quantized: leaving them out diverged (mean cosine 0.66). Weights are
@@ -72,7 +104,8 @@ def build_ir(
     on a CPU without VNNI too; on an AMD Zen 5 it also lifted the fixture's worst-case
     cosine from 0.9785 to 0.9828 (f32 floats) and 0.9753 to 0.9825 (bf16 floats).
     BF16: the FP32 graph, refused where the CPU has no BF16 units. Each file is renamed
-    into place only when both are written (``.bin`` first).
+    into place only when both are written (``.bin`` first). ``quiet``: NNCF's info lines and
+    progress bar are dropped (an INT8 repair's trial builds).
     """
     ov = openvino()
     if output.suffix != ".xml":
@@ -88,13 +121,13 @@ def build_ir(
         quantizer = nncf()
         dataset = quantizer.Dataset([images[i : i + 1] for i in range(len(images))])
         advanced = quantizer.quantization.advanced_parameters
-        with _nncf_output_to_stderr():
+        with _nncf_output_to_stderr(quiet):
             model = quantizer.quantize(
                 model,
                 dataset,
                 preset=quantizer.QuantizationPreset.PERFORMANCE,
                 subset_size=len(images),
-                ignored_scope=quantizer.IgnoredScope(names=list(float_nodes)) if float_nodes else None,
+                ignored_scope=ignored_scope(model, float_nodes) if float_nodes else None,
                 advanced_parameters=advanced.AdvancedQuantizationParameters(
                     overflow_fix=advanced.OverflowFix.ENABLE
                 ),
