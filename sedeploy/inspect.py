@@ -38,6 +38,9 @@ class InspectReport:
     graph_precision: str | None
     audit: PrecisionAudit | None
     audit_unavailable: str | None = None
+    int8_mac_share: float | None = None
+    """INT8 ONNX: the share of Conv/Gemm/MatMul MACs whose input and weights pass through Q/DQ in the graph
+    (an ``.ort.onnx``: in the precision file it was built from), beside what the backend runs (the audit)."""
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -50,6 +53,7 @@ class InspectReport:
             "model": self.model,
             "precision_audit": self.audit.to_dict() if self.audit else None,
             "audit_unavailable": self.audit_unavailable,
+            "int8_mac_share": None if self.int8_mac_share is None else round(self.int8_mac_share, 4),
         }
 
     def to_text(self) -> str:
@@ -80,8 +84,18 @@ class InspectReport:
                     + (f" ({described})" if described else "")
                     + f" on {calibration.get('images')} images"
                 )
+            repair = recipe.get("repair")
+            if isinstance(repair, dict) and repair.get("status") == "repaired":
+                lines.append(f"repaired: {repair.get('summary')}")
+            if recipe.get("float_modules"):
+                kept = ", ".join(dict.fromkeys(recipe["float_modules"]))
+                lines.append(f"kept out of INT8 by the recipe: {kept}")
         if self.graph_precision and self.graph_precision != self.precision:
             lines.append(f"graph: {self.graph_precision} (the manifest says {self.precision})")
+        if self.int8_mac_share is not None:
+            lines.append(
+                f"int8 MAC share of the graph (Q/DQ on input and weights): {100 * self.int8_mac_share:.0f}%"
+            )
         if self.audit is not None:
             lines.append(self.audit.to_text())
         elif self.audit_unavailable:
@@ -116,6 +130,14 @@ def inspect_artifact(
         model = metadata.to_dict() if metadata else None
     if model is None and manifest is not None and manifest.source_metadata:
         model = dict(manifest.source_metadata)
+    precision = detect_precision(artifact)
+    share: float | None = None
+    if backend == "onnxruntime" and precision == "int8":
+        graph_file = naming.portable_onnx_path(artifact)
+        if graph_file.is_file():
+            from sedeploy.measure.layers import int8_mac_share
+
+            share = int8_mac_share(proto if graph_file == artifact else graph_file)
     report: PrecisionAudit | None = None
     unavailable = None
     try:
@@ -128,10 +150,11 @@ def inspect_artifact(
         artifact=str(artifact),
         backend=backend,
         size_bytes=artifact.stat().st_size,
-        precision=detect_precision(artifact),
+        precision=precision,
         manifest=manifest.to_dict() if manifest else None,
         model=model,
         graph_precision=graph,
         audit=report,
         audit_unavailable=unavailable,
+        int8_mac_share=share,
     )

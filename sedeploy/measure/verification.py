@@ -34,13 +34,13 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from sedeploy.artifacts.manifest import matching_manifest
 from sedeploy.artifacts.metadata import ModelMetadata
-from sedeploy.artifacts.naming import artifact_backend
+from sedeploy.artifacts.naming import artifact_backend, is_optimized_onnx, portable_onnx_path
 from sedeploy.artifacts.precision import detect_precision
 from sedeploy.backends.audit import DEFAULT_MIN_PRECISION_SHARE, audit, audit_failure, gate_applies
 from sedeploy.backends.base import Runner
@@ -60,6 +60,9 @@ from sedeploy.models.record import TrainingRecord
 from sedeploy.progress import progress_bar
 from sedeploy.runtime import load
 
+if TYPE_CHECKING:
+    from sedeploy.measure.layers import LayerReport
+
 logger = logging.getLogger(__name__)
 
 
@@ -68,6 +71,8 @@ DEFAULT_IMAGES = 512
 DEFAULT_SYNTHETIC = 64
 DEFAULT_BATCH = 32
 TOP_K = 5
+LAYER_IMAGES = 128
+"""Inputs the per-layer INT8 report (``layers=True``) runs on: the first of verify's own."""
 
 
 @dataclass(frozen=True)
@@ -102,14 +107,22 @@ class VerifyReport:
     """The artifact's precision audit (``backends.audit``): what its layers run in here; None where it cannot run."""
     notes: tuple[str, ...] = ()
     """What the reader should know that is no failure (a weak model by its own record, a rule not applied)."""
+    layer_report: LayerReport | None = None
+    """``layers=True``: the error each INT8 layer adds, worst first (:func:`sedeploy.measure.layers.layer_errors`)."""
 
     @property
     def passed(self) -> bool:
         return not self.failures
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        data = asdict(self)
+        """JSON-ready form; with the per-layer report, ``layers`` is its rows (worst first) and ``layer_report``
+        the rest of it."""
+        data = asdict(replace(self, layer_report=None))
+        del data["layer_report"]
+        if self.layer_report is not None:
+            layers = self.layer_report.to_dict()
+            data["layers"] = layers.pop("layers")
+            data["layer_report"] = layers
         data["comparison"] = self.comparison.to_dict()
         data["passed"] = self.passed
         data["failures"] = list(self.failures)
@@ -188,6 +201,8 @@ class VerifyReport:
                 + "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
                 + f"  {row[3]}"
             )
+        if self.layer_report is not None:
+            lines += ["", *self.layer_report.to_text().splitlines()]
         lines.append("")
         lines.append("PASS" if self.passed else "FAIL: " + "; ".join(self.failures))
         return "\n".join(line.rstrip() for line in lines)
@@ -395,6 +410,54 @@ def _runs_on(runner: Runner) -> str:
     return f"{runner.backend}, {runner.provider}" if runner.provider else runner.backend
 
 
+def fidelity_level(artifact: Path) -> str | None:
+    """The ONNX Runtime optimization level a precision ONNX is judged at, as its build's gate judged it
+    (:func:`sedeploy.precision.fidelity_optimization_level`: ``disable`` for the tensorrt flavour, whose
+    numerics are the graph's own, not ONNX Runtime's rewrites); None: the runner's default (an ``.ort.onnx``
+    already optimized, a file without a manifest)."""
+    manifest = matching_manifest(artifact)
+    if manifest is None or manifest.device.get("optimization_level") == "all" or not manifest.recipe:
+        return None
+    from sedeploy.precision import fidelity_optimization_level
+
+    level = fidelity_optimization_level(manifest.recipe)
+    return level if level != "all" else None
+
+
+def refuse_openvino_layers(artifact: Path) -> None:
+    """The per-layer report reads Q/DQ ONNX graphs: an OpenVINO IR is refused in one line."""
+    if artifact_backend(artifact) == "openvino":
+        raise ConfigError(
+            f"layers is not supported for OpenVINO IRs ({artifact.name} keeps its INT8 in OpenVINO's own form, "
+            "not as Q/DQ ONNX); run it on the INT8 ONNX of the same model",
+            params=("layers",),
+        )
+
+
+def layer_sources(artifact: Path, reference: Path | None, precision: str) -> tuple[Path, Path]:
+    """The Q/DQ ONNX and the FP32 ONNX the per-layer report compares for ``artifact`` and verify's reference.
+
+    An ``.ort.onnx`` (ONNX Runtime renamed and fused its nodes) and a TensorRT engine are reported through the
+    precision ONNX they were built from; the FP32 side is ``reference`` when it is an ONNX file, else (weights,
+    an architecture, none) the FP32 ONNX the artifact's manifest names. OpenVINO IRs are refused.
+    """
+    backend = artifact_backend(artifact)
+    refuse_openvino_layers(artifact)
+    if precision != "int8":
+        raise ConfigError(
+            f"layers reports the error of INT8 layers; {artifact.name} is {precision}", params=("layers",)
+        )
+    qdq = artifact.with_suffix(".onnx") if backend == "tensorrt" else portable_onnx_path(artifact)
+    if not qdq.is_file() or is_optimized_onnx(qdq):
+        raise ConfigError(
+            f"layers reads the Q/DQ ONNX {artifact.name} was built from ({qdq.name}), which is not beside it",
+            params=("layers",),
+        )
+    if reference is not None and artifact_backend(reference) == "onnxruntime" and reference.suffix == ".onnx":
+        return qdq, reference
+    return qdq, find_reference(artifact)
+
+
 def verify(
     artifact: str | os.PathLike[str],
     reference: str | os.PathLike[str] | None = None,
@@ -410,12 +473,15 @@ def verify(
     progress: bool = False,
     min_precision_share: float = DEFAULT_MIN_PRECISION_SHARE,
     runner_options: Mapping[str, Any] | None = None,
+    layers: bool = False,
 ) -> VerifyReport:
     """Run ``artifact`` and its reference on the same inputs and judge the difference; see the module docstring.
 
     Returns the report whether it passed or not (``report.passed``); raises only
     when the verification itself cannot run. ``runner_options`` open the artifact
     as :func:`sedeploy.load` would with them (e.g. OpenVINO's ``float_type``).
+    ``layers``: add the per-layer INT8 report on the first :data:`LAYER_IMAGES` inputs
+    (:func:`layer_sources` says which files it compares).
     """
     started = time.perf_counter()
     if num is not None and num < 1:
@@ -429,8 +495,13 @@ def verify(
     artifact_path = Path(artifact)
     if not artifact_path.exists():
         raise BadInputError(f"artifact {artifact_path} does not exist; check the path")
+    if layers:
+        refuse_openvino_layers(artifact_path)
     reference_path = Path(reference) if reference is not None else find_reference(artifact_path)
     precision = detect_precision(artifact_path)
+    compared = (
+        layer_sources(artifact_path, Path(reference) if reference else None, precision) if layers else None
+    )
     defaults = DEFAULT_THRESHOLDS[precision]
     thresholds = replace(
         defaults,
@@ -438,9 +509,17 @@ def verify(
         max_top1_drop=defaults.max_top1_drop if max_top1_drop is None else max_top1_drop,
     )
 
-    with load(
-        artifact_path, device=device, verify_hash=verify_hash, **dict(runner_options or {})
-    ) as candidate_runner:
+    options = dict(runner_options or {})
+    notes: list[str] = []
+    if artifact_backend(artifact_path) == "onnxruntime" and "optimization_level" not in options:
+        level = fidelity_level(artifact_path)
+        if level is not None:
+            options["optimization_level"] = level
+            notes.append(
+                f"run at ONNX Runtime optimization level {level}, as its build's parity gate ran it "
+                "(a tensorrt-flavour file's numerics are the graph's own)"
+            )
+    with load(artifact_path, device=device, verify_hash=verify_hash, **options) as candidate_runner:
         metadata = candidate_runner.metadata
         with _open_reference(reference_path, metadata, device) as reference_runner:
             metadata = metadata or reference_runner.metadata
@@ -476,7 +555,6 @@ def verify(
         reference_accuracy, artifact_accuracy = top1_accuracy(expected, labels), top1_accuracy(got, labels)
         accuracy_drop = 100 * (reference_accuracy - artifact_accuracy)
 
-    notes: list[str] = []
     failures = _reference_problems(record, metadata, reference_accuracy, notes)
     verdict = judge(comparison, thresholds, accuracy_drop=accuracy_drop, top1_gated=not inputs.synthetic)
     failures += [
@@ -493,6 +571,11 @@ def verify(
         else "not gated (too few images to resolve it)"
     )
     precision_audit = _audit(artifact_path, reference_path, precision, min_precision_share, failures)
+    layer_report = None
+    if compared is not None:
+        from sedeploy.measure.layers import layer_errors
+
+        layer_report = layer_errors(*compared, arrays[:LAYER_IMAGES])
     report = VerifyReport(
         artifact=str(artifact_path),
         artifact_runner=descriptions[0],
@@ -515,6 +598,7 @@ def verify(
         seconds=time.perf_counter() - started,
         precision_audit=precision_audit,
         notes=tuple(notes) + verdict.notes,
+        layer_report=layer_report,
     )
     logger.info("verify %s: %s", artifact_path, "pass" if report.passed else "; ".join(failures))
     return report
