@@ -244,7 +244,9 @@ def quantize_int8(
         )
     se_blocks = find_se_blocks(model)
     excluded = [] if recipe.se_quantized else [name for block in se_blocks for name in block]
-    head = matrix_vector_layers(model) if recipe.flavour == "tensorrt" else []
+    head = (
+        matrix_vector_layers(model) if recipe.flavour == "tensorrt" and not recipe.every_tensor_int8 else []
+    )
     excluded += head
     float_nodes = resolve_nodes(model, recipe.float_nodes, "float_nodes")
     excluded += [name for name in float_nodes if name not in excluded]
@@ -290,7 +292,7 @@ def quantize_int8(
             raise PrecisionError(f"INT8 quantization of {model_path} failed: {error}") from error
         quantized = onnx.load(str(quantized_path))
     fused_adds: list[str] = []
-    if recipe.flavour == "tensorrt":
+    if recipe.flavour == "tensorrt":  # every tensor INT8 too: the fused conv side is no tensor of its own
         fused_adds = unquantize_convolution_side_of_adds(quantized)
     if recipe.float_type == "fp16":
         try:

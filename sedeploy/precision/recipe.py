@@ -66,6 +66,10 @@ class Int8Recipe:
     file stays strongly typed; FP32 in the cpu flavour)."""
     equalize: bool = False
     """Cross-layer equalization of the FP32 graph before calibration (:mod:`sedeploy.precision.equalize`)."""
+    every_tensor_int8: bool = False
+    """Every tensor INT8: the SE path, both residual inputs and the classifier head too (what Jetson's DLA
+    needs: a float layer splits its regions). Never combined with ``float_nodes``: a repair of such a file
+    may equalize, never leave a layer in float."""
 
     def __post_init__(self) -> None:
         if self.flavour not in FLAVOURS:
@@ -92,6 +96,12 @@ class Int8Recipe:
         ):
             raise ConfigError(f"float_nodes must be a list of node or module names, got {self.float_nodes!r}")
         object.__setattr__(self, "float_nodes", tuple(dict.fromkeys(self.float_nodes)))
+        if self.every_tensor_int8 and self.float_nodes:
+            raise ConfigError(
+                "every_tensor_int8 keeps no layer in float; drop float_nodes or every_tensor_int8"
+            )
+        if self.every_tensor_int8 and self.quantize_se is False:
+            raise ConfigError("every_tensor_int8 quantizes the SE path too; drop quantize_se=False")
         if self.quantized_bins < 2 or self.histogram_bins < self.quantized_bins:
             raise ConfigError(
                 f"histogram_bins ({self.histogram_bins}) must be at least quantized_bins "
@@ -101,6 +111,8 @@ class Int8Recipe:
     @property
     def se_quantized(self) -> bool:
         """Whether the SE path is quantized, the flavour's default resolved."""
+        if self.every_tensor_int8:
+            return True
         return self.quantize_se if self.quantize_se is not None else self.flavour == "cpu"
 
     @property
@@ -159,6 +171,7 @@ class Int8Recipe:
             "bias": "float" if self.flavour == "tensorrt" else "int32 (ONNX Runtime default)",
             "float_nodes": list(self.float_nodes),
             "equalize": self.equalize,
+            "every_tensor_int8": self.every_tensor_int8,
         }
 
 
