@@ -127,11 +127,13 @@ def measure(artifact: Path, images: list[Path], folder: Path, ray_runs: bool) ->
 
 
 PEAK_RSS = """
-import resource, sys
+import sys
 from sedeploy.predict import predict
 report = predict(sys.argv[1], [sys.argv[2]], batch=32, output=sys.argv[3])
-print(report.scored, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+peak = [line.split()[1] for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+print(report.scored, peak)
 """
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss across fork and exec, so a child would report its parent's peak.
 
 
 def peak_rss(artifact: Path, folder: Path) -> tuple[int, float, float]:
