@@ -184,6 +184,69 @@ def export(
     emit(result, json_out)
 
 
+def _train_qat(
+    data_dir: str,
+    weights: str,
+    target: str,
+    quantize_se: bool | None,
+    every_tensor_int8: bool,
+    fixed_scales: bool,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    val_split: float,
+    val_dir: str | None,
+    seed: int,
+    device: str,
+    output: str,
+    json_out: str | None,
+) -> None:
+    """``train --qat``: export the checkpoint (its record gives the model), fine-tune, write the Q/DQ ONNX."""
+    from sedeploy.optional import import_optional
+
+    import_optional("torch")
+    from sedeploy.export import export_onnx
+    from sedeploy.precision.recipe import Int8Recipe
+    from sedeploy.training.loop import TrainConfig
+    from sedeploy.training.qat import export_qat, train_qat
+
+    recipe = Int8Recipe(flavour=target, quantize_se=quantize_se, every_tensor_int8=every_tensor_int8)
+    check_json_out(json_out)
+    folder = Path(output)
+    folder.mkdir(parents=True, exist_ok=True)
+    exported = export_onnx(weights=weights, output=folder / "model.fp32.onnx")
+    config = TrainConfig(
+        arch=exported.metadata.arch,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        val_split=val_split,
+        val_dir=Path(val_dir) if val_dir else None,
+        seed=seed,
+        device=device,
+    )
+    on_epoch = None if json_out == "-" else _epoch_line
+    result = train_qat(
+        exported.path,
+        data_dir,
+        folder,
+        recipe,
+        config,
+        learn_scales=not fixed_scales,
+        progress=progress_wanted(json_out),
+        on_epoch=on_epoch,
+    )
+    onnx_path = export_qat(folder, folder / f"model.int8-{target}.qat.onnx", folder / "model.qat-fp32.onnx")
+    if json_out:
+        report = {**result.to_dict(), "onnx": str(onnx_path)}
+        if json_out == "-":
+            click.echo(json.dumps(report, indent=2))
+        else:
+            write_json_file(json_out, report)
+    if json_out != "-":
+        click.echo(result.to_text() + f"\n  Q/DQ ONNX (learned scales): {onnx_path}")
+
+
 def _epoch_line(metrics: EpochMetrics) -> None:
     click.echo(
         f"epoch {metrics.epoch}: loss {metrics.train_loss:.4f}, train accuracy {100 * metrics.train_accuracy:.2f}%, "
@@ -195,7 +258,7 @@ def _epoch_line(metrics: EpochMetrics) -> None:
 
 @click.command("train")
 @click.argument("data_dir", type=click.Path())
-@option("--arch", required=True, help="Zoo model to train, e.g. se_resnet50 or se_preact_resnet.")
+@option("--arch", help="Zoo model to train, e.g. se_resnet50 or se_preact_resnet (not with --qat).")
 @IMG_SIZE
 @IN_CHANS
 @option("--epochs", type=click.IntRange(min=1), default=10, show_default=True)
@@ -217,6 +280,23 @@ def _epoch_line(metrics: EpochMetrics) -> None:
 @option("--device", type=LaterChoice(Later("sedeploy.train", "DEVICES")), default="auto", show_default=True)
 @option("--resume", is_flag=True, help="Continue the run saved in the output folder.")
 @option("--compare-plain", is_flag=True, help="Also train the plain twin (no SE), same settings.")
+@option(
+    "--qat", is_flag=True, help="Quantization-aware fine-tuning of --weights (a sedeploy train checkpoint)."
+)
+@option(
+    "--target",
+    type=click.Choice(["cpu", "tensorrt"]),
+    default="cpu",
+    show_default=True,
+    help="With --qat: the INT8 flavour to fine-tune for.",
+)
+@option("--quantize-se", is_flag=True, default=None, help="With --qat: quantize the SE path too.")
+@option(
+    "--every-tensor-int8", is_flag=True, help="With --qat: every tensor INT8 (SE path, head; Jetson DLA)."
+)
+@option(
+    "--fixed-scales", is_flag=True, help="With --qat: keep the calibrated scales, learn the weights only."
+)
 @MODEL_OPTIONS
 @option("-o", "--output", type=click.Path(file_okay=False), default="runs/train", show_default=True)
 @JSON_OUTPUT
@@ -239,11 +319,45 @@ def train_command(
     device: str,
     resume: bool,
     compare_plain: bool,
+    qat: bool,
+    target: str,
+    quantize_se: bool | None,
+    every_tensor_int8: bool,
+    fixed_scales: bool,
     options: tuple[str, ...],
     output: str,
     json_out: str | None,
 ) -> None:
-    """Train ARCH on DATA_DIR (one sub-folder per class); keep the best checkpoint, its record and curves."""
+    """Train ARCH on DATA_DIR (one sub-folder per class); keep the best checkpoint, its record and curves.
+
+    With --qat, fine-tune the --weights checkpoint with INT8 fake quantizers where the --target recipe puts
+    Q/DQ, and write that recipe's Q/DQ ONNX with the learned scales (build-engine builds it as it is).
+    """
+    if qat:
+        if weights is None or arch is not None or resume or compare_plain:
+            raise click.UsageError(
+                "--qat needs --weights (its record names the model) and no --arch/--resume/--compare-plain"
+            )
+        _train_qat(
+            data_dir,
+            weights,
+            target,
+            quantize_se,
+            every_tensor_int8,
+            fixed_scales,
+            epochs,
+            batch_size,
+            lr if lr != 2e-3 else 1e-4,
+            val_split,
+            val_dir,
+            seed,
+            device,
+            output,
+            json_out,
+        )
+        return
+    if arch is None:
+        raise click.UsageError("Missing option '--arch' (the zoo model to train)")
     if resume and compare_plain:
         raise click.UsageError("--resume continues one run; give it without --compare-plain")
     from sedeploy.optional import import_optional
