@@ -220,7 +220,7 @@ def compute_capability_tuple(capability: str | Sequence[int]) -> tuple[int, int]
     try:
         parts = capability.split(".") if isinstance(capability, str) else list(capability)
         major, minor = (int(part) for part in parts)
-    except (TypeError, ValueError):  # a manifest's value may be any JSON
+    except (TypeError, ValueError, OverflowError):  # a manifest's value may be any JSON (Infinity too)
         raise ManifestError(
             f"compute capability {capability!r} is not MAJOR.MINOR; rebuild the engine"
         ) from None
