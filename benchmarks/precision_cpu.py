@@ -7,7 +7,7 @@ SE-ResNet-50 can be downloaded here, so the weights are random and the calibrati
 images are synthetic (smooth random fields): the speed figures are real, the
 fidelity figures only show the pipeline works end to end (a random network's
 logits are nearly constant, which makes top-1 agreement meaningless). The trained
-small model's fidelity is asserted in tests/test_quantize.py.
+small model's fidelity is asserted in tests/precision/test_quantize.py.
 
 Timing is ``sedeploy.bench`` (interleaved runs, pauses against ONNX Runtime's
 spinning threads, the GEMM roof probe), so these rows mean what ``sedeploy bench``
@@ -117,7 +117,7 @@ def main() -> None:
         lines += [
             "",
             "Weights are random and calibration images synthetic, so the cosine column only shows that each",
-            "file computes the same function as FP32; fidelity on a trained model is in tests/test_quantize.py",
+            "file computes the same function as FP32; fidelity on a trained model is in tests/precision/test_quantize.py",
             "and in `sedeploy demo`. The full report (latency percentiles, GFLOP/s, share of the GEMM roof) is",
             "in the JSON beside this file.",
         ]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from sedeploy.data import load_image_set, preprocessing_for
-from sedeploy.precision import Int8Recipe
 from sedeploy.measure.sweep import sweep_calibration, sweep_candidates
+from sedeploy.precision import Int8Recipe
 
 
 def test_candidates_cover_every_method_and_se_choice() -> None:
