@@ -244,6 +244,8 @@ class DatasetScores:
     seconds: float
     actors: int
     cpus_per_actor: float
+    first_batch_s: float = 0.0
+    """Seconds to the first batch in the driver: actor start and opening the artifact, mostly."""
 
 
 def pool_size(cluster_cpus: float, concurrency: int | None, nodes: int = 1) -> tuple[int, float]:
@@ -358,6 +360,7 @@ def _score_on_ray(
     predictions: list[Prediction] = []
     skipped: list[SkippedFile] = []
     count = 0
+    first_s = 0.0
     start = time.perf_counter()
     try:
         for rows in _watched(scored.iter_batches(batch_size=batch, batch_format="numpy"), stall_timeout_s,
@@ -377,6 +380,8 @@ def _score_on_ray(
                 else:
                     skipped.append(SkippedFile(str(path), str(reason)))
             count += len(batch_predictions)
+            if not first_s:
+                first_s = time.perf_counter() - start
             if writer is not None:
                 writer.write(batch_predictions)
             else:
@@ -385,8 +390,8 @@ def _score_on_ray(
         if writer is not None:
             writer.close()
     return DatasetScores(
-        tuple(predictions), tuple(skipped), count, time.perf_counter() - start, actors, per_actor
-    )
+        tuple(predictions), tuple(skipped), count, time.perf_counter() - start, actors, per_actor, first_s
+    )  # fmt: skip
 
 
 def _write_parquet(
