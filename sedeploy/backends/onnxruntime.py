@@ -63,8 +63,13 @@ def version() -> str:
 
 
 def has_cuda() -> bool:
-    """True when this onnxruntime build offers the CUDA execution provider (onnxruntime-gpu)."""
-    return "CUDAExecutionProvider" in onnxruntime().get_available_providers()
+    """True when this onnxruntime build offers the CUDA execution provider (onnxruntime-gpu); False without
+    onnxruntime (an install with only the openvino or tensorrt extra still builds and runs its own backend)."""
+    try:
+        module = onnxruntime()
+    except MissingDependencyError:
+        return False
+    return "CUDAExecutionProvider" in module.get_available_providers()
 
 
 def default_providers() -> list[str]:
