@@ -50,11 +50,6 @@ CASES: dict[str, str] = {
 """Case name -> the ``python -c`` program it runs."""
 TARGETS = {"import sedeploy": 0.3, "sedeploy --help": 0.5}
 """Issue 31's start-up targets, seconds (warm)."""
-COMMANDS = (
-    "bench", "build-engine", "demo", "export", "info", "inspect", "loadtest", "optimize", "predict", "serve",
-    "train", "triton", "verify",
-)  # fmt: skip
-"""Every command, whose ``--help`` is checked once (no timing) for what it imports."""
 
 
 def _environment(tree: Path) -> dict[str, str]:
@@ -160,10 +155,12 @@ def measure(trees: dict[str, Path], runs: int, warmup: int = 2) -> dict[str, Any
 def command_help_modules(tree: Path) -> dict[str, list[str]]:
     """Which of :data:`HEAVY` each ``sedeploy COMMAND --help`` imports (a command's help reads its library
     defaults, so it imports what the modules holding them import)."""
+    from sedeploy.cli import cli
+
     with tempfile.TemporaryDirectory() as empty:
         return {
             command: loaded_modules(_HELP.format(args=f"{command!r}, '--help'"), tree, Path(empty))
-            for command in COMMANDS
+            for command in sorted(cli.commands)
         }
 
 

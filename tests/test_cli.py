@@ -115,10 +115,10 @@ def test_every_command_help_reads_its_library_defaults() -> None:
     library (``cli.options.Later``): a name that moved or vanished fails here rather than at a user's prompt."""
     from sedeploy.cli.options import Later, LaterChoice
 
-    assert sorted(cli.commands) == [
+    assert set(cli.commands) >= {
         "bench", "build-engine", "demo", "export", "info", "inspect", "loadtest", "optimize", "predict", "serve",
         "train", "triton", "verify",
-    ]  # fmt: skip
+    }  # fmt: skip
     for name, command in cli.commands.items():
         result = CliRunner().invoke(cli, [name, "--help"])
         assert result.exit_code == 0, (name, result.output, result.exception)
