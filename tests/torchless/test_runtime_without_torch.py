@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -48,14 +49,18 @@ def _sedeploy(*args: object, catch: bool = False) -> Result:
 
 @pytest.fixture(scope="module")
 def int8_artifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``build-engine --int8`` from the shipped ONNX, calibrated on the repository's calibration images."""
-    output = tmp_path_factory.mktemp("int8") / "digits.int8.onnx"
+    """``build-engine --int8`` from a copy of the shipped ONNX (the calibration cache is written beside the
+    source, not in the repository), calibrated on the repository's calibration images."""
+    folder = tmp_path_factory.mktemp("int8")
+    source = folder / "digits.onnx"
+    shutil.copyfile(ONNX, source)
+    output = folder / "digits.int8.onnx"
     result = _sedeploy(
-        "build-engine", ONNX, "--int8", "--calib-dir", CALIBRATION, "--calib-size", "64", "-o", output
+        "build-engine", source, "--int8", "--calib-dir", CALIBRATION, "--calib-size", "64", "-o", output
     )
     assert result.exit_code == 0, result.output
-    built = output.parent / "digits.int8.ort.onnx"
-    assert built.is_file() and (output.parent / "digits.int8.ort.onnx.manifest.json").is_file(), result.output
+    built = folder / "digits.int8.ort.onnx"
+    assert built.is_file() and (folder / "digits.int8.ort.onnx.manifest.json").is_file(), result.output
     return built
 
 
