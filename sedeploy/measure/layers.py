@@ -673,34 +673,23 @@ def _macs(model: onnx.ModelProto) -> dict[str, int]:
 
 
 def plot_layer_errors(report: LayerReport, path: str | os.PathLike[str]) -> Path:
-    """A PNG of each layer's error (and the accumulated error) against depth; needs the ``plot`` extra."""
-    import_optional("matplotlib", "plot")
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from sedeploy.files import atomic_output
+    """A PNG of each layer's error (weights and input apart, and the accumulated error) in graph order, one
+    evenly spaced tick per layer named by its module (matplotlib, the ``plot`` extra)."""
+    from sedeploy.plots import new_figure, save_figure
 
     rows = sorted(report.layers, key=lambda row: row.depth)
-    depth = [row.depth for row in rows]
-    figure, axes = plt.subplots(figsize=(max(6.0, 0.25 * len(rows)), 4.0))
+    positions = list(range(len(rows)))
+    figure, axes = new_figure((max(6.0, 0.22 * len(rows)), 4.2))
     for values, label in (
         ([row.error for row in rows], "this layer (input and weights)"),
         ([row.weight_error for row in rows], "weights only"),
         ([row.activation_error for row in rows], "input only"),
         ([row.accumulated_error for row in rows], "accumulated"),
     ):
-        axes.plot(
-            depth, [value if math.isfinite(value) else np.nan for value in values], marker="o", label=label
-        )
-    axes.set_xticks(depth, [row.module for row in rows], rotation=90, fontsize=7)
+        finite = [value if math.isfinite(value) else np.nan for value in values]
+        axes.plot(positions, finite, marker="o", markersize=3, linewidth=1, label=label)
+    axes.set_xticks(positions, [row.module for row in rows], rotation=90, fontsize=6)
+    axes.set_xlim(-0.5, len(rows) - 0.5)
     axes.set_ylabel("SQNR (dB, lower is worse)")
-    axes.set_title(f"INT8 error per layer: {Path(report.artifact).name}")
-    axes.legend(fontsize=8)
-    figure.tight_layout()
-    output = Path(path)
-    with atomic_output(output) as temp_path:
-        figure.savefig(temp_path, format="png", dpi=120)
-    plt.close(figure)
-    return output
+    title = f"INT8 error per layer: {Path(report.artifact).name} ({report.images} images)"
+    return save_figure(figure, axes, title, Path(path), legend_size=7)
