@@ -17,6 +17,7 @@ EXTRAS: dict[str, str] = {
     "onnxruntime": "cpu",  # or gpu: onnxruntime-gpu installs the same package
     "onnxconverter_common": "cpu",
     "matplotlib": "plot",
+    "ray": "ray",
     "openvino": "openvino",
     "nncf": "openvino",
     "tensorrt": "tensorrt",

@@ -55,7 +55,7 @@ ARTIFACTS_MAY_IMPORT = {"files", "errors", "_version", "artifacts"}
 TORCH_FREE_GROUPS = frozenset(
     {"_version", "errors", "files", "optional", "host", "compare", "progress", "plots", "artifacts", "data",
      "precision", "graphs", "backends", "runtime", "measure", "building", "bench", "verify", "predict", "info",
-     "inspect", "serving", "build", "optimize", "cli", "__main__", "sedeploy"}
+     "inspect", "serving", "build", "optimize", "cli", "__main__", "sedeploy", "scoring"}
 )  # fmt: skip
 """Groups on the runtime path: they never import torch at module level (a lazy import inside a function, in a
 feature that needs PyTorch and says so, is allowed). ``models``, ``export`` and ``train`` may."""

@@ -123,6 +123,7 @@ def test_the_ray_pool_leaves_reads_a_cpu_and_a_stall_names_the_resources() -> No
     assert seen == [1]
 
 
+@pytest.mark.ray
 @pytest.mark.slow  # about 45 s here: each Ray Data run starts actors that import sedeploy and ONNX Runtime
 @pytest.mark.skipif(not RAY, reason="ray is not installed (pip install 'sedeploy[ray]')")
 def test_ray_data_scores_like_predict_image_for_image(trained_digits: TrainedDigits, tmp_path: Path) -> None:
