@@ -41,6 +41,7 @@ from sedeploy.artifacts.metadata import (
     read_labels,
     write_metadata,
 )
+from sedeploy.artifacts.module_names import module_names_from_graph, write_module_names
 from sedeploy.compare import Comparison, compare_logits
 from sedeploy.errors import ConfigError, ExportError, ParityError
 from sedeploy.files import atomic_output, refuse_output_over_input
@@ -490,6 +491,9 @@ def export_onnx(
                 weights_layout=source.checkpoint.layout if source.checkpoint else None,
             )
             write_metadata(proto, metadata)
+            # After write_metadata (which replaces every sedeploy.* key): which module each node came from.
+            known_modules = [name for name, _ in module.named_modules() if name]
+            write_module_names(proto, module_names_from_graph(proto, known_modules))
             if proto.ByteSize() >= _PROTOBUF_LIMIT:
                 raise ExportError(
                     f"{source.arch} is 2 GB or more as ONNX; sedeploy writes single-file models only"

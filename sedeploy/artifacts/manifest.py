@@ -140,14 +140,36 @@ class BuildManifest:
             ) from None
 
     def check_artifact(self, artifact: str | os.PathLike[str]) -> None:
-        """Fail unless ``artifact``'s bytes are the ones this manifest describes (a streaming sha256)."""
-        actual = sha256_of_file(artifact)
+        """Fail unless ``artifact``'s bytes are the ones this manifest describes (a streaming sha256).
+
+        A file already checked in this process, unchanged since (same inode, size, modification and change
+        times), is not hashed again: ``verify`` of an engine opens its manifest from four places.
+        """
+        identity = _file_identity(artifact)
+        if identity is not None and _CHECKED.get(identity) == self.artifact_sha256:
+            return
+        actual = sha256_of_file(artifact, "artifact")
         if actual != self.artifact_sha256:
             raise ManifestError(
                 f"{artifact} does not match its manifest (sha256 {actual[:12]}... != {self.artifact_sha256[:12]}...): "
                 "the file was changed or truncated after the build; rebuild it, or pass verify_hash=False "
                 "to load it unchecked"
             )
+        if identity is not None and identity == _file_identity(artifact):  # unchanged while it was hashed
+            _CHECKED[identity] = actual
+
+
+_CHECKED: dict[tuple[str, int, int, int, int, int], str] = {}
+"""Artifacts whose hash matched in this process, by file identity: each is hashed once per process."""
+
+
+def _file_identity(path: str | os.PathLike[str]) -> tuple[str, int, int, int, int, int] | None:
+    """What changes whenever a file's bytes do (the change time cannot be set back), or None if unreadable."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
 
 
 @overload

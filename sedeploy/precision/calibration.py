@@ -36,9 +36,10 @@ import onnx
 
 from sedeploy.artifacts import naming
 from sedeploy.errors import BadInputError
-from sedeploy.files import commit_files, pause_for_tests, read_regular_text, sha256_of_file, temp_path_beside
+from sedeploy.files import commit_files, pause_for_tests, read_regular_text, temp_path_beside
 from sedeploy.optional import import_optional
-from sedeploy.precision._common import load
+from sedeploy.precision._common import ModelInput, load, model_sha256
+from sedeploy.precision._common import model_path as source_path
 from sedeploy.precision.recipe import Int8Recipe
 
 logger = logging.getLogger(__name__)
@@ -316,7 +317,7 @@ def _fixed_batch(model: onnx.ModelProto, input_name: str) -> int | None:
 
 
 def collect_ranges(
-    model_path: Path, reader_factory: Callable[[bool], CalibrationDataReader], recipe: Int8Recipe
+    model_path: ModelInput, reader_factory: Callable[[bool], CalibrationDataReader], recipe: Int8Recipe
 ) -> dict[str, tuple[float, float]]:
     """Run the model on the reader's feeds (once per calibrator pass) and return every calibrated tensor's range.
 
@@ -456,7 +457,7 @@ def calibration_cache_path(model_path: Path, recipe: Int8Recipe) -> Path:
 
 
 def calibrate(
-    model_path: Path,
+    model_path: ModelInput,
     images: np.ndarray,
     input_name: str,
     recipe: Int8Recipe,
@@ -481,7 +482,7 @@ def calibrate(
         method=recipe.method,
         percentile=key.get("percentile"),
         symmetric=recipe.symmetric,
-        model_sha256=sha256_of_file(model_path),
+        model_sha256=model_sha256(model_path),
         dataset_sha256=dataset_sha256,
         images=len(images),
         ranges=ranges,
@@ -521,7 +522,7 @@ def images_sha256(images: np.ndarray) -> str:
 
 
 def calibrate_cached(
-    model_path: Path,
+    model_path: ModelInput,
     images: np.ndarray,
     input_name: str,
     recipe: Int8Recipe,
@@ -535,11 +536,11 @@ def calibrate_cached(
     Returns the ranges and whether the cache was reused. A fresh calibration is
     written to the cache (sedeploy JSON plus TensorRT's text format) atomically.
     """
-    cache_path = cache_path or calibration_cache_path(model_path, recipe)
+    cache_path = cache_path or calibration_cache_path(source_path(model_path), recipe)
     pixels = images_sha256(images)
     if not recalibrate:
         cached = CalibrationRanges.read(cache_path)
-        if cached is not None and cached.matches(sha256_of_file(model_path), dataset_sha256, recipe, pixels):
+        if cached is not None and cached.matches(model_sha256(model_path), dataset_sha256, recipe, pixels):
             logger.info("reusing calibration cache %s", cache_path)
             return cached, True
     started = time.perf_counter()
