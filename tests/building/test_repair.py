@@ -51,7 +51,9 @@ def variants(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     model = onnx.load(str(shipped_digits_onnx()))
     return {
         "shipped": write_variant(model, folder / "shipped.onnx"),
-        "pairs": write_variant(outlier_pairs(model, PAIR_BLOCKS, PAIR_CHANNELS, 300.0), folder / "pairs.onnx"),
+        "pairs": write_variant(
+            outlier_pairs(model, PAIR_BLOCKS, PAIR_CHANNELS, 300.0), folder / "pairs.onnx"
+        ),
         "residual": write_variant(
             residual_outlier(model, RESIDUAL_BLOCKS, RESIDUAL_CHANNELS, 60.0), folder / "residual.onnx"
         ),
@@ -122,7 +124,9 @@ def test_a_residual_outlier_is_repaired_by_fp16_layers(variants: dict[str, Path]
     result = build_engine(model, _options(target="tensorrt"))
     assert result.repaired is not None and "kept fp16" in result.repaired, result.repaired
     recipe = read_manifest(result.artifact).recipe
-    assert recipe["float_nodes"] and all(module.startswith(("layer3.", "norm")) for module in recipe["float_modules"])
+    assert recipe["float_nodes"] and all(
+        module.startswith(("layer3.", "norm")) for module in recipe["float_modules"]
+    )
     assert recipe["int8_mac_share"] >= 0.9
     assert recipe["repair"]["steps"][-1]["step"].startswith("float layers")
     graph = onnx.load(str(result.artifact))
@@ -194,7 +198,9 @@ def test_openvino_repairs_outlier_pairs_by_equalization_before_nncf(
         hint="latency",
     )
     result = build_engine(model, options)
-    assert result.repaired is not None and result.repaired.startswith("cross-layer equalization"), result.repaired
+    assert result.repaired is not None and result.repaired.startswith("cross-layer equalization"), (
+        result.repaired
+    )
     recipe = read_manifest(result.artifact).recipe
     assert recipe["equalize"] is True and recipe["repair"]["status"] == "repaired"
     assert result.fidelity is not None and result.fidelity.min_cosine >= 0.99

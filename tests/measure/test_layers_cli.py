@@ -93,8 +93,8 @@ def test_layers_refuses_what_it_cannot_read(broken: Path, tmp_path: Path) -> Non
     ir.write_text("<net/>")
     result = CliRunner().invoke(cli, ["verify", str(ir), "--layers"])
     assert result.exit_code == 2
-    assert result.output.strip().splitlines()[-1].startswith(
-        "error: --layers is not supported for OpenVINO IRs"
+    assert (
+        result.output.strip().splitlines()[-1].startswith("error: --layers is not supported for OpenVINO IRs")
     )
 
 
