@@ -21,10 +21,12 @@ allows (8), so an older parser does not reject it on the IR version alone.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -43,7 +45,7 @@ from sedeploy.artifacts.metadata import (
 )
 from sedeploy.artifacts.module_names import module_names_from_graph, write_module_names
 from sedeploy.compare import Comparison, compare_logits
-from sedeploy.errors import ConfigError, ExportError, ParityError
+from sedeploy.errors import BadInputError, ConfigError, ExportError, ParityError
 from sedeploy.files import atomic_output, refuse_output_over_input
 from sedeploy.graphs.rewrite import se_squeeze_to_global_pool
 from sedeploy.models.checkpoint import Checkpoint, build_model, load_weights, read_checkpoint
@@ -186,20 +188,46 @@ def _example_input(batch_size: int, input_size: tuple[int, int, int], seed: int)
     return torch.randn((batch_size, *input_size), generator=generator)
 
 
+_EXPORTER_CHATTER = (
+    # torch's exporter registers torchvision's ops when it can, and says at WARNING when it cannot: sedeploy's
+    # models use none of them, so a user could not act on it.
+    "torch.onnx._internal.exporter._registration",
+)
+
+
+@contextlib.contextmanager
+def _exporter_quiet() -> Iterator[None]:
+    """Only for the exporter's call: its loggers that speak of what a user cannot act on are set to ERROR, and
+    torch.export's FutureWarning about its own pytree internals (``LeafSpec``) is not shown. Nothing global
+    stays changed."""
+    loggers = [logging.getLogger(name) for name in _EXPORTER_CHATTER]
+    levels = [item.level for item in loggers]
+    for item in loggers:
+        item.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=FutureWarning)
+            yield
+    finally:
+        for item, level in zip(loggers, levels, strict=True):
+            item.setLevel(level)
+
+
 def _run_exporter(model: nn.Module, example: torch.Tensor, opset: int, arch: str) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1)
     try:
-        program = torch.onnx.export(
-            model,
-            (example,),
-            dynamo=True,
-            opset_version=opset,
-            input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes=({0: batch},),
-            optimize=True,
-            verbose=False,
-        )
+        with _exporter_quiet():
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                opset_version=opset,
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+                dynamic_shapes=({0: batch},),
+                optimize=True,
+                verbose=False,
+            )
     except Exception as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ExportError(
@@ -313,6 +341,18 @@ def _apply_record(
     """
     if record is None:
         if model is None:
+            if weights is not None and not os.path.lexists(weights):
+                raise BadInputError(
+                    f"weights {weights} does not exist; give the path of the checkpoint (its model.json beside it "
+                    "names the architecture)"
+                )
+            if weights is not None:
+                raise ConfigError(
+                    f"{weights} has no training record (model.json beside it, naming this file) to say which "
+                    "network it is: give model (an architecture name, package.module:factory or nn.Module) and "
+                    "img_size, or train it with sedeploy train, which writes the record",
+                    params=("model", "img_size"),
+                )
             raise ConfigError("give model (an architecture name, package.module:factory or nn.Module)")
         return model, in_chans, img_size, labels
     if model is None:
@@ -460,6 +500,8 @@ def export_onnx(
         path = Path(output) if output is not None else _default_output(source.name)
         if output is None:
             _refuse_output_over_inputs(path, weights, labels)
+        if os.path.lexists(path):
+            logger.warning("export replaces %s (an earlier export) once this one passes its checks", path)
         with atomic_output(path) as temp_path:
             complexity = estimate_complexity(module, input_size)
             export_started = time.perf_counter()

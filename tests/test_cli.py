@@ -156,3 +156,12 @@ def test_optimize_takes_the_rounds_the_demo_searched_with() -> None:
 
     result = CliRunner().invoke(cli, ["optimize", "--help"])
     assert result.exit_code == 0 and "--rounds" in result.output
+
+
+def test_export_says_what_is_missing_about_the_weights(tmp_path: Path) -> None:
+    missing = CliRunner().invoke(cli, ["export", "--weights", str(tmp_path / "typo.safetensors")])
+    assert missing.exit_code == 1 and "typo.safetensors does not exist" in missing.output
+    weights = tmp_path / "w.safetensors"
+    weights.write_bytes(b"not a checkpoint")
+    unrecorded = CliRunner().invoke(cli, ["export", "--weights", str(weights)])
+    assert unrecorded.exit_code == 2 and "has no training record (model.json beside it" in unrecorded.output

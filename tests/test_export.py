@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -418,3 +419,20 @@ def test_batchnorm_count_tells_foldable_from_unfoldable():
     graph = helper.make_graph(nodes, "g", [], [])
 
     assert count_batchnorms(graph) == (1, 1)
+
+
+def test_export_stderr_holds_only_sedeploys_own_lines_and_names_a_replaced_file(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    shipped = Path(__file__).resolve().parents[1] / "models" / "digits_se_resnet" / "model.safetensors"
+    output = tmp_path / "d.onnx"
+    output.write_bytes(b"an earlier export")
+    result = subprocess.run(
+        [sys.executable, "-m", "sedeploy", "export", "--weights", str(shipped), "-o", str(output)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines and all(line.startswith(("INFO sedeploy", "WARNING sedeploy")) for line in lines), lines
+    assert any(f"export replaces {output}" in line for line in lines)

@@ -61,7 +61,7 @@ def in_cli_words(error: SedeployError, command: click.Command | None) -> str:
         message = re.sub(rf"(?<![\w-]){name}=True\b", flag, message)
         message = re.sub(rf"(?<![\w-]){name}=False\b", negative, message)
         if "_" in name or name in error.params:
-            message = re.sub(rf"(?<![\w./-]){name}\b(?![=/])", flag, message)  # not inside a path
+            message = re.sub(rf"(?<![\w./-]){name}\b(?![=/]|\.\w)", flag, message)  # not inside a path
     return message
 
 
