@@ -262,7 +262,7 @@ class DemoReport:
             ]
         lines += ["## Time per step", "", "| step | seconds |", "|---|---|"]
         lines += [f"| {name} | {seconds:.1f} |" for name, seconds in self.stage_seconds.items()]
-        return "\n".join(lines) + "\n"
+        return relative_to_folder("\n".join(lines) + "\n", self.out_dir)
 
     def to_text(self) -> str:
         """For the terminal: the table, the notes, the verdict and where the reports are."""
@@ -287,6 +287,10 @@ class DemoReport:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
+        """``report.json`` (and ``demo --json``): paths relative to the output folder."""
+        return relative_to_folder(self._fields(), self.out_dir)
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "format": REPORT_FORMAT,
             "format_version": REPORT_VERSION,
@@ -305,6 +309,15 @@ class DemoReport:
             "seconds": round(self.seconds, 3),
             "files": [str(path) for path in self.files],
         }
+
+
+def _from_here(path: str | os.PathLike[str]) -> str:
+    """``path`` relative to the working directory when it is under it (a command a user can paste)."""
+    resolved = Path(path).resolve()
+    try:
+        return str(resolved.relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def relative_to_folder(value: Any, folder: Path) -> Any:
@@ -605,9 +618,15 @@ def run_demo(
                 rounds=settings.optimize_rounds,
                 progress=progress,
             )
+        here = [_from_here(path) for path in (source, example.heldout, example.calibration)]
         notes.append(
-            "optimize reuses this search (no work) when given the same inputs: sedeploy optimize "
-            f"{source} --data {example.heldout} --calib-dir {example.calibration} --calib-size {settings.calib_size} "
+            (
+                "optimize reused the search an earlier demo recorded (same inputs, same machine); "
+                if optimized.reused
+                else ""
+            )
+            + "optimize reuses this search (no work) when given the same inputs: sedeploy optimize "
+            f"{here[0]} --data {here[1]} --calib-dir {here[2]} --calib-size {settings.calib_size} "
             f"--seconds {settings.optimize_seconds:g} --rounds {settings.optimize_rounds}"
         )
         fp16_note = _fp16_note(builds)
@@ -633,8 +652,8 @@ def run_demo(
                 optimized=optimized,
             )
             with atomic_output(out / "report.md") as temp_path:
-                temp_path.write_text(relative_to_folder(report.to_markdown(), out), encoding="utf-8")
-            write_json_atomic(out / "report.json", relative_to_folder(report.to_dict(), out))
+                temp_path.write_text(report.to_markdown(), encoding="utf-8")
+            write_json_atomic(out / "report.json", report.to_dict())
     finally:
         stages.close()
     logger.info("demo done in %.0f s: %s", report.seconds, "passed" if report.passed else "FAILED")

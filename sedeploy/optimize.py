@@ -569,6 +569,10 @@ def optimize(
     """
     started = time.perf_counter()
     model = Path(model_path)
+    if not os.path.lexists(model):
+        raise BadInputError(
+            f"{model} does not exist; give the exported .onnx file (sedeploy export writes one)"
+        )
     if model.suffix.lower() != ".onnx" or not model.is_file():
         raise BadInputError(f"{model} is not an exported .onnx file; export one with sedeploy export")
     if batch < 1:

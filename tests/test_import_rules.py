@@ -217,7 +217,12 @@ def test_a_broken_rule_is_reported(tmp_path: Path, files: dict[str, str], expect
 
 
 def test_a_clean_synthetic_tree_passes(tmp_path: Path) -> None:
-    files = {"build.py": "from sedeploy.bench import bench\n", "bench.py": "from sedeploy.errors import E\n"}
+    files = {
+        "build.py": "from sedeploy.measure.bench import bench\n",  # a command over the machinery
+        "bench.py": "from sedeploy.measure.bench import bench\n",
+        "measure/__init__.py": "",
+        "measure/bench.py": "from sedeploy.errors import E\n",
+    }
     assert violations(_tree(tmp_path, {**files, "errors.py": ""})) == []
 
 

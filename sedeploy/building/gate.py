@@ -193,5 +193,5 @@ def calibration_notes(calibration_set: ImageSet | None) -> tuple[str, ...]:
         f"calibrated on {calibration_set.report.used} images; a few hundred or more "
         f"(>= {SMALL_CALIBRATION_SET}) give steadier INT8 ranges"
     )
-    logger.warning(note)
+    logger.info(note)  # the build's notes carry it to the user (build-engine prints them)
     return (note,)

@@ -132,7 +132,13 @@ def stale_reason(previous: Mapping[str, Any], now: Mapping[str, Any]) -> str | N
     """What changed on the machine since a choice was measured (CPU, ISA, cores, versions), or None."""
     changed = [
         f"{name} {previous.get(name)!r} -> {now.get(name)!r}"
-        for name in ("cpu", "isa", "cores", "versions")
+        for name in ("cpu", "isa", "cores")
         if previous.get(name) != now.get(name)
+    ]
+    before, after = previous.get("versions") or {}, now.get("versions") or {}
+    changed += [
+        f"{package} {before.get(package) or 'absent'} -> {after.get(package) or 'absent'}"
+        for package in sorted(set(before) | set(after))
+        if before.get(package) != after.get(package)
     ]
     return "; ".join(changed) or None

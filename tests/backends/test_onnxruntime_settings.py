@@ -130,7 +130,7 @@ def test_auto_without_openvino_stays_on_onnxruntime_and_says_why(  # type: ignor
     shutil.copy(trained_digits.onnx_path, model)
     result = build_engine(model, BuildOptions(precision="fp32"))
     assert result.backend == "onnxruntime" and result.probe is None
-    assert "OpenVINO not probed: not installed (pip install 'sedeploy[openvino]')" in result.backend_reason
+    assert "OpenVINO not measured: not installed (pip install 'sedeploy[openvino]')" in result.backend_reason
     assert [path.name for path in result.artifacts] == ["digits.ort.onnx"]
 
 
