@@ -169,7 +169,14 @@ def _file_identity(path: str | os.PathLike[str]) -> tuple[str, int, int, int, in
         stat = os.stat(path)
     except OSError:
         return None
-    return (os.path.realpath(path), stat.st_dev, stat.st_ino, stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns)
+    return (
+        os.path.realpath(path),
+        stat.st_dev,
+        stat.st_ino,
+        stat.st_size,
+        stat.st_mtime_ns,
+        stat.st_ctime_ns,
+    )
 
 
 @overload

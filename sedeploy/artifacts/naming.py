@@ -22,7 +22,11 @@ OPTIMIZED_ONNX_SUFFIX = ".ort.onnx"
 """ONNX Runtime's saved optimized graph: specific to the backend (and, at level ``all``, to the CPU kind)."""
 OPENVINO_IR_SUFFIX = ".openvino.xml"
 ENGINE_SUFFIX = ENGINE_SUFFIXES[0]
-BACKEND_ARTIFACT_SUFFIXES = {"onnxruntime": OPTIMIZED_ONNX_SUFFIX, "openvino": OPENVINO_IR_SUFFIX, "tensorrt": ENGINE_SUFFIX}
+BACKEND_ARTIFACT_SUFFIXES = {
+    "onnxruntime": OPTIMIZED_ONNX_SUFFIX,
+    "openvino": OPENVINO_IR_SUFFIX,
+    "tensorrt": ENGINE_SUFFIX,
+}
 """The suffix of each backend's runnable artifact (what ``optimize`` appends to ``<model>.best``)."""
 OUTPUT_SUFFIXES = {"onnxruntime": ".onnx", "tensorrt": ENGINE_SUFFIX, "openvino": ".xml"}
 """What an explicit output name must end with for :func:`artifact_backend` to open it with that backend."""
