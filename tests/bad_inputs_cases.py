@@ -1624,7 +1624,6 @@ CASES += [
 # line, and refused when named directly, within seconds; an output that is an input is refused before any work.
 SKIPPED_SIX = "skipped 6 files that are not regular files in"
 """The one warning a folder holding :func:`special_files` gives (they are named after it)."""
-LEAD_WIRES_CLI = "lead: refuse_output_over_input for --json FILE in the CLI (notes/h3-files.md)"
 FAST = 60.0
 """Generous for a 2-core machine shared by eight; a pipe or /dev/zero read by mistake never ends at all."""
 
@@ -1967,7 +1966,6 @@ CASES += [
         2,
         "is an image",
         "the artifact, its manifest, the image",
-        pending=LEAD_WIRES_CLI,
     ),
     *[
         Case(

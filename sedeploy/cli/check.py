@@ -327,6 +327,12 @@ def predict_command(
 ) -> None:
     """Labels and probabilities of each image in IMAGE_OR_DIR... (folders are read recursively)."""
     check_json_out(json_out)
+    from sedeploy.files import refuse_output_over_input
+    from sedeploy.predict import input_files
+
+    refuse_output_over_input(
+        [("json_out", None if json_out == "-" else json_out)], input_files(artifact, images, [json_out])
+    )
     if resume and not output:
         raise click.UsageError("--resume goes with --output")
     if concurrency is not None and ray_address is None:
