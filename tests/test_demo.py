@@ -74,7 +74,7 @@ def test_quick_demo_files(quick_demo: tuple[Path, dict, subprocess.CompletedProc
             assert (out / "artifacts" / row["artifact"]).is_file()
             assert (out / "artifacts" / (row["artifact"] + ".manifest.json")).is_file()
     for path in report["files"]:
-        assert Path(path).is_file()
+        assert (out / path).is_file() and not Path(path).is_absolute()  # relative to the output folder
     try:
         import matplotlib  # noqa: F401
     except ImportError:
