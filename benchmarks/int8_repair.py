@@ -35,6 +35,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -700,25 +701,34 @@ def case_rows(setting: Setting, args: argparse.Namespace) -> list[dict[str, Any]
     steps: list[Callable[[], dict[str, Any] | list[dict[str, Any]]]] = []
     for flavour in FLAVOURS:
         for label, method in CALIBRATORS:
-            recipe = Int8Recipe(flavour=flavour, **method)
-            steps.append(lambda f=flavour, lab=label, r=recipe: ort_plain(setting, f, lab, r))
+            steps.append(partial(ort_plain, setting, flavour, label, Int8Recipe(flavour=flavour, **method)))
         if flavour == "tensorrt":
             se = Int8Recipe(flavour=flavour, quantize_se=True)
-            steps.append(lambda r=se: ort_plain(setting, "tensorrt", "minmax, SE gate quantized", r))
-        steps.append(lambda f=flavour: ort_equalized(setting, f))
-        steps.append(lambda f=flavour: ort_float_layers(setting, f))
-        steps.append(lambda f=flavour: automatic(setting, "onnxruntime", f, "automatic"))
+            steps.append(partial(ort_plain, setting, flavour, "minmax, SE gate quantized", se))
+        steps.append(partial(ort_equalized, setting, flavour))
+        steps.append(partial(ort_float_layers, setting, flavour))
+        steps.append(partial(automatic, setting, "onnxruntime", flavour, "automatic"))
         if flavour == "tensorrt":
             steps.append(
-                lambda: automatic(
-                    setting, "onnxruntime", "tensorrt", "automatic, SE gate quantized", quantize_se=True
+                partial(
+                    automatic,
+                    setting,
+                    "onnxruntime",
+                    flavour,
+                    "automatic, SE gate quantized",
+                    quantize_se=True,
                 )
             )
             fp32 = Int8Recipe(flavour=flavour, high_precision="fp32")
-            steps.append(lambda r=fp32: ort_plain(setting, "tensorrt", "minmax, float parts fp32", r))
+            steps.append(partial(ort_plain, setting, flavour, "minmax, float parts fp32", fp32))
             steps.append(
-                lambda: automatic(
-                    setting, "onnxruntime", "tensorrt", "automatic, float parts fp32", high_precision="fp32"
+                partial(
+                    automatic,
+                    setting,
+                    "onnxruntime",
+                    flavour,
+                    "automatic, float parts fp32",
+                    high_precision="fp32",
                 )
             )
     if args.modelopt_python:
@@ -835,7 +845,7 @@ def speed_part(args: argparse.Namespace, record: dict[str, Any]) -> None:
     source = folder / "se_resnet50.onnx"
     if not source.is_file():
         export_onnx("se_resnet50", output=source)
-    calib = {"calib_dir": CALIBRATION, "calib_size": 16, "gate": False, "repair": False}
+    calib: dict[str, Any] = {"calib_dir": CALIBRATION, "calib_size": 16, "gate": False, "repair": False}
     started = time.perf_counter()
     ort32 = build_engine(
         source, BuildOptions(precision="fp32", backend="onnxruntime"), output=folder / "r50.ort.onnx"
@@ -1017,8 +1027,18 @@ def target_checks(record: dict[str, Any]) -> list[tuple[str, str, str]]:
                 )
                 continue
             if auto.get("refused"):
+                others = [
+                    f"{row['row']}: {_evidence(row)} ({_short(row.get('repair', ''))})"
+                    for row in mine
+                    if row["backend"] == backend and row["kind"] == "auto" and row is not auto
+                ]
                 checks.append(
-                    (f"{name}, {backend}: automatic repair", "MISSED", f"refused: {auto['refused'][:160]}")
+                    (
+                        f"{name}, {backend}: automatic repair",
+                        "MISSED",
+                        f"plain {plain['accuracy_drop']:.1f} pt / {plain['min_cosine']:.3f}; automatic refused: "
+                        f"{auto['refused'][:240]}..." + "".join(f" Beside it, {other}." for other in others),
+                    )
                 )
                 continue
             ok = auto["accuracy_drop"] <= 0.5 and auto["min_cosine"] >= 0.98
@@ -1110,6 +1130,10 @@ def target_checks(record: dict[str, Any]) -> list[tuple[str, str, str]]:
     return checks
 
 
+def _short(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 3].rsplit(",", 1)[0] + ", ..."
+
+
 def _evidence(row: dict[str, Any]) -> str:
     if row.get("refused"):
         return f"refused ({row['refused'][:120]})"
@@ -1143,6 +1167,11 @@ def render(record: dict[str, Any]) -> str:
     if checks:
         lines += ["## Issue 30's targets", "", "| target | verdict | evidence |", "|---|---|---|"]
         lines += [f"| {target} | **{verdict}** | {evidence} |" for target, verdict, evidence in checks]
+        lines.append("")
+    findings = record.get("findings") or {}
+    if findings.get("lines"):
+        lines += [f"## What the numbers say (read at commit {findings.get('commit', '?')})", ""]
+        lines += [f"- {line}" for line in findings["lines"]]
         lines.append("")
     digits = record.get("digits")
     if digits:
