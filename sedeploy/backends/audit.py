@@ -628,6 +628,8 @@ def audit_gate(
     others.sort(key=lambda layer: -layer.macs)
     named = ", ".join(f"{layer.name} ({layer.precision})" for layer in others[:3])
     more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+    if not others:
+        named = f"the audit found no {asked} layer in this graph, and the rest"
     where = {
         "int8": "the cpu INT8 flavour runs int8 on ONNX Runtime, the tensorrt flavour on TensorRT",
         "fp16": "TensorRT and OpenVINO run fp16; ONNX Runtime's x86 CPU kernels do not",

@@ -125,10 +125,15 @@ def build_for_backend(
         check_output_suffix(Path(output), backend)
     logger.info("backend %s (%s)", backend, backend_reason)
     input_name = source.input_name
-    target = options.target or ("tensorrt" if backend == "tensorrt" or ort_backend.has_cuda() else "cpu")
+    qat = source.builds_qat and options.precision == "int8"  # INT8 as it is: learned scales, no calibration
+    target = (
+        source.qat.flavour
+        if qat and source.qat is not None
+        else options.target or ("tensorrt" if backend == "tensorrt" or ort_backend.has_cuda() else "cpu")
+    )
 
     calibration_set: ImageSet | None = None
-    if options.precision == "int8" or options.calib_dir is not None:
+    if not qat and (options.precision == "int8" or options.calib_dir is not None):
         calibration_set = calibration_set_for(source, options, progress)
     precision_path = model_path
     recipe: dict[str, Any] = {}
@@ -137,7 +142,8 @@ def build_for_backend(
     if backend == "openvino":
         return build_openvino(source, options, output, calibration_set, started, backend_reason, progress)
     staged_path = None
-    if options.precision != "fp32" and not options.implicit_int8:  # implicit INT8: TensorRT calibrates FP32
+    # Implicit INT8: TensorRT calibrates FP32; a QAT export is its own precision file.
+    if options.precision != "fp32" and not options.implicit_int8 and not qat:
         precision_path = (
             Path(output)
             if output and backend == "onnxruntime"

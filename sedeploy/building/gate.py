@@ -38,13 +38,18 @@ class GateImages:
     """What calibration computes ranges on (None: no calibration set)."""
     check: np.ndarray
     kind: str
-    """``calibration`` or ``random`` (no image set: FP16 checked on random inputs)."""
+    """``calibration``, ``random`` (no image set: FP16 checked on random inputs), ``validation`` (a QAT export:
+    its fine-tuning's validation images) or ``given`` (a QAT export judged on ``calib_dir``)."""
     held_out: bool
 
     def describe(self) -> str:
         """``parity on 300 calibration images, in-sample`` and the like, as the build prints and records it."""
         if self.kind == "random":
             return f"parity on {len(self.check)} random inputs"
+        if self.kind == "validation":
+            return f"parity on {len(self.check)} validation images of the fine-tuning"
+        if self.kind == "given":
+            return f"parity on {len(self.check)} images of calib_dir"
         where = "held out from the ranges" if self.held_out else "in-sample"
         return f"parity on {len(self.check)} calibration images, {where}"
 
@@ -99,22 +104,30 @@ def parity_gate(
     calibrated_on: int | None,
     worst_layers: Sequence[str] = (),
     repair_failed: str | None = None,
+    fix: str | None = None,
 ) -> str | None:
     """Fail (or, with ``gate=False``, note) an FP16/INT8 file whose parity misses verify's thresholds.
 
     ``worst_layers``: the INT8 file's worst layers by PyTorch module (the per-layer report), named in the
-    refusal; ``repair_failed``: why the INT8 repair could not mend it (None: no repair ran).
+    refusal; ``repair_failed``: why the INT8 repair could not mend it (None: no repair ran); ``fix``: what to
+    try instead of the usual advice (a QAT export is mended by fine-tuning, not by calibration).
     """
     failures = gate_failures(precision, fidelity)
     if not failures:
         return None
-    if precision == "int8":
+    advice_given = fix is not None
+    if fix is None and precision == "int8" and options.every_tensor_int8:  # no layer may go float: fine-tune
+        fix = (
+            "quantization-aware fine-tuning for it (train qat with every_tensor_int8), another calib_method, or "
+            f"more calibration images (calib_size; {calibrated_on} used)"
+        )
+    elif fix is None:
         fix = (
             "quantize_se=False (keeps the SE gate in float), another calib_method, or more calibration images "
             f"(calib_size; {calibrated_on} used)"
+            if precision == "int8"
+            else "more ops in float with fp16_block_list"
         )
-    else:
-        fix = "more ops in float with fp16_block_list"
     problem = f"{precision} parity below verify's thresholds ({'; '.join(failures)})"
     if not options.gate:
         return f"{problem}; published anyway (gate=False, recorded in the manifest)"
@@ -126,9 +139,10 @@ def parity_gate(
     if repair_failed is not None:
         raise PrecisionError(
             f"{problem}, and the repair could not mend it ({repair_failed}): nothing was published{worst}; try "
-            f"a lower min_int8_mac_share, {fix}, or gate=False to publish anyway"
+            f"{'' if options.every_tensor_int8 else 'a lower min_int8_mac_share, '}{fix}, or gate=False to publish "
+            "anyway"
         )
-    if precision == "int8" and not options.repair:
+    if precision == "int8" and not options.repair and not advice_given:
         fix = f"repair=True (cross-layer equalization, the fewest float layers), {fix}"
     raise PrecisionError(
         f"{problem}: nothing was published{worst}; try {fix}, or gate=False to publish anyway"

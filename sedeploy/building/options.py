@@ -43,7 +43,14 @@ DEFAULT_MIN_INT8_MAC_SHARE = 0.5
 """An INT8 repair never leaves so many layers float that less than this share of the MACs stays INT8."""
 
 
-ONNX_RECIPE_OPTIONS = ("target", "calib_method", "percentile", "quantize_se", "high_precision")
+ONNX_RECIPE_OPTIONS = (
+    "target",
+    "calib_method",
+    "percentile",
+    "quantize_se",
+    "high_precision",
+    "every_tensor_int8",
+)
 """Build options that shape the ONNX Q/DQ recipe: OpenVINO's NNCF build has its own recipe and refuses them."""
 
 
@@ -90,6 +97,9 @@ class BuildOptions:
     and the first file that passes is published; False refuses it, naming the worst layers. Needs ``gate``."""
     min_int8_mac_share: float = DEFAULT_MIN_INT8_MAC_SHARE
     """A repair keeps at least this share of the MACs in INT8 (it fails rather than leave more float)."""
+    every_tensor_int8: bool = False
+    """INT8 on every tensor, SE path and head included (what a Jetson DLA needs to run the network in one
+    region); its repair only equalizes, it never keeps a layer float."""
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -134,6 +144,12 @@ class BuildOptions:
                 "float_type and hint pin OpenVINO's runtime; they go with backend openvino",
                 params=("hint", "backend"),
             )
+        if self.every_tensor_int8 and (self.precision != "int8" or self.quantize_se is False):
+            raise ConfigError(
+                "every_tensor_int8 quantizes every tensor, SE path included: it goes with precision int8 and "
+                "without quantize_se=False",
+                params=("precision", "quantize_se"),
+            )
         if self.implicit_int8 and (self.precision != "int8" or self.backend != "tensorrt"):
             raise ConfigError("implicit_int8 needs an int8 build with backend tensorrt", params=("backend",))
         if self.backend == "openvino" and self.onnx_recipe_options_given():
@@ -159,6 +175,7 @@ class BuildOptions:
             "calib_method": self.calib_method,
             "percentile": self.percentile,
             "quantize_se": self.quantize_se,
+            "every_tensor_int8": self.every_tensor_int8,
             "recalibrate": self.recalibrate,
             "fp16_block_list": list(self.fp16_block_list),
             "seed": self.seed,

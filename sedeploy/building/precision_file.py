@@ -13,6 +13,7 @@ import onnx
 from sedeploy.artifacts.metadata import ModelMetadata
 from sedeploy.building.gate import check_on_onnxruntime, gate_failures, gate_images, parity_gate
 from sedeploy.building.options import DEFAULT_CALIBRATION_DIR, FP16_MIN_COSINE, BuildOptions
+from sedeploy.building.qat import check_qat_on_onnxruntime, qat_check, qat_recipe
 from sedeploy.building.repair import NOT_NEEDED, RepairJob, repair_onnx, repaired_recipe, worst_modules
 from sedeploy.building.source import SourceModel, random_images
 from sedeploy.compare import Comparison
@@ -85,8 +86,13 @@ def make_precision_file(
     """Write the FP16 or INT8 graph to ``staged_path`` and check it on ONNX Runtime against FP32.
 
     An INT8 file that misses the gate is repaired (:mod:`sedeploy.building.repair`) unless ``options.repair``
-    or ``options.gate`` is off. Without a ``staged_path`` (FP32, or TensorRT's implicit INT8) nothing is written.
+    or ``options.gate`` is off. Without a ``staged_path`` (FP32, or TensorRT's implicit INT8) nothing is written;
+    a QAT export asked for INT8 is checked as it is (:mod:`sedeploy.building.qat`).
     """
+    if source.builds_qat and options.precision == "int8":
+        check = qat_check(source, options, progress)
+        fidelity, note = check_qat_on_onnxruntime(source, check, options, progress)
+        return PrecisionFile(qat_recipe(check, note), None, fidelity, note)
     if staged_path is None:
         return PrecisionFile({}, None, None, None)
     model_path = source.path
@@ -109,6 +115,7 @@ def make_precision_file(
             percentile=options.percentile,
             quantize_se=options.quantize_se,
             high_precision=options.high_precision,
+            every_tensor_int8=options.every_tensor_int8,
         )
         sweep: dict[str, Any] | None = None
         if options.calib_method == "sweep":

@@ -34,6 +34,7 @@ from sedeploy.building.gate import (
     parity_gate,
 )
 from sedeploy.building.options import BuildOptions, BuildResult
+from sedeploy.building.qat import NOT_REPAIRED, qat_check, qat_gate
 from sedeploy.building.repair import (
     NOT_NEEDED,
     OpenVinoSetup,
@@ -181,9 +182,16 @@ def build_openvino(
 
     model_path, proto, metadata = source.path, source.proto, source.metadata
     xml = Path(output) if output else naming.openvino_path(model_path, options.precision)
-    split = gate_images(
-        calibration_set.images if calibration_set is not None else None,
-        lambda: random_images(proto, metadata),
+    # A QAT export: OpenVINO reads its Q/DQ as it is (no NNCF), judged against its float twin.
+    qat = qat_check(source, options, progress) if source.builds_qat and options.precision == "int8" else None
+    reference = qat.reference if qat is not None else model_path
+    split = (
+        qat.images
+        if qat is not None
+        else gate_images(
+            calibration_set.images if calibration_set is not None else None,
+            lambda: random_images(proto, metadata),
+        )
     )
     images = split.ranges
     input_name = metadata.input_name if metadata else graph_input_name(proto)
@@ -194,7 +202,10 @@ def build_openvino(
     # Built, hashed and checked in a staging folder, then published with its manifest as one unit.
     with tempfile.TemporaryDirectory(prefix=".sedeploy-stage-", dir=xml.parent) as stage:
         staged_xml = Path(stage) / xml.name
-        recipe = ov_backend.build_ir(model_path, staged_xml, options.precision, images, stem[:1])
+        if qat is not None:
+            recipe = {**ov_backend.build_ir(model_path, staged_xml, "fp32"), **qat.recipe}
+        else:
+            recipe = ov_backend.build_ir(model_path, staged_xml, options.precision, images, stem[:1])
         if options.precision != "fp32":
             recipe = {**recipe, "parity_check": split.to_dict()}
         calibration = None
@@ -244,9 +255,11 @@ def build_openvino(
         write_manifest(
             manifest, staged_xml
         )  # the check below runs the IR as the runner will: recorded choice
-        fidelity = check_on_openvino(model_path, staged_xml, split.check, input_name, options.precision)
+        fidelity = check_on_openvino(reference, staged_xml, split.check, input_name, options.precision)
         calibrated_on = calibration_set.report.used if calibration_set else None
-        if options.precision == "int8":
+        if qat is not None:
+            recipe = {**recipe, "repair": NOT_REPAIRED}
+        elif options.precision == "int8":
             failing = bool(gate_failures("int8", fidelity))
             recipe = {
                 **recipe,
@@ -294,10 +307,12 @@ def build_openvino(
                 manifest = manifest_with(runtime)
                 write_manifest(manifest, staged_xml)
                 fidelity = check_on_openvino(
-                    model_path, staged_xml, split.check, input_name, options.precision
+                    reference, staged_xml, split.check, input_name, options.precision
                 )
         gate_note = (
-            parity_gate(options.precision, fidelity, options, calibrated_on)
+            qat_gate(fidelity, options)
+            if qat is not None
+            else parity_gate(options.precision, fidelity, options, calibrated_on)
             if options.precision != "fp32"
             else None
         )
@@ -319,8 +334,10 @@ def build_openvino(
                 "repair": repair.to_dict(),
                 "int8_mac_share": round(repair.int8_mac_share or 0.0, 4),
             }
-            manifest = replace(manifest, recipe=recipe)
-        manifest = replace(manifest, precision_audit=precision_audit.to_dict())
+        if options.precision != "fp32":  # what the repair and the gate decided, as the ONNX builds record it
+            gate = "passed" if gate_note is None else "failed, published with gate=False"
+            recipe = {**recipe, "parity_gate": gate}
+        manifest = replace(manifest, recipe=recipe, precision_audit=precision_audit.to_dict())
         write_manifest(manifest, staged_xml)
         pause_for_tests("publish")
         commit_with_manifests(

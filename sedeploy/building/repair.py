@@ -77,7 +77,7 @@ def float_layers_refused(options: BuildOptions, recipe: Int8Recipe | None = None
     fallback) is repaired by equalization only; the option that asks for it sets ``every_tensor_int8`` on
     the build options or the recipe.
     """
-    if getattr(options, "every_tensor_int8", False) or getattr(recipe, "every_tensor_int8", False):
+    if options.every_tensor_int8 or (recipe is not None and recipe.every_tensor_int8):
         return "the file is built for every-tensor INT8, so no layer may stay float"
     return None
 
@@ -523,9 +523,9 @@ def _outcome(
 ) -> Repair:
     if chosen is None:
         tried = "; ".join(
-            f"{step['step']}: {step.get('reason') or Effect.from_dict(step['effect']).to_text()}"
+            f"{step['step']}: {step.get('reason') or step.get('skipped') or Effect.from_dict(step['effect']).to_text()}"
             for step in job.steps[1:]
-            if "effect" in step
+            if "effect" in step or "skipped" in step
         )
         return Repair(
             passed=False,

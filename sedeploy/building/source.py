@@ -14,9 +14,12 @@ from sedeploy.artifacts.manifest import (
     matching_manifest,
 )
 from sedeploy.artifacts.metadata import ModelMetadata, load_onnx, metadata_or_none
+from sedeploy.artifacts.module_names import module_name, read_module_names
 from sedeploy.artifacts.precision import graph_precision
+from sedeploy.artifacts.qat_export import QatExport, read_qat_export
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.files import sha256_of_file
+from sedeploy.precision.placement import placement_of
 
 if TYPE_CHECKING:
     from sedeploy.building.options import BuildOptions
@@ -36,6 +39,13 @@ class SourceModel:
     metadata: ModelMetadata | None
     sha256: str
     precision: str
+    qat: QatExport | None = None
+    """A quantization-aware export's own record (``sedeploy.qat``): an INT8 file the build takes as it is."""
+
+    @property
+    def builds_qat(self) -> bool:
+        """An INT8 build of a QAT export: no calibration, its learned scales as they are, gated on its float twin."""
+        return self.qat is not None and self.precision == "int8"
 
     @property
     def input_name(self) -> str:
@@ -54,17 +64,24 @@ def read_source(model_path: Path) -> SourceModel:
             raise BadInputError(f"{model_path}: {problem}; export it again with sedeploy export")
     manifest = matching_manifest(model_path)
     precision = manifest.precision if manifest is not None else graph_precision(proto)
-    return SourceModel(model_path, proto, metadata, sha256_of_file(model_path), precision)
+    # A built artifact (a manifest describes it) carries its QAT export's key but is no export to build from.
+    qat = read_qat_export(proto, str(model_path)) if manifest is None else None
+    return SourceModel(model_path, proto, metadata, sha256_of_file(model_path), precision, qat)
 
 
 def refuse_what_cannot_apply(source: SourceModel, options: BuildOptions) -> None:
     """Options that this source cannot honour are refused, never dropped."""
-    if source.precision != "fp32" and options.precision != "fp32":
+    if source.builds_qat and options.precision == "int8":
+        refuse_what_qat_fixes(source, options)
+    elif source.precision != "fp32" and options.precision != "fp32":
         start = fp32_source_name(source)
         raise ConfigError(
             f"{source.path} is already {source.precision}; build {options.precision} from the FP32 export "
             f"({start}), or build this file as it is without fp16/int8"
         )
+    split = dla_split(source, options)
+    if split is not None:
+        raise ConfigError(split, params=("every_tensor_int8", "gpu_fallback"))
     metadata = source.metadata
     overrides = options.preprocessing_overrides
     if metadata is not None:
@@ -79,6 +96,76 @@ def refuse_what_cannot_apply(source: SourceModel, options: BuildOptions) -> None
                     "again at that size",
                     params=("channels",),
                 )
+
+
+DLA_SPLIT_OPS = ("Gemm", "MatMul", "Sigmoid", "HardSigmoid")
+"""The head and SE-gate layers that a recipe without every-tensor INT8 leaves float: where a DLA region ends."""
+
+
+def dla_split(source: SourceModel, options: BuildOptions) -> str | None:
+    """Why a DLA build would split this INT8 network into several regions (None: it runs as one, or the user
+    allowed the split with ``gpu_fallback``). The DLA needs an INT8 scale on every tensor: a float SE gate or head
+    ends its region, and without GPU fallback TensorRT refuses what it cannot place. An INT8 file is judged by
+    its own graph (layers read without Q/DQ); an INT8 build from FP32 by ``every_tensor_int8``."""
+    if options.tensorrt.dla_core is None or options.tensorrt.gpu_fallback:
+        return None
+    if options.precision == "int8" and not source.builds_qat:
+        if options.every_tensor_int8:
+            return None
+        floats = "the head (and, unless the SE path is quantized, the SE gate)"
+        fix = "build with every_tensor_int8"
+    elif source.precision == "int8":
+        quantized = set(placement_of(source.proto).quantized_nodes)
+        names = read_module_names(source.proto)
+        left = [
+            module_name(names, node.name)
+            for node in source.proto.graph.node
+            if node.op_type in DLA_SPLIT_OPS and node.name not in quantized
+        ]
+        if not left:
+            return None
+        floats = ", ".join(dict.fromkeys(left[:3])) + (f" and {len(left) - 3} more" if len(left) > 3 else "")
+        fix = (
+            "fine-tune again with every_tensor_int8 (train qat)"
+            if source.qat is not None
+            else "build the INT8 file with every_tensor_int8"
+        )
+    else:
+        return None
+    return (
+        f"dla_core {options.tensorrt.dla_core}: this INT8 network keeps {floats} in float, and the DLA runs only "
+        f"tensors with INT8 scales in one region, so TensorRT would split the network at each float layer; {fix}, "
+        "or give gpu_fallback to accept the split"
+    )
+
+
+QAT_FIXED_OPTIONS = (
+    "calib_method",
+    "percentile",
+    "quantize_se",
+    "high_precision",
+    "every_tensor_int8",
+    "implicit_int8",
+    "recalibrate",
+    "sweep_data",
+)
+"""Build options a QAT export has settled already (its recipe, its learned scales): refused with it."""
+
+
+def refuse_what_qat_fixes(source: SourceModel, options: BuildOptions) -> None:
+    """A QAT export builds INT8 as it is: its flavour and scales are the fine-tuning's, so recipe options are refused."""
+    assert source.qat is not None
+    defaults = type(options).__dataclass_fields__
+    given = [name for name in QAT_FIXED_OPTIONS if getattr(options, name) != defaults[name].default]
+    flavour = source.qat.flavour
+    if options.target is not None and options.target != flavour:
+        given.insert(0, "target")
+    if given:
+        raise ConfigError(
+            f"{source.path} is a quantization-aware export for the {flavour} flavour: its recipe and learned "
+            f"scales are fixed, so {', '.join(given)} cannot apply; drop them (or fine-tune again with those)",
+            params=tuple(given),
+        )
 
 
 def fp32_source_name(source: SourceModel) -> str:

@@ -88,6 +88,12 @@ _CALIBRATION_SIZE = Later("sedeploy.building", "DEFAULT_CALIBRATION_SIZE")
     help="Quantize the SE excitation path, or keep it in float (default: quantized for --target cpu, "
     "float for tensorrt).",
 )
+@option(
+    "--every-tensor-int8",
+    is_flag=True,
+    help="INT8 on every tensor, SE path and head too (a Jetson DLA in one region); repairs never keep a "
+    "layer float.",
+)
 @option("--recalibrate", is_flag=True, help="Ignore a cached calibration.")
 @option(
     "--fp16-block-list",
@@ -193,6 +199,7 @@ def build_engine_command(
     min_precision_share: float,
     percentile: float,
     quantize_se: bool | None,
+    every_tensor_int8: bool,
     recalibrate: bool,
     fp16_block_list: str,
     seed: int,
@@ -220,7 +227,11 @@ def build_engine_command(
     output: str | None,
     json_out: str | None,
 ) -> None:
-    """Build an FP32, FP16 or INT8 artifact of MODEL (an exported .onnx) for ONNX Runtime or TensorRT."""
+    """Build an FP32, FP16 or INT8 artifact of MODEL (an exported .onnx) for ONNX Runtime or TensorRT.
+
+    MODEL may also be a quantization-aware export (train --qat): --int8 builds it as it is, with its learned
+    scales, judged against its float twin on the fine-tuning's validation images.
+    """
     if sum((fp16, int8, bf16)) > 1:
         raise click.UsageError("give at most one of --fp16, --bf16 and --int8")
     if bf16 and backend == "auto":
@@ -258,6 +269,7 @@ def build_engine_command(
         min_precision_share=min_precision_share,
         percentile=percentile,
         quantize_se=quantize_se,
+        every_tensor_int8=every_tensor_int8,
         recalibrate=recalibrate,
         fp16_block_list=tuple(op for op in fp16_block_list.split(",") if op),
         seed=seed,

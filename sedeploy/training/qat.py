@@ -36,6 +36,7 @@ from torch import nn
 
 from sedeploy.artifacts.metadata import read_metadata
 from sedeploy.artifacts.module_names import module_name, read_module_names
+from sedeploy.artifacts.qat_export import QAT_METADATA_KEY, QatExport, write_qat_export
 from sedeploy.errors import BadInputError
 from sedeploy.files import atomic_output, sha256_of_file, write_json_atomic
 from sedeploy.graphs.se_blocks import graph_with_node_names
@@ -62,8 +63,8 @@ QAT_RECORD_NAME = "model.qat.json"
 QAT_SOURCE_NAME = "model.qat-source.onnx"
 """The FP32 graph the fine-tuning started from (its weights are replaced by the checkpoint's at export)."""
 QAT_RECORD_FORMAT = "sedeploy-qat"
-QAT_METADATA_KEY = "sedeploy.qat"
-"""ONNX metadata of a QAT export: JSON ``{recipe, checkpoint_sha256, scales}``; building treats it as INT8 as it is."""
+QAT_FLOAT_NAME = "model.qat-fp32.onnx"
+"""The FP32 graph with the fine-tuned weights, written beside a QAT export: what its INT8 file is judged against."""
 CALIBRATION_IMAGES = 128
 _SCALE_FLOOR = 1e-8
 
@@ -541,6 +542,17 @@ def train_qat(
     )
 
 
+def _validation_of(data: dict[str, Any]) -> dict[str, Any] | None:
+    """The fine-tuning's validation images, as the record's data summary names them (absolute folder)."""
+    if data.get("val_dir"):
+        folder, files, sha = data["val_dir"], None, data.get("val_dataset_sha256")
+    elif data.get("train_dir") and data.get("val_files"):
+        folder, files, sha = data["train_dir"], list(data["val_files"]), data.get("train_dataset_sha256")
+    else:
+        return None
+    return {"folder": str(Path(folder).resolve()), "files": files, "dataset_sha256": sha}
+
+
 def _reads(model: onnx.ModelProto, node_name: str, index: int, tensor: str) -> bool:
     node = next((n for n in model.graph.node if n.name == node_name), None)
     return node is not None and index < len(node.input) and node.input[index] == tensor
@@ -596,10 +608,17 @@ def export_qat(
     """Write the Q/DQ ONNX of a QAT run: its recipe's placement, the fine-tuned weights, the learned scales.
 
     No calibration: the ranges handed to the quantizer are the learned scales, and the scales written are the
-    checkpoint's exactly (FP16-rounded in the tensorrt flavour, whose file is FP16-typed). ``float_output``:
-    also write the FP32 graph with the fine-tuned weights, the reference to verify the INT8 file against.
+    checkpoint's exactly (FP16-rounded in the tensorrt flavour, whose file is FP16-typed). Beside it goes the FP32
+    graph with the same fine-tuned weights (``float_output``, default :data:`QAT_FLOAT_NAME` in ``output``'s
+    folder): the build gates the INT8 file against it on the fine-tuning's validation images, both named in the
+    export's ``sedeploy.qat`` metadata (:class:`~sedeploy.artifacts.qat_export.QatExport`).
     """
     folder, output = Path(qat_dir), Path(output)
+    float_path = Path(float_output) if float_output is not None else output.with_name(QAT_FLOAT_NAME)
+    if float_path.resolve().parent != output.resolve().parent:
+        raise QatError(
+            f"float_output {float_path} must sit beside output {output} (the build finds it there by name)"
+        )
     record_path = folder / QAT_RECORD_NAME
     try:
         record = json.loads(record_path.read_text(encoding="utf-8"))
@@ -615,13 +634,17 @@ def export_qat(
     for init in fp32.graph.initializer:
         if init.name in weights:
             init.CopyFrom(numpy_helper.from_array(weights[init.name].astype(np.float32), init.name))
-    if float_output is not None:  # the float model of the same weights: what the INT8 file is judged against
-        with atomic_output(Path(float_output)) as temp:
-            onnx.save_model(fp32, str(temp))
-    checkpoint_sha = sha256_of_file(folder / record["checkpoint"])
-    fp32.metadata_props.add(
-        key=QAT_METADATA_KEY,
-        value=json.dumps({"recipe": recipe.to_dict(), "checkpoint_sha256": checkpoint_sha}, sort_keys=True),
+    with atomic_output(float_path) as temp:
+        onnx.save_model(fp32, str(temp))
+    write_qat_export(
+        fp32,
+        QatExport(
+            recipe=record["recipe"],
+            checkpoint_sha256=sha256_of_file(folder / record["checkpoint"]),
+            float_model=float_path.name,
+            float_model_sha256=sha256_of_file(float_path),
+            validation=_validation_of(record.get("data") or {}),
+        ),
     )
     base = CalibrationRanges(
         method=recipe.method,
@@ -656,6 +679,7 @@ def export_qat(
 
 __all__ = [
     "QAT_CHECKPOINT_NAME",
+    "QAT_FLOAT_NAME",
     "QAT_METADATA_KEY",
     "QAT_RECORD_NAME",
     "ActivationQuantizer",
