@@ -238,13 +238,26 @@ def _mark(ok: bool) -> str:
 
 
 def find_reference(artifact: str | os.PathLike[str]) -> Path:
-    """The FP32 ONNX ``artifact`` was built from: the file beside it whose sha256 its manifest records."""
+    """The FP32 ONNX ``artifact`` was built from: the file beside it whose sha256 its manifest records (for a
+    quantization-aware export, the float twin its recipe names: the same fine-tuned weights in FP32)."""
     path = Path(artifact)
     manifest = matching_manifest(path)
     fix = "give reference (the FP32 .onnx, the weights or the architecture)"
     if manifest is None:
         raise ConfigError(
             f"{path} has no build manifest that names its source model; {fix}", params=("reference",)
+        )
+    recipe = manifest.recipe or {}
+    if recipe.get("qat") and recipe.get(
+        "float_model"
+    ):  # a QAT export's source is INT8: its float twin judges
+        twin = path.parent / str(recipe["float_model"])
+        if twin.is_file() and sha256_of_file(twin) == recipe.get("float_model_sha256"):
+            return twin
+        raise ConfigError(
+            f"{path} was built from a quantization-aware export whose float model {twin.name} (same weights, FP32) "
+            f"is not in {path.parent} as it was; {fix}",
+            params=("reference",),
         )
     parts = path.name.split(".")
     by_name = [path.with_name(".".join(parts[:count]) + ".onnx") for count in range(len(parts) - 1, 0, -1)]

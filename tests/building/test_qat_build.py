@@ -30,6 +30,7 @@ from sedeploy.build import BuildOptions, build_engine
 from sedeploy.building.qat import qat_gate
 from sedeploy.cli import cli
 from sedeploy.compare import compare_logits
+from sedeploy.measure.verification import find_reference
 from sedeploy.precision import PrecisionError, lint_tensorrt_qdq
 from sedeploy.precision.placement import placement_of, recipe_placement
 from sedeploy.precision.recipe import Int8Recipe
@@ -106,7 +107,9 @@ def test_a_qat_export_builds_int8_without_calibration_and_verifies(
     assert judged is not None and manifest.recipe["parity_check"]["images"] == min(
         300, len(judged.validation["files"])
     )
-    outcome = verify(artifact, cpu_qat / "model.qat-fp32.onnx", data=digit_folders[1])
+    # verify's own reference for it is the float twin (its source, the QAT file, is INT8 itself)
+    assert find_reference(artifact) == cpu_qat / "model.qat-fp32.onnx"
+    outcome = verify(artifact, data=digit_folders[1])
     assert outcome.passed, outcome.failures
 
 
