@@ -46,6 +46,18 @@ def _cli(*args: str) -> Result:
     return CliRunner().invoke(cli, list(args))
 
 
+def _ptq(target: str, calib_size: int = 64, every_tensor_int8: bool = False) -> BuildOptions:
+    """A post-training INT8 build on ONNX Runtime from the shipped calibration folder."""
+    return BuildOptions(
+        precision="int8",
+        backend="onnxruntime",
+        target=target,
+        calib_dir=CALIBRATION,
+        calib_size=calib_size,
+        every_tensor_int8=every_tensor_int8,
+    )
+
+
 @pytest.fixture(scope="module")
 def digit_folders(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     sys.path.insert(0, str(REPOSITORY / "tests"))
@@ -157,7 +169,7 @@ def test_what_a_qat_export_settled_is_refused(cpu_qat: Path, tmp_path: Path) -> 
     # a post-training INT8 file stays refused for --int8: there is nothing to re-quantize
     ptq = tmp_path / "model.onnx"
     shutil.copy(shipped_digits_onnx(), ptq)
-    built = build_engine(ptq, BuildOptions(precision="int8", backend="onnxruntime", calib_dir=CALIBRATION))
+    built = build_engine(ptq, _ptq("cpu"))
     result = _cli("build-engine", "--int8", str(built.artifacts[0]))
     assert result.exit_code == 2 and "is already int8" in result.output
 
@@ -252,14 +264,7 @@ def test_an_every_tensor_int8_repair_keeps_no_layer_float(tmp_path: Path) -> Non
     source = write_variant(
         residual_outlier(model, RESIDUAL_BLOCKS, RESIDUAL_CHANNELS, 200.0), tmp_path / "model.onnx"
     )
-    options = BuildOptions(
-        precision="int8",
-        backend="onnxruntime",
-        target="cpu",
-        calib_dir=CALIBRATION,
-        calib_size=128,
-        every_tensor_int8=True,
-    )
+    options = _ptq("cpu", calib_size=128, every_tensor_int8=True)
     with pytest.raises(PrecisionError, match="no layer may stay float") as caught:
         build_engine(source, options)
     assert "quantize_se=False" not in str(caught.value) and "min_int8_mac_share" not in str(caught.value)
@@ -275,26 +280,12 @@ def test_a_dla_build_says_why_the_dla_would_split_the_network(tmp_path: Path) ->
     assert "the DLA runs only tensors with INT8 scales in one region" in result.output
     assert "--every-tensor-int8" in result.output and "--gpu-fallback" in result.output
     # an INT8 file built as it is: judged by its own graph (the tensorrt flavour keeps its head and SE gate float)
-    plain = build_engine(
-        source,
-        BuildOptions(
-            precision="int8", backend="onnxruntime", target="tensorrt", calib_dir=CALIBRATION, calib_size=64
-        ),
-    ).artifacts[0]
+    plain = build_engine(source, _ptq("tensorrt")).artifacts[0]
     result = _cli("build-engine", str(plain), "--dla-core", "1", "--backend", "tensorrt")
     assert result.exit_code == 2 and "keeps layer1.0.se.gate" in result.output, result.output
     assert "build the INT8 file with --every-tensor-int8" in result.output
     every = build_engine(
-        source,
-        BuildOptions(
-            precision="int8",
-            backend="onnxruntime",
-            target="tensorrt",
-            calib_dir=CALIBRATION,
-            calib_size=64,
-            every_tensor_int8=True,
-        ),
-        output=tmp_path / "every.int8-tensorrt.onnx",
+        source, _ptq("tensorrt", every_tensor_int8=True), output=tmp_path / "every.int8-tensorrt.onnx"
     ).artifacts[0]
     result = _cli("build-engine", str(every), "--dla-core", "1", "--backend", "tensorrt")
     assert "DLA runs only" not in result.output and result.exit_code == 1
