@@ -32,10 +32,10 @@ from sedeploy.artifacts.naming import precision_suffix
 from sedeploy.bench import BenchReport, bench, write_reports
 from sedeploy.build import BuildOptions, build_engine, choose_backend
 from sedeploy.errors import BadInputError, MissingDependencyError
-from sedeploy.export import export_onnx
 from sedeploy.files import atomic_output, check_writable, write_json_atomic
 from sedeploy.host import describe_machine
 from sedeploy.optimize import OptimizeReport, optimize
+from sedeploy.optional import import_optional
 from sedeploy.progress import progress_bar
 from sedeploy.verify import VerifyReport, verify
 
@@ -518,6 +518,8 @@ def run_demo(
     (default: the current folder, else the clone sedeploy runs from).
     """
     started = time.perf_counter()
+    # PyTorch (export) is needed from here on, not to import this module (``demo --help`` runs without it)
+    export_onnx = import_optional("sedeploy.export").export_onnx
     settings = QUICK if quick else FULL
     out = Path(out_dir)
     check_writable(out / "report.json")

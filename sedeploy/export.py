@@ -50,6 +50,7 @@ from sedeploy.files import atomic_output, refuse_output_over_input
 from sedeploy.graphs.rewrite import se_squeeze_to_global_pool
 from sedeploy.models.checkpoint import Checkpoint, build_model, load_weights, read_checkpoint
 from sedeploy.models.complexity import estimate_complexity
+from sedeploy.models.defaults import DEFAULT_MAX_BATCH, DEFAULT_OPSET
 from sedeploy.models.factory import load_model_factory
 from sedeploy.models.record import LABELS_NAME, RECORD_NAME, TrainingRecord, find_training_record
 from sedeploy.models.registry import ModelDefaults
@@ -58,11 +59,8 @@ from sedeploy.progress import stage
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_OPSET = 18
-"""See the module docstring for why 18."""
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
-DEFAULT_MAX_BATCH = 32
 MIN_COSINE = 0.99999
 """FP32 export must reach this cosine similarity to PyTorch on every sample, and agree on every top-1."""
 PARITY_SEED = 0

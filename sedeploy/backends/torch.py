@@ -40,13 +40,12 @@ from sedeploy.backends.base import Runner, RunnerClosedError, TensorSpec
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.models.checkpoint import build_model, load_weights, read_checkpoint
 from sedeploy.models.complexity import estimate_complexity
+from sedeploy.models.defaults import DEFAULT_MAX_BATCH
 from sedeploy.models.record import RECORD_NAME, TrainingRecord, find_training_record
 from sedeploy.models.registry import ModelDefaults, list_models, model_defaults
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MAX_BATCH = 32
-"""Largest batch one forward pass takes when no metadata says otherwise (bigger batches are split)."""
 TORCH_DTYPES: dict[str, torch.dtype] = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 """The model's compute type per ``precision``; inputs and outputs stay float32."""
 CUDA_MIN_COSINE: dict[str, float] = {"fp32": 0.9995, "fp16": 0.999, "bf16": 0.99}

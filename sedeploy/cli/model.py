@@ -96,7 +96,7 @@ def info(
 @option("--weights", type=click.Path(dir_okay=False), help="safetensors or PyTorch checkpoint.")
 @option(
     "--layout",
-    type=LaterChoice(Later("sedeploy.models.checkpoint", "LAYOUTS")),
+    type=LaterChoice(Later("sedeploy.models.defaults", "LAYOUTS")),
     default="auto",
     show_default=True,
     help="State-dict layout of --weights.",
@@ -108,14 +108,14 @@ def info(
 @option(
     "--opset",
     type=click.IntRange(min=1),
-    default=Later("sedeploy.export", "DEFAULT_OPSET"),
+    default=Later("sedeploy.models.defaults", "DEFAULT_OPSET"),
     show_default=True,
     help="ONNX opset.",
 )
 @option(
     "--max-batch",
     type=click.IntRange(min=1),
-    default=Later("sedeploy.export", "DEFAULT_MAX_BATCH"),
+    default=Later("sedeploy.models.defaults", "DEFAULT_MAX_BATCH"),
     show_default=True,
     help="Largest batch later stages plan for (recorded in the metadata).",
 )
@@ -267,7 +267,7 @@ def _epoch_line(metrics: EpochMetrics) -> None:
 @option("--weight-decay", type=float, default=0.05, show_default=True)
 @option(
     "--schedule",
-    type=LaterChoice(Later("sedeploy.train", "SCHEDULES")),
+    type=LaterChoice(Later("sedeploy.training", "SCHEDULES")),
     default="cosine",
     show_default=True,
 )
@@ -277,7 +277,9 @@ def _epoch_line(metrics: EpochMetrics) -> None:
 @option("--seed", type=int, default=0, show_default=True)
 @option("--hflip", is_flag=True, help="Also flip images horizontally (not for digits or text).")
 @option("--no-augment", is_flag=True, help="Train on the images as they are.")
-@option("--device", type=LaterChoice(Later("sedeploy.train", "DEVICES")), default="auto", show_default=True)
+@option(
+    "--device", type=LaterChoice(Later("sedeploy.training", "DEVICES")), default="auto", show_default=True
+)
 @option("--resume", is_flag=True, help="Continue the run saved in the output folder.")
 @option("--compare-plain", is_flag=True, help="Also train the plain twin (no SE), same settings.")
 @option(

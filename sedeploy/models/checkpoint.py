@@ -73,10 +73,10 @@ from sedeploy.errors import (
     WeightsMismatchError,
 )
 from sedeploy.files import atomic_output, open_regular, proc_fd_path, sha256_of_handle, special_file_reason
+from sedeploy.models.defaults import LAYOUTS
 
 logger = logging.getLogger(__name__)
 
-LAYOUTS = ("auto", "sedeploy", "timm", "legacy")
 """Values of ``layout``: ``auto`` detects the layout as described in this module's docstring."""
 
 RECORD_KEY = "sedeploy"

@@ -1,7 +1,8 @@
-"""Each model's input size and preprocessing defaults (:class:`ModelDefaults`), without PyTorch.
+"""Each model's input size and preprocessing defaults (:class:`ModelDefaults`) and export's defaults, without PyTorch.
 
 The runtime path (preprocessing in ``data/``, ``info`` on an ONNX) reads these defaults and must not load
-PyTorch; the registry (``models/registry.py``) re-exports them beside the constructors.
+PyTorch; the registry (``models/registry.py``) re-exports them beside the constructors. The command line shows
+export's defaults in ``--help`` without PyTorch too.
 """
 
 from __future__ import annotations
@@ -9,6 +10,14 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from typing import Any
+
+DEFAULT_OPSET = 18
+"""The ONNX opset export writes (see :mod:`sedeploy.export` for why 18)."""
+DEFAULT_MAX_BATCH = 32
+"""Largest batch an exported model plans for (``sedeploy.max_batch``), and one PyTorch forward pass takes when no
+metadata says otherwise."""
+LAYOUTS = ("auto", "sedeploy", "timm", "legacy")
+"""State-dict layouts a checkpoint may come in (:func:`sedeploy.models.checkpoint.load_weights`)."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

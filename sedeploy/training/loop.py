@@ -24,13 +24,10 @@ from sedeploy.artifacts.metadata import Preprocessing
 from sedeploy.data import ImageSet, ImageSetError, list_images, load_image_set
 from sedeploy.errors import BadInputError, ConfigError
 from sedeploy.progress import progress_bar
+from sedeploy.training import DEVICES, SCHEDULES
 
 logger = logging.getLogger(__name__)
 
-SCHEDULES = ("cosine", "onecycle")
-"""Learning-rate schedules: ``cosine`` (linear warm-up, then cosine decay to 0) or ``onecycle``."""
-DEVICES = ("auto", "cpu", "cuda")
-"""``auto`` is CUDA when torch sees a GPU, else the CPU."""
 WARMUP_SHARE = 0.05
 _MAX_SHIFT, _MAX_ROTATION_DEG, _SCALE_RANGE = 0.1, 10.0, (0.9, 1.1)
 

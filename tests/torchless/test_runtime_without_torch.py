@@ -124,3 +124,15 @@ def test_a_stage_that_needs_pytorch_says_so_in_one_line() -> None:
 
         sedeploy.load("se_preact_resnet")
     _no_torch()
+
+
+def test_the_help_of_every_command_reads_without_pytorch() -> None:
+    """``--help`` shows each command's defaults and choices (opset, layouts, schedules) without importing PyTorch."""
+    from sedeploy.cli.app import cli
+
+    for name in sorted(cli.commands):
+        result = _sedeploy(name, "--help")
+        assert result.exit_code == 0, f"{name}: {result.output}"
+    assert "[default: 18;" in _sedeploy("export", "--help").output
+    assert "[cosine|onecycle]" in _sedeploy("train", "--help").output
+    _no_torch()
