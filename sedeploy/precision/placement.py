@@ -42,31 +42,43 @@ class Placement:
         }
 
 
-def placement_of(qdq_model: onnx.ModelProto) -> Placement:
-    """The placement a Q/DQ graph carries: each QuantizeLinear's float input, and who reads its DequantizeLinear.
+def producers_of(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Each tensor's producing node."""
+    return {output: node for node in model.graph.node for output in node.output}
 
-    FP16 typing (the tensorrt flavour) inserts Casts; a Q/DQ input read through a Cast counts as the tensor
-    before the Cast, so both float types give the same names.
-    """
+
+def before_casts(name: str, producers: dict[str, onnx.NodeProto]) -> str:
+    """The tensor ``name`` was cast from, through any chain of Casts: FP16 typing (the tensorrt flavour) inserts
+    them, and a tensor read through a Cast counts as the tensor before it, so both float types give one name."""
+    node = producers.get(name)
+    while node is not None and node.op_type == "Cast":
+        name = node.input[0]
+        node = producers.get(name)
+    return name
+
+
+def quantized_tensors(qdq_model: onnx.ModelProto) -> list[tuple[onnx.NodeProto, str]]:
+    """Each QuantizeLinear with the tensor it quantizes, named as in the FP32 graph (:func:`before_casts`)."""
+    producers = producers_of(qdq_model)
+    return [
+        (node, before_casts(node.input[0], producers))
+        for node in qdq_model.graph.node
+        if node.op_type == "QuantizeLinear"
+    ]
+
+
+def placement_of(qdq_model: onnx.ModelProto) -> Placement:
+    """The placement a Q/DQ graph carries: each QuantizeLinear's float input, and who reads its DequantizeLinear."""
     graph = qdq_model.graph
     initializers = {init.name for init in graph.initializer}
-    producers = {output: node for node in graph.node for output in node.output}
-
-    def source(name: str) -> str:
-        node = producers.get(name)
-        while node is not None and node.op_type == "Cast" and node.input[0] not in initializers:
-            name = node.input[0]
-            node = producers.get(name)
-        return name
-
+    producers = producers_of(qdq_model)
     activations: dict[str, None] = {}
     weights: dict[str, None] = {}
+    for _, tensor in quantized_tensors(qdq_model):
+        (weights if tensor in initializers else activations)[tensor] = None
     dequantized: set[str] = set()
     for node in graph.node:
-        if node.op_type == "QuantizeLinear":
-            tensor = source(node.input[0])
-            (weights if tensor in initializers else activations)[tensor] = None
-        elif node.op_type == "DequantizeLinear":
+        if node.op_type == "DequantizeLinear":
             dequantized.add(node.output[0])
             quantize = producers.get(node.input[0])
             if quantize is None and node.input[0] in initializers:  # weights stored already quantized

@@ -42,7 +42,13 @@ from sedeploy.files import atomic_output, sha256_of_file, write_json_atomic
 from sedeploy.graphs.se_blocks import graph_with_node_names
 from sedeploy.precision.calibration import CalibrationRanges, calibrate, images_sha256
 from sedeploy.precision.int8 import quantize_int8
-from sedeploy.precision.placement import Placement, placement_of
+from sedeploy.precision.placement import (
+    Placement,
+    before_casts,
+    placement_of,
+    producers_of,
+    quantized_tensors,
+)
 from sedeploy.precision.recipe import Int8Recipe
 from sedeploy.training.curves import plot_curves
 from sedeploy.training.loop import (
@@ -285,15 +291,13 @@ def _initializer(graph: onnx.GraphProto, name: str) -> np.ndarray:
 
 def qdq_edges(qdq_model: onnx.ModelProto) -> frozenset[tuple[str, int]]:
     """Every (node, input index) of a Q/DQ graph that reads a DequantizeLinear (through FP16 Casts)."""
-    producers = {output: node for node in qdq_model.graph.node for output in node.output}
+    producers = producers_of(qdq_model)
     edges = set()
     for node in qdq_model.graph.node:
         if node.op_type in ("QuantizeLinear", "DequantizeLinear", "Cast"):
             continue
         for index, name in enumerate(node.input):
-            producer = producers.get(name)
-            while producer is not None and producer.op_type == "Cast":
-                producer = producers.get(producer.input[0])
+            producer = producers.get(before_casts(name, producers))
             if producer is not None and producer.op_type == "DequantizeLinear":
                 edges.add((node.name, index))
     return frozenset(edges)
@@ -303,16 +307,8 @@ def activation_scales(qdq_model: onnx.ModelProto) -> dict[str, tuple[float, int]
     """Each quantized activation's (scale, zero point) as the Q/DQ file holds them, by FP32 tensor name."""
     graph = qdq_model.graph
     initializers = {init.name for init in graph.initializer}
-    producers = {output: node for node in graph.node for output in node.output}
     scales: dict[str, tuple[float, int]] = {}
-    for node in graph.node:
-        if node.op_type != "QuantizeLinear":
-            continue
-        tensor = node.input[0]
-        producer = producers.get(tensor)
-        while producer is not None and producer.op_type == "Cast":
-            tensor = producer.input[0]
-            producer = producers.get(tensor)
+    for node, tensor in quantized_tensors(qdq_model):
         if tensor in initializers:
             continue
         scale = float(_initializer(graph, node.input[1]).reshape(-1)[0])
@@ -323,18 +319,9 @@ def activation_scales(qdq_model: onnx.ModelProto) -> dict[str, tuple[float, int]
 
 def tied_scales(qdq_model: onnx.ModelProto) -> dict[str, str]:
     """Activations whose QuantizeLinear reads another's scale initializer: tensor -> the first tensor with it."""
-    graph = qdq_model.graph
-    producers = {output: node for node in graph.node for output in node.output}
     first: dict[str, str] = {}
     tied: dict[str, str] = {}
-    for node in graph.node:
-        if node.op_type != "QuantizeLinear":
-            continue
-        tensor = node.input[0]
-        producer = producers.get(tensor)
-        while producer is not None and producer.op_type == "Cast":
-            tensor = producer.input[0]
-            producer = producers.get(tensor)
+    for node, tensor in quantized_tensors(qdq_model):
         owner = first.setdefault(node.input[1], tensor)
         if owner != tensor:
             tied[tensor] = owner
@@ -358,15 +345,7 @@ def _set_scales(qdq_model: onnx.ModelProto, scales: dict[str, tuple[float, int]]
     graph = qdq_model.graph
     by_name = {init.name: init for init in graph.initializer}
     current = activation_scales(qdq_model)
-    producers = {output: node for node in graph.node for output in node.output}
-    for node in graph.node:
-        if node.op_type != "QuantizeLinear":
-            continue
-        tensor = node.input[0]
-        producer = producers.get(tensor)
-        while producer is not None and producer.op_type == "Cast":
-            tensor = producer.input[0]
-            producer = producers.get(tensor)
+    for node, tensor in quantized_tensors(qdq_model):
         if tensor not in scales or tensor not in current:
             continue
         scale_names = {node.input[1]}
