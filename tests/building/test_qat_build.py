@@ -115,6 +115,10 @@ def test_a_qat_export_builds_int8_without_calibration_and_verifies(
     assert manifest.recipe["parity_gate"] == "passed"
     assert manifest.recipe["repair"]["status"] == "not run"
     assert manifest.precision_audit is not None and manifest.precision_audit["shares"]["int8"] > 0.9
+    # the same speed as PTQ of the same placement: ONNX Runtime's optimized graph runs the same INT8 share
+    ptq = build_engine(cpu_qat / "model.fp32.onnx", _ptq("cpu"), output=tmp_path / "ptq.int8-cpu.onnx")
+    assert ptq.precision_audit is not None
+    assert manifest.precision_audit["shares"] == pytest.approx(ptq.precision_audit.shares())
     judged = read_qat_export(qdq)
     assert judged is not None and manifest.recipe["parity_check"]["images"] == min(
         300, len(judged.validation["files"])
