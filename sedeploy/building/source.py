@@ -160,6 +160,10 @@ def refuse_what_qat_fixes(source: SourceModel, options: BuildOptions) -> None:
     flavour = source.qat.flavour
     if options.target is not None and options.target != flavour:
         given.insert(0, "target")
+    if options.calib_dir is None and options.calib_size != defaults["calib_size"].default:
+        given.append(
+            "calib_size"
+        )  # it limits calib_dir's images, which judge a QAT export in place of its own
     if given:
         raise ConfigError(
             f"{source.path} is a quantization-aware export for the {flavour} flavour: its recipe and learned "

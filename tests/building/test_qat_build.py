@@ -170,6 +170,8 @@ def test_what_a_qat_export_settled_is_refused(cpu_qat: Path, tmp_path: Path) -> 
     assert result.exit_code == 2
     assert "quantization-aware export for the cpu flavour" in result.output
     assert "--target, --calib-method cannot apply" in result.output
+    result = _cli("build-engine", "--int8", str(exported), "--calib-size", "50")
+    assert result.exit_code == 2 and "--calib-size cannot apply" in result.output
     # a post-training INT8 file stays refused for --int8: there is nothing to re-quantize
     ptq = tmp_path / "model.onnx"
     shutil.copy(shipped_digits_onnx(), ptq)
