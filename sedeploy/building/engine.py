@@ -126,6 +126,15 @@ def build_for_backend(
     logger.info("backend %s (%s)", backend, backend_reason)
     input_name = source.input_name
     qat = source.builds_qat and options.precision == "int8"  # INT8 as it is: learned scales, no calibration
+    writes_precision_file = options.precision != "fp32" and not options.implicit_int8 and not qat
+    optimized_output = output is not None and naming.is_optimized_onnx(Path(output))
+    if optimized_output and backend == "onnxruntime" and writes_precision_file:
+        raise ConfigError(
+            f"output {output} names ONNX Runtime's optimized graph, but for {options.precision} output names the "
+            "precision ONNX (the optimized graph is written beside it as its .ort.onnx); give output "
+            f"{naming.portable_onnx_path(Path(str(output)))}",
+            params=("output",),
+        )
     target = (
         source.qat.flavour
         if qat and source.qat is not None
@@ -143,7 +152,7 @@ def build_for_backend(
         return build_openvino(source, options, output, calibration_set, started, backend_reason, progress)
     staged_path = None
     # Implicit INT8: TensorRT calibrates FP32; a QAT export is its own precision file.
-    if options.precision != "fp32" and not options.implicit_int8 and not qat:
+    if writes_precision_file:
         precision_path = (
             Path(output)
             if output and backend == "onnxruntime"

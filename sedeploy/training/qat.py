@@ -54,7 +54,6 @@ from sedeploy.training.curves import plot_curves
 from sedeploy.training.loop import (
     EpochMetrics,
     TrainConfig,
-    best_epoch_of,
     evaluate,
     load_data,
     param_groups,
@@ -388,12 +387,22 @@ class QatResult:
         }
 
     def to_text(self) -> str:
-        best = self.history[self.best_epoch - 1]
-        return (
+        head = (
             f"QAT ({self.recipe['flavour']} flavour, {self.quantizers} activation quantizers): val accuracy "
-            f"{100 * self.ptq_val_accuracy:.2f}% as PTQ -> {100 * best.val_accuracy:.2f}% at epoch {self.best_epoch}"
-            f" in {self.seconds:.1f} s\n  wrote {self.checkpoint}, {self.record}, {self.source}"
         )
+        if self.best_epoch == 0:
+            last = self.history[-1].val_accuracy if self.history else self.ptq_val_accuracy
+            outcome = (
+                f"{100 * self.ptq_val_accuracy:.2f}% as PTQ; no epoch beat it ({100 * last:.2f}% after the last), "
+                "so the checkpoint keeps the post-training start"
+            )
+        else:
+            best = self.history[self.best_epoch - 1]
+            outcome = (
+                f"{100 * self.ptq_val_accuracy:.2f}% as PTQ -> {100 * best.val_accuracy:.2f}% at epoch "
+                f"{self.best_epoch}"
+            )
+        return f"{head}{outcome} in {self.seconds:.1f} s\n  wrote {self.checkpoint}, {self.record}, {self.source}"
 
 
 def build_qat_graph(
@@ -443,14 +452,17 @@ def train_qat(
     model, placement = build_qat_graph(fp32, recipe, ranges, learn_scales)
     device = resolve_device(config.device)
     model.to(device)
-    _, ptq_accuracy = evaluate(model, data.val_images, data.val_labels, config.batch_size, device)
+    ptq_loss, ptq_accuracy = evaluate(model, data.val_images, data.val_labels, config.batch_size, device)
     optimizer = torch.optim.AdamW(param_groups(model, config.weight_decay), lr=config.lr)
     output.mkdir(parents=True, exist_ok=True)
     source_copy = output / QAT_SOURCE_NAME
     with atomic_output(source_copy) as temp:
         onnx.save_model(fp32, str(temp))
     history: list[EpochMetrics] = []
-    best_epoch = 0
+    # Epoch 0 is the post-training start: kept unless an epoch beats it (accuracy, then loss), so fine-tuning
+    # that only hurts never returns a file worse than PTQ.
+    best_epoch, best_key = 0, (ptq_accuracy, -ptq_loss)
+    _save_qat_checkpoint(model, output / QAT_CHECKPOINT_NAME)
     names = read_module_names(fp32)
     for epoch in range(1, config.epochs + 1):
         epoch_started = time.perf_counter()
@@ -460,8 +472,8 @@ def train_qat(
             epoch, loss, accuracy, val_loss, val_accuracy, lr, time.perf_counter() - epoch_started, rate
         )
         history.append(metrics)
-        if best_epoch_of(history) == epoch:
-            best_epoch = epoch
+        if (val_accuracy, -val_loss) > best_key:
+            best_epoch, best_key = epoch, (val_accuracy, -val_loss)
             _save_qat_checkpoint(model, output / QAT_CHECKPOINT_NAME)
         record = {
             "format": QAT_RECORD_FORMAT,

@@ -2,7 +2,8 @@
 
 The QAT runs fine-tune the shipped digits checkpoint for one epoch through the CLI (a few seconds each): the export
 is then built as it is, without a calibration folder, gated against its float twin on the fine-tuning's validation
-images, and verified like any INT8 artifact.
+images, and verified like any INT8 artifact. Last, what the benchmark of issue 34 ran into: the start kept when
+fine-tuning only hurts, and an INT8 output named like the optimized graph.
 """
 
 from __future__ import annotations
@@ -304,3 +305,33 @@ def test_a_dla_build_says_why_the_dla_would_split_the_network(tmp_path: Path) ->
         )
         assert "DLA runs only" not in result.output
         assert result.exit_code == 1 and "tensorrt" in result.output
+
+
+def test_fine_tuning_that_only_hurts_keeps_the_post_training_start(
+    cpu_qat: Path, digit_folders: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from sedeploy.training.loop import TrainConfig
+    from sedeploy.training.qat import train_qat
+
+    source = cpu_qat / "model.fp32.onnx"
+    config = TrainConfig(
+        arch="se_preact_resnet", epochs=1, lr=1.0, batch_size=64, augment=False, device="cpu"
+    )
+    result = train_qat(source, digit_folders[0], tmp_path / "qat", Int8Recipe(flavour="cpu"), config)
+    assert result.history[0].val_accuracy < result.ptq_val_accuracy  # lr 1.0 wrecks the network
+    assert result.best_epoch == 0 and "no epoch beat it" in result.to_text()
+    weights, _ = read_qat_checkpoint(result.checkpoint)
+    start = {init.name: onnx.numpy_helper.to_array(init) for init in onnx.load(str(source)).graph.initializer}
+    assert weights and all((weights[name] == start[name]).all() for name in weights)
+
+
+def test_an_int8_output_names_the_precision_onnx_not_the_optimized_graph(tmp_path: Path) -> None:
+    source = tmp_path / "model.onnx"
+    shutil.copy(shipped_digits_onnx(), source)
+    wanted = tmp_path / "out.ort.onnx"
+    result = _cli(
+        "build-engine", "--int8", str(source), *ORT, "--calib-dir", str(CALIBRATION), "-o", str(wanted)
+    )
+    assert result.exit_code == 2, result.output
+    assert f"give --output {tmp_path / 'out.onnx'}" in result.output
+    assert not wanted.exists() and not list(tmp_path.glob("out*"))
