@@ -41,8 +41,8 @@ import sedeploy  # noqa: E402
 from sedeploy.bench import Candidate, bench  # noqa: E402
 from sedeploy.export import export_onnx  # noqa: E402
 from sedeploy.host import describe_machine, matrix_units  # noqa: E402
-from sedeploy.optimize import OptimizeReport, optimize  # noqa: E402
 from sedeploy.measure.search import TIE_BAND, SearchRow  # noqa: E402
+from sedeploy.optimize import OptimizeReport, optimize  # noqa: E402
 
 WORK = HERE / ".work" / "optimize"
 RESULTS = HERE / "results"

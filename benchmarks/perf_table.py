@@ -37,12 +37,13 @@ from sedeploy.bench import (
     BenchRow,
     Candidate,
     bench,
+    compare,
+    prepare_compare,
 )
 from sedeploy.demo import find_example
 from sedeploy.export import export_onnx
 from sedeploy.files import atomic_output, write_json_atomic
 from sedeploy.host import describe_machine
-from sedeploy.measure.ladder import compare, prepare_compare
 from sedeploy.runtime import load
 
 ROOT = Path(__file__).resolve().parents[1]
