@@ -1,11 +1,12 @@
-"""Cluttered digits: a harder task than the shipped digits, generated deterministically (no download).
+"""Cluttered, tilted digits: a harder task than the shipped digits, generated deterministically (no download).
 
-Each of scikit-learn's 1,797 bundled 8x8 digits is upscaled and drawn several times onto a 32x32 grey canvas:
-rotated (+-30 degrees), scaled (0.75-1.2), shifted (+-4 px), over a fragment of another digit (the clutter,
-30-70% as bright), at a random contrast (0.45-1.0) and background level, with Gaussian noise (sigma 10-30 of
-255). The held-out images come from other source digits than the training images (the same seed-0 split as
-``tests/digits_images.py``), so a network cannot pass by remembering a source digit. Written as ImageFolder
-PNGs through Pillow, read back through sedeploy's own pipeline, as every other sedeploy data set.
+Each of scikit-learn's 1,797 bundled 8x8 digits is upscaled and drawn several times onto a 32x32 grey canvas,
+turned 6-30 degrees to the left or the right: the class is the digit and the way it leans (``3L``, ``3R``: 20
+fine-grained classes). Each rendering is also scaled (0.75-1.2) and shifted (+-4 px), over a fragment of another
+digit (the clutter, 30-70% as bright), at a random contrast (0.45-1.0) and background level, with Gaussian noise
+(sigma 10-30 of 255). The held-out images come from other source digits than the training images (the same
+seed-0 split as ``tests/digits_images.py``), so a network cannot pass by remembering a source digit. Written as
+ImageFolder PNGs through Pillow, read back through sedeploy's own pipeline, as every other sedeploy data set.
 """
 
 from __future__ import annotations

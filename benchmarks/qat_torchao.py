@@ -63,6 +63,8 @@ def main() -> None:
     parser.add_argument("--time-batch", type=int, default=8)
     parser.add_argument("--time-seconds", type=float, default=3.0)
     parser.add_argument("--no-compile", action="store_true")
+    parser.add_argument("--train-threads", type=int, default=1, help="PyTorch threads while fine-tuning")
+    parser.add_argument("--time-threads", type=int, default=2, help="PyTorch threads while timing")
     parser.add_argument("--out", type=Path, required=True, help=".npz for the held-out logits")
     args = parser.parse_args()
 
@@ -77,6 +79,7 @@ def main() -> None:
     from sedeploy.models.preact_resnet import se_preact_resnet
 
     torch.manual_seed(args.seed)
+    torch.set_num_threads(args.train_threads)
     data = np.load(args.data)
     train_x, train_y = data["train_images"], data["train_labels"].astype(np.int64)
     val_x, val_y = data["val_images"], data["val_labels"]
@@ -113,9 +116,11 @@ def main() -> None:
     converted = convert_pt2e(prepared)
     move_exported_model_to_eval(converted)
     int8_logits = _logits(converted, heldout_x)
+    torch.set_num_threads(args.time_threads)
     result = {
         "torch": torch.__version__,
         "torchao": torchao.__version__,
+        "threads": {"train": args.train_threads, "time": args.time_threads},
         "quantizer": "X86InductorQuantizer, get_default_x86_inductor_quantization_config(is_qat=True)",
         "fine_tune_seconds": fine_tune_seconds,
         "history": history,
