@@ -789,8 +789,9 @@ def render(record: dict[str, Any]) -> str:
         "`sedeploy.measure.bench` (byte-identical files timed once). INT8 MACs: the share whose inputs pass Q/DQ "
         "in the file (`int8_mac_share`) / the share that runs INT8 on ONNX Runtime (`backends.audit`, cpu "
         "flavour). Fine-tune minutes: the whole `train_qat` call (calibration, PTQ start, epochs, evaluation), wall "
-        "clock on the shared cores. `train_qat` keeps the best trained epoch by validation accuracy (epoch 0, the "
-        "PTQ start, is never the one kept); the held-out figures are that epoch's.",
+        "clock on the shared cores. `train_qat` keeps the best epoch by validation accuracy; the held-out figures "
+        "are that epoch's. In this run epoch 0 (the PTQ start) could not be kept; since commit 0d2644e it competes "
+        "and is kept when no epoch beats it, which changes no row here (every QAT run had a better epoch).",
     ]
     for case, info in record.get("cases", {}).items():
         case_fp32 = info.get("fp32") or fp32
