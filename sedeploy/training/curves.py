@@ -14,14 +14,21 @@ if TYPE_CHECKING:
     from sedeploy.training.loop import EpochMetrics
 
 
-def plot_curves(history: Sequence[EpochMetrics], path: str | os.PathLike[str], title: str = "") -> Path:
+def plot_curves(
+    history: Sequence[EpochMetrics],
+    path: str | os.PathLike[str],
+    title: str = "",
+    start: tuple[str, float, float] | None = None,
+) -> Path:
     """Draw loss and accuracy per epoch (training and validation) into a PNG with matplotlib, as bench does.
 
-    Needs the ``plot`` extra (:class:`~sedeploy.errors.MissingDependencyError` without it).
+    ``start``: a labelled validation point at epoch 0, ``(label, loss, accuracy)`` (QAT's post-training start, the
+    one each epoch must beat). Needs the ``plot`` extra (:class:`~sedeploy.errors.MissingDependencyError` without it).
     """
     import_optional("matplotlib")
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     # A Figure with its own Agg canvas: no pyplot, so the user's matplotlib backend is left alone.
     figure = Figure(figsize=(8, 3.2), dpi=110)
@@ -34,7 +41,12 @@ def plot_curves(history: Sequence[EpochMetrics], path: str | os.PathLike[str], t
     ):
         loss_axes.plot(epochs, loss, marker="o", markersize=3, label=split)
         accuracy_axes.plot(epochs, accuracy, marker="o", markersize=3, label=split)
+    if start is not None:
+        label, start_loss, start_accuracy = start
+        loss_axes.plot([0], [start_loss], marker="s", linestyle="", color="black", label=label)
+        accuracy_axes.plot([0], [100 * start_accuracy], marker="s", linestyle="", color="black", label=label)
     for axes, name in ((loss_axes, "loss"), (accuracy_axes, "accuracy %")):
+        axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         axes.set_xlabel("epoch")
         axes.set_title(name, fontsize=9)
         axes.grid(True, alpha=0.3)

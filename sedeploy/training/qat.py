@@ -513,7 +513,10 @@ def train_qat(
         write_json_atomic(output / QAT_RECORD_NAME, record)
         try:
             plot_curves(
-                history, output / "curves.png", title=f"QAT {recipe.flavour} (best epoch {best_epoch})"
+                history,
+                output / "curves.png",
+                title=f"QAT {recipe.flavour} (best epoch {best_epoch})",
+                start=("val, PTQ start", ptq_loss, ptq_accuracy),
             )
         except Exception as error:  # the picture is optional; model.qat.json has the figures
             logger.warning("no curves.png: %s", error)

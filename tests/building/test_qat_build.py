@@ -96,6 +96,9 @@ def test_a_qat_export_builds_int8_without_calibration_and_verifies(
 ) -> None:
     exported = cpu_qat / "model.int8-cpu.qat.onnx"
     qdq = onnx.load(str(exported))
+    assert (cpu_qat / "curves.png").read_bytes()[
+        :8
+    ] == b"\x89PNG\r\n\x1a\n"  # the run's curves, PTQ start at 0
     # the learned scales in the ONNX are the checkpoint's, on the PTQ recipe's placement node for node
     _, learned = read_qat_checkpoint(cpu_qat / "model.qat.safetensors")
     written = activation_scales(qdq)
