@@ -369,6 +369,23 @@ class CalibrationRanges:
     parameters: dict[str, Any] = field(default_factory=dict)
     """The method and its parameters (:meth:`Int8Recipe.calibration_parameters`): the cache key."""
 
+    @classmethod
+    def given(
+        cls, recipe: Int8Recipe, ranges: dict[str, tuple[float, float]], origin: str
+    ) -> CalibrationRanges:
+        """Ranges not measured on images (placeholders that only place Q/DQ, or ranges derived from learned
+        scales): ``origin`` stands for the model and data hashes, so no calibration cache ever matches them."""
+        return cls(
+            method=recipe.method,
+            percentile=None,
+            symmetric=recipe.symmetric,
+            model_sha256=origin,
+            dataset_sha256=origin,
+            images=0,
+            ranges=ranges,
+            parameters=recipe.cache_key(),
+        )
+
     def matches(
         self, model_sha256: str, dataset_sha256: str, recipe: Int8Recipe, images_sha256: str | None = None
     ) -> bool:

@@ -99,15 +99,8 @@ def recipe_placement(model: ModelInput, recipe: Int8Recipe) -> Placement:
     from sedeploy.precision.int8 import quantize_int8
 
     proto = graph_with_node_names(load(model))
-    placeholder = CalibrationRanges(
-        method=recipe.method,
-        percentile=None,
-        symmetric=recipe.symmetric,
-        model_sha256="placement",
-        dataset_sha256="placement",
-        images=0,
-        ranges=dict.fromkeys(calibrated_tensors(proto), (-1.0, 1.0)),
-        parameters=recipe.cache_key(),
+    placeholder = CalibrationRanges.given(
+        recipe, dict.fromkeys(calibrated_tensors(proto), (-1.0, 1.0)), origin="placement"
     )
     with tempfile.TemporaryDirectory(prefix="sedeploy-placement-") as work:
         source, output = Path(work) / "model.onnx", Path(work) / "model.int8.onnx"

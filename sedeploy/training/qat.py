@@ -640,18 +640,10 @@ def export_qat(
             validation=_validation_of(record.get("data") or {}),
         ),
     )
-    base = CalibrationRanges(
-        method=recipe.method,
-        percentile=None,
-        symmetric=recipe.symmetric,
-        model_sha256="qat",
-        dataset_sha256="qat",
-        images=0,
-        ranges={
-            name: (float(low), float(high)) for name, (low, high) in record["calibration"]["ranges"].items()
-        },
-        parameters=recipe.cache_key(),
-    )
+    recorded = {
+        name: (float(low), float(high)) for name, (low, high) in record["calibration"]["ranges"].items()
+    }
+    base = CalibrationRanges.given(recipe, recorded, origin="qat")
     ranges = _ranges_from_scales(base, scales, recipe.symmetric)
     with tempfile.TemporaryDirectory(prefix="sedeploy-qat-export-") as work:
         source = Path(work) / "model.onnx"
