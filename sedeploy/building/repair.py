@@ -47,6 +47,7 @@ from sedeploy.measure.sensitivity import (
     REPORT_IMAGES,
     Effect,
     FloatLayers,
+    FloatLayerSearch,
     Measures,
     Trials,
     search_float_layers,
@@ -185,6 +186,24 @@ def _step(job: RepairJob, name: str, effect: Effect | None = None, **details: An
     job.steps.append(record)
 
 
+def _float_layers_step(job: RepairJob, found: FloatLayerSearch, **details: Any) -> FloatLayers:
+    """Record the fewest-float-layers search as a repair step (both flavours and OpenVINO) and return its result."""
+    result = found.result
+    _step(
+        job,
+        "float layers",
+        result.effect,
+        float_nodes=list(result.float_nodes),
+        float_modules=list(result.float_modules),
+        builds=result.builds,
+        ranked=len(found.ranking.nodes),
+        **details,
+        widened=found.widened,
+        reason=result.reason,
+    )
+    return result
+
+
 def equalized_cache(source: Path, recipe: Int8Recipe) -> Path:
     """Where the ranges of ``source``'s equalized graph are cached: as if it were ``<model>.equalized.onnx``
     beside it, so the plain graph's cache is never overwritten."""
@@ -259,18 +278,7 @@ def repair_onnx(job: RepairJob, output: Path, work: Path) -> tuple[dict[str, Any
             ):
                 found = search_float_layers(trials, job.options.min_int8_mac_share, cache=cache)
             worst = tuple(found.report.worst_modules(3))
-            result = found.result
-            _step(
-                job,
-                "float layers",
-                result.effect,
-                float_nodes=list(result.float_nodes),
-                float_modules=list(result.float_modules),
-                builds=result.builds,
-                ranked=len(found.ranking.nodes),
-                widened=found.widened,
-                reason=result.reason,
-            )
+            result = _float_layers_step(job, found)
             variants.append(
                 _Variant(
                     base.source,
@@ -461,18 +469,8 @@ def repair_openvino(job: RepairJob, work: Path, setup: OpenVinoSetup) -> OpenVin
         ):
             found = search_float_layers(ranking, job.options.min_int8_mac_share, cache=cache, search=search)
         worst = tuple(found.report.worst_modules(3))
-        result = found.result
-        _step(
-            job,
-            "float layers",
-            result.effect,
-            float_nodes=list(result.float_nodes),
-            float_modules=list(result.float_modules),
-            builds=result.builds,
-            ranked=len(found.ranking.nodes),
-            ranked_on="ONNX Runtime (symmetric Q/DQ, SE quantized, float layers fp32)",
-            widened=found.widened,
-            reason=result.reason,
+        result = _float_layers_step(
+            job, found, ranked_on="ONNX Runtime (symmetric Q/DQ, SE quantized, float layers fp32)"
         )
         variants.append(
             _Variant(
